@@ -1,0 +1,74 @@
+# lcontext — Go's context package for Lua.
+#
+#   make demo    install what is missing, build, run examples/demo.lua
+#   make test    install what is missing, build, run every test suite
+#   make bench   the benchmark table (lcontext beside Go and plain Lua)
+#   make fuzz    the timer-wheel fuzzer, bounded in time
+#
+# Dependencies come from Debian packages only (see `deps`).
+
+LUA_VERSION ?= 5.4
+LUA         ?= lua$(LUA_VERSION)
+LUA_INC     ?= /usr/include/lua$(LUA_VERSION)
+CC          ?= cc
+CSTD         = -std=c99 -Wall -Wextra -pedantic
+OPT         ?= -O2
+CFLAGS      ?= $(OPT) -g
+ALL_CFLAGS   = $(CSTD) $(CFLAGS) -fPIC -I$(LUA_INC) -Icsrc
+LIBS         = -lev -lm
+
+BUILD       ?= build
+CORE_SRC     = $(wildcard csrc/core/*.c)
+CORE_LIB_SRC = $(filter-out csrc/core/test_%.c csrc/core/fuzz_%.c,$(CORE_SRC))
+BIND_SRC     = $(wildcard csrc/l_*.c)
+HDRS         = $(wildcard csrc/*.h csrc/core/*.h)
+MODULE       = $(BUILD)/lcontext/core.so
+
+DEB_PKGS     = lua5.4 liblua5.4-dev libev-dev lua-busted luarocks lua-socket valgrind
+BENCH_PKGS   = golang-go
+FUZZ_PKGS    = clang
+
+.PHONY: all build deps demo test bench fuzz clean \
+        test-c test-lua test-examples test-asan test-valgrind test-gcstress
+
+all: build
+build: $(MODULE)
+
+$(MODULE): $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -shared -o $@ $(CORE_LIB_SRC) $(BIND_SRC) $(LIBS)
+
+# deps: install what is missing (Debian, as root); does nothing when all is present.
+deps:
+	@sh tools/deps.sh $(DEB_PKGS)
+
+demo: deps build
+	$(LUA) tools/with_paths.lua examples/demo.lua
+
+# Every suite; the last line is `N passed, N failed` summed over all of them.
+test: deps build
+	@sh tools/runtests.sh
+
+# C unit tests of the Lua-free core
+$(BUILD)/test_%: csrc/core/test_%.c $(CORE_LIB_SRC) $(HDRS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CSTD) $(OPT) -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+	    -Icsrc -o $@ $< $(CORE_LIB_SRC) -lm
+
+# The module built with AddressSanitizer + UBSan (run with libasan preloaded)
+asan: $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS)
+	@mkdir -p build-asan/lcontext
+	$(CC) $(CSTD) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+	    -fno-sanitize-recover=undefined -fPIC -I$(LUA_INC) -Icsrc -shared \
+	    -o build-asan/lcontext/core.so $(CORE_LIB_SRC) $(BIND_SRC) $(LIBS)
+
+bench: build
+	@sh tools/deps.sh $(DEB_PKGS) $(BENCH_PKGS)
+	@sh bench/run.sh
+
+fuzz:
+	@sh tools/deps.sh $(FUZZ_PKGS)
+	@sh tools/fuzz.sh
+
+clean:
+	rm -rf $(BUILD) build-asan

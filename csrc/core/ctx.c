@@ -1,0 +1,194 @@
+/*
+** ctx.c — the context tree: attach, cancel walk, lazy deadlines, detach.
+** See ctx.h for the invariants.
+*/
+#include "ctx.h"
+
+/* {======================================================================
+** Links
+** ======================================================================= */
+
+static void link_insert(ctx_link *l, ctx_node *parent, ctx_node *child) {
+  l->child = child;
+  l->parent = parent;
+  l->next = parent->children;
+  if (l->next != NULL) l->next->pprev = &l->next;
+  l->pprev = &parent->children;
+  parent->children = l;
+}
+
+static void link_remove(ctx_link *l) {
+  if (l->pprev == NULL) return;
+  *l->pprev = l->next;
+  if (l->next != NULL) l->next->pprev = l->pprev;
+  l->next = NULL;
+  l->pprev = NULL;
+  l->parent = NULL;
+}
+
+/* Unlink every edge from n to its parents. */
+static void unlink_parents(ctx_node *n) {
+  uint16_t i;
+  link_remove(&n->link);
+  if (n->flags & CTX_F_MERGE)
+    for (i = 0; i < n->nx; i++) link_remove(&n->xlinks[i]);
+}
+
+/* }====================================================================== */
+
+void ctx_tree_init(ctx_tree *t) {
+  t->on_done = NULL;
+  t->ud = NULL;
+  t->created = t->canceled = t->expired = t->live_linked = 0;
+}
+
+void ctx_node_init(ctx_node *n) {
+  n->link.next = NULL;
+  n->link.pprev = NULL;
+  n->link.parent = NULL;
+  n->link.child = n;
+  n->children = NULL;
+  n->origin = NULL;
+  n->deadline = CTX_NEVER;
+  n->xlinks = NULL;
+  n->ext = NULL;
+  n->nx = 0;
+  n->err = CTX_ERR_NONE;
+  n->flags = 0;
+}
+
+int ctx_is_linked(const ctx_node *n) {
+  uint16_t i;
+  if (n->link.pprev != NULL || n->children != NULL) return 1;
+  if (n->flags & CTX_F_MERGE)
+    for (i = 0; i < n->nx; i++)
+      if (n->xlinks[i].pprev != NULL) return 1;
+  return 0;
+}
+
+/* Mark n done without walking (n has no children yet). */
+static void set_done(ctx_tree *t, ctx_node *n, int err, ctx_node *origin) {
+  n->err = (uint8_t)err;
+  n->origin = origin;
+  unlink_parents(n);
+  if ((n->flags & CTX_F_WATCHED) && t->on_done != NULL) t->on_done(t, n);
+}
+
+int ctx_attach(ctx_tree *t, ctx_node *n, ctx_node *p, int64_t own_deadline,
+               int64_t now) {
+  t->created++;
+  if (p != NULL) n->deadline = p->deadline;
+  if (own_deadline < n->deadline) {
+    n->deadline = own_deadline;
+    n->flags |= CTX_F_OWN_DEADLINE;
+  }
+  if (p != NULL && p->err != CTX_ERR_NONE)
+    set_done(t, n, p->err, p->origin);
+  else if ((n->flags & CTX_F_OWN_DEADLINE) && own_deadline <= now) {
+    t->expired++;
+    set_done(t, n, CTX_ERR_DEADLINE, n);
+  } else if (p != NULL)
+    link_insert(&n->link, p, n);
+  return n->err;
+}
+
+void ctx_merge_init(ctx_node *n, ctx_link *x, uint16_t nx) {
+  uint16_t i;
+  n->flags |= CTX_F_MERGE;
+  n->xlinks = x;
+  n->nx = nx;
+  for (i = 0; i < nx; i++) {
+    x[i].next = NULL;
+    x[i].pprev = NULL;
+    x[i].parent = NULL;
+    x[i].child = n;
+  }
+}
+
+int ctx_attach_extra(ctx_tree *t, ctx_node *n, uint16_t i, ctx_node *p) {
+  ctx_link *x = &n->xlinks[i];
+  if (n->err != CTX_ERR_NONE) return n->err;
+  if (p->err != CTX_ERR_NONE) {
+    set_done(t, n, p->err, p->origin);
+    return n->err;
+  }
+  if (p->deadline < n->deadline) n->deadline = p->deadline;
+  link_insert(x, p, n);
+  return n->err;
+}
+
+/* {======================================================================
+** The cancel walk
+** A done node is unlinked from its parents, so its link.parent field is
+** free: the walk threads its work stack through it. Each node is pushed at
+** most once (when it is marked done), so the walk is O(subtree size).
+** ======================================================================= */
+
+int ctx_cancel(ctx_tree *t, ctx_node *n, int err) {
+  ctx_node *top, *cur;
+  if (n->err != CTX_ERR_NONE) return 0;
+  n->err = (uint8_t)err;
+  n->origin = n;
+  unlink_parents(n);
+  if (err == CTX_ERR_DEADLINE) t->expired++; else t->canceled++;
+  n->link.parent = NULL;
+  top = n;
+  while (top != NULL) {
+    ctx_link *l;
+    cur = top;
+    top = cur->link.parent;
+    cur->link.parent = NULL;
+    while ((l = cur->children) != NULL) {
+      ctx_node *c = l->child;
+      link_remove(l);
+      if (c->err == CTX_ERR_NONE) {
+        c->err = (uint8_t)err;
+        c->origin = n;
+        unlink_parents(c);
+        c->link.parent = top; /* push */
+        top = c;
+      }
+    }
+    if ((cur->flags & CTX_F_WATCHED) && t->on_done != NULL) t->on_done(t, cur);
+  }
+  return 1;
+}
+
+/* }====================================================================== */
+
+/* The parent through which n inherits its effective deadline, or NULL. */
+static ctx_node *deadline_parent(ctx_node *n) {
+  uint16_t i;
+  if (n->link.pprev != NULL && n->link.parent->deadline == n->deadline)
+    return n->link.parent;
+  if (n->flags & CTX_F_MERGE)
+    for (i = 0; i < n->nx; i++) {
+      ctx_link *x = &n->xlinks[i];
+      if (x->pprev != NULL && x->parent->deadline == n->deadline)
+        return x->parent;
+    }
+  return NULL;
+}
+
+ctx_node *ctx_deadline_owner(ctx_node *n) {
+  if (n->deadline == CTX_NEVER) return NULL;
+  while (!(n->flags & CTX_F_OWN_DEADLINE)) {
+    ctx_node *p = deadline_parent(n);
+    if (p == NULL) break; /* detached (being collected): stop here */
+    n = p;
+  }
+  return n;
+}
+
+int ctx_poll(ctx_tree *t, ctx_node *n, int64_t now) {
+  if (n->err == CTX_ERR_NONE && n->deadline <= now)
+    ctx_cancel(t, ctx_deadline_owner(n), CTX_ERR_DEADLINE);
+  return n->err;
+}
+
+void ctx_detach(ctx_tree *t, ctx_node *n) {
+  ctx_link *l;
+  (void)t;
+  unlink_parents(n);
+  while ((l = n->children) != NULL) link_remove(l);
+}

@@ -1,0 +1,127 @@
+/*
+** ctx.h — the context tree (Lua-free).
+**
+** A node is one cancellable context: with_cancel, with_timeout/with_deadline
+** and merge make one each. Contexts that cannot be cancelled on their own
+** (roots, with_value, without_cancel) have no node: the binding points them
+** at the nearest cancellable ancestor's node, or at none.
+**
+** Invariants
+**   - A node is running (err == CTX_ERR_NONE) or done (err != 0). Once done
+**     it stays done; err and origin never change again.
+**   - A running node is linked into the child list of each running parent
+**     it has (one parent, or several for a merge); a done node is linked
+**     into nothing and has no children: the cancel walk unlinks as it goes.
+**   - deadline is the effective deadline: min(own deadline, parents'). A
+**     node has CTX_F_OWN_DEADLINE only when its own deadline is strictly
+**     earlier than its parents' (a later one is ignored, as in Go).
+**   - Nothing here allocates, recurses or calls back into the binding except
+**     through ctx_tree.on_done, which must not touch the tree.
+*/
+#ifndef LCONTEXT_CTX_H
+#define LCONTEXT_CTX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CTX_NEVER INT64_MAX /* "no deadline", in monotonic nanoseconds */
+
+enum ctx_err {
+  CTX_ERR_NONE = 0,     /* running */
+  CTX_ERR_CANCELED = 1, /* someone called cancel */
+  CTX_ERR_DEADLINE = 2  /* a deadline passed */
+};
+
+enum ctx_flag {
+  CTX_F_OWN_DEADLINE = 1, /* deadline is this node's own (it has a timer) */
+  CTX_F_WATCHED = 2,      /* call tree->on_done when this node becomes done */
+  CTX_F_MERGE = 4         /* node has nx extra parent links (xlinks) */
+};
+
+typedef struct ctx_node ctx_node;
+
+/* One edge of the tree: lives in the child, is linked into the parent. */
+typedef struct ctx_link {
+  struct ctx_link *next;   /* next sibling link in parent's list */
+  struct ctx_link **pprev; /* where the pointer to this link is; NULL: unlinked */
+  ctx_node *parent;        /* the parent while linked; the cancel walk also
+                              uses it as the work-stack pointer of done nodes */
+  ctx_node *child;         /* the node owning this link */
+} ctx_link;
+
+struct ctx_node {
+  ctx_link link;       /* edge to the (first) parent */
+  ctx_link *children;  /* list of edges to children; NULL when done */
+  ctx_node *origin;    /* once done: the node whose cancel or timer ended it */
+  int64_t deadline;    /* effective deadline, monotonic ns, or CTX_NEVER */
+  ctx_link *xlinks;    /* CTX_F_MERGE: edges to parents 2..nx+1 */
+  void *ext;           /* the binding's waiters, callbacks, timer entry */
+  uint16_t nx;         /* number of xlinks */
+  uint8_t err;         /* enum ctx_err */
+  uint8_t flags;       /* enum ctx_flag */
+};
+
+typedef struct ctx_tree ctx_tree;
+struct ctx_tree {
+  /* Called for each CTX_F_WATCHED node as the cancel walk marks it done.
+  ** It may queue work but must not cancel, attach or detach nodes. */
+  void (*on_done)(ctx_tree *t, ctx_node *n);
+  void *ud;
+  /* counters (for metrics) */
+  uint64_t created, canceled, expired, live_linked;
+};
+
+void ctx_tree_init(ctx_tree *t);
+void ctx_node_init(ctx_node *n);
+
+/*
+** Attach n (fresh from ctx_node_init) below parent p (NULL for none) with
+** its own deadline own_deadline (CTX_NEVER for none). If p is done, n is done
+** at once with p's err and origin; else if own_deadline <= now, n is done at
+** once with CTX_ERR_DEADLINE and origin n. The caller must have polled p
+** (ctx_poll) so that a passed deadline of p is noticed. Returns n->err.
+*/
+int ctx_attach(ctx_tree *t, ctx_node *n, ctx_node *p, int64_t own_deadline,
+               int64_t now);
+
+/*
+** Merge: give n (fresh from ctx_node_init) nx extra parent links in x
+** (memory owned by the caller, valid as long as n). Call before ctx_attach.
+*/
+void ctx_merge_init(ctx_node *n, ctx_link *x, uint16_t nx);
+
+/*
+** Merge: add parent p through extra link i, after ctx_attach (with the first
+** parent, or NULL). If p is done and n is not, n becomes done with p's err
+** and origin; n's effective deadline becomes the earlier of the two.
+*/
+int ctx_attach_extra(ctx_tree *t, ctx_node *n, uint16_t i, ctx_node *p);
+
+/*
+** Cancel n and its whole subtree with err (first cancel wins: a done node is
+** left alone). Iterative: no recursion, no allocation. Returns 1 if n was
+** running before the call.
+*/
+int ctx_cancel(ctx_tree *t, ctx_node *n, int err);
+
+/*
+** The state of n at monotonic time now: a passed deadline is noticed here
+** and cancels the subtree of the node that owns it, exactly as its timer
+** would have. Returns n->err.
+*/
+int ctx_poll(ctx_tree *t, ctx_node *n, int64_t now);
+
+/* The node whose own deadline is n's effective one (n itself, or an
+** ancestor); NULL if n has no deadline. */
+ctx_node *ctx_deadline_owner(ctx_node *n);
+
+/*
+** Take n out of the tree before its memory goes (garbage collection):
+** unlink it from its parents and orphan its children. Idempotent.
+*/
+void ctx_detach(ctx_tree *t, ctx_node *n);
+
+/* Is n linked below some parent (needs ctx_detach before it is freed)? */
+int ctx_is_linked(const ctx_node *n);
+
+#endif

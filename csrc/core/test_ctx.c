@@ -1,0 +1,189 @@
+/*
+** test_ctx.c — unit tests of the Lua-free context tree.
+** Prints `N passed, N failed` last; exits non-zero on any failure.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "ctx.h"
+
+static int passed, failed, cur_failed;
+
+#define CHECK(cond)                                                      \
+  do {                                                                   \
+    if (!(cond)) {                                                       \
+      printf("  FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);           \
+      cur_failed = 1;                                                    \
+    }                                                                    \
+  } while (0)
+
+#define RUN(fn)                                                          \
+  do {                                                                   \
+    cur_failed = 0;                                                      \
+    fn();                                                                \
+    if (cur_failed) {                                                    \
+      failed++;                                                          \
+      printf("not ok %s\n", #fn);                                        \
+    } else {                                                             \
+      passed++;                                                          \
+      printf("ok %s\n", #fn);                                            \
+    }                                                                    \
+  } while (0)
+
+static int done_calls;
+static void count_done(ctx_tree *t, ctx_node *n) {
+  (void)t;
+  (void)n;
+  done_calls++;
+}
+
+static ctx_tree *tree(void) {
+  static ctx_tree t;
+  ctx_tree_init(&t);
+  t.on_done = count_done;
+  done_calls = 0;
+  return &t;
+}
+
+static void mk(ctx_tree *t, ctx_node *n, ctx_node *p, int64_t dl, int64_t now) {
+  ctx_node_init(n);
+  ctx_attach(t, n, p, dl, now);
+}
+
+static void test_cascade(void) {
+  ctx_tree *t = tree();
+  ctx_node a, b, c, d;
+  mk(t, &a, NULL, CTX_NEVER, 0);
+  mk(t, &b, &a, CTX_NEVER, 0);
+  mk(t, &c, &b, CTX_NEVER, 0);
+  mk(t, &d, &a, CTX_NEVER, 0);
+  CHECK(ctx_is_linked(&b) && ctx_is_linked(&c));
+  CHECK(ctx_cancel(t, &b, CTX_ERR_CANCELED) == 1);
+  CHECK(b.err == CTX_ERR_CANCELED && c.err == CTX_ERR_CANCELED);
+  CHECK(b.origin == &b && c.origin == &b);
+  CHECK(a.err == CTX_ERR_NONE && d.err == CTX_ERR_NONE);
+  CHECK(!ctx_is_linked(&b) && !ctx_is_linked(&c));
+  CHECK(a.children == &d.link); /* b removed itself from a */
+  /* first cancel wins */
+  CHECK(ctx_cancel(t, &b, CTX_ERR_DEADLINE) == 0);
+  CHECK(b.err == CTX_ERR_CANCELED);
+  ctx_cancel(t, &a, CTX_ERR_DEADLINE);
+  CHECK(d.err == CTX_ERR_DEADLINE && d.origin == &a);
+  CHECK(c.err == CTX_ERR_CANCELED && c.origin == &b);
+}
+
+static void test_done_parent(void) {
+  ctx_tree *t = tree();
+  ctx_node a, b;
+  mk(t, &a, NULL, CTX_NEVER, 0);
+  ctx_cancel(t, &a, CTX_ERR_CANCELED);
+  mk(t, &b, &a, CTX_NEVER, 0);
+  CHECK(b.err == CTX_ERR_CANCELED && b.origin == &a && !ctx_is_linked(&b));
+}
+
+static void test_deadlines(void) {
+  ctx_tree *t = tree();
+  ctx_node a, b, c, d;
+  mk(t, &a, NULL, 1000, 0);
+  mk(t, &b, &a, 2000, 0); /* later than parent: ignored */
+  mk(t, &c, &b, 500, 0);  /* earlier: its own */
+  CHECK(a.flags & CTX_F_OWN_DEADLINE);
+  CHECK(!(b.flags & CTX_F_OWN_DEADLINE) && b.deadline == 1000);
+  CHECK((c.flags & CTX_F_OWN_DEADLINE) && c.deadline == 500);
+  CHECK(ctx_deadline_owner(&b) == &a && ctx_deadline_owner(&c) == &c);
+  CHECK(ctx_poll(t, &c, 499) == CTX_ERR_NONE); /* never early */
+  CHECK(ctx_poll(t, &c, 500) == CTX_ERR_DEADLINE && c.origin == &c);
+  CHECK(b.err == CTX_ERR_NONE);
+  CHECK(ctx_poll(t, &b, 1000) == CTX_ERR_DEADLINE && b.origin == &a);
+  CHECK(a.err == CTX_ERR_DEADLINE);
+  mk(t, &d, NULL, 10, 20); /* already passed */
+  CHECK(d.err == CTX_ERR_DEADLINE && d.origin == &d);
+}
+
+static void test_merge(void) {
+  ctx_tree *t = tree();
+  ctx_node a, b, m;
+  ctx_link x[1];
+  mk(t, &a, NULL, 900, 0);
+  mk(t, &b, NULL, 300, 0);
+  ctx_node_init(&m);
+  ctx_merge_init(&m, x, 1);
+  ctx_attach(t, &m, &a, CTX_NEVER, 0);
+  ctx_attach_extra(t, &m, 0, &b);
+  CHECK(m.deadline == 300 && ctx_deadline_owner(&m) == &b);
+  CHECK(ctx_poll(t, &m, 300) == CTX_ERR_DEADLINE && m.origin == &b);
+  CHECK(!ctx_is_linked(&m) && a.children == NULL);
+  CHECK(a.err == CTX_ERR_NONE);
+}
+
+static void test_detach(void) {
+  ctx_tree *t = tree();
+  ctx_node a, b, c;
+  mk(t, &a, NULL, CTX_NEVER, 0);
+  mk(t, &b, &a, CTX_NEVER, 0);
+  mk(t, &c, &b, CTX_NEVER, 0);
+  ctx_detach(t, &b);
+  CHECK(a.children == NULL && b.children == NULL && !ctx_is_linked(&c));
+  ctx_detach(t, &b); /* idempotent */
+  ctx_cancel(t, &a, CTX_ERR_CANCELED);
+  CHECK(b.err == CTX_ERR_NONE && c.err == CTX_ERR_NONE);
+}
+
+static void test_watched(void) {
+  ctx_tree *t = tree();
+  ctx_node a, b, c;
+  mk(t, &a, NULL, CTX_NEVER, 0);
+  mk(t, &b, &a, CTX_NEVER, 0);
+  mk(t, &c, &b, CTX_NEVER, 0);
+  a.flags |= CTX_F_WATCHED;
+  c.flags |= CTX_F_WATCHED;
+  ctx_cancel(t, &a, CTX_ERR_CANCELED);
+  CHECK(done_calls == 2);
+}
+
+#define BIG 100000
+
+static void test_deep_chain(void) {
+  ctx_tree *t = tree();
+  ctx_node *n = (ctx_node *)malloc(sizeof(ctx_node) * BIG);
+  int i;
+  CHECK(n != NULL);
+  if (n == NULL) return;
+  mk(t, &n[0], NULL, CTX_NEVER, 0);
+  for (i = 1; i < BIG; i++) mk(t, &n[i], &n[i - 1], CTX_NEVER, 0);
+  ctx_cancel(t, &n[0], CTX_ERR_CANCELED);
+  for (i = 0; i < BIG; i++)
+    if (n[i].err != CTX_ERR_CANCELED || n[i].origin != &n[0]) break;
+  CHECK(i == BIG);
+  free(n);
+}
+
+static void test_wide(void) {
+  ctx_tree *t = tree();
+  ctx_node *n = (ctx_node *)malloc(sizeof(ctx_node) * BIG);
+  int i;
+  CHECK(n != NULL);
+  if (n == NULL) return;
+  mk(t, &n[0], NULL, CTX_NEVER, 0);
+  for (i = 1; i < BIG; i++) mk(t, &n[i], &n[0], CTX_NEVER, 0);
+  for (i = 1; i < BIG; i += 2) ctx_detach(t, &n[i]); /* half collected */
+  ctx_cancel(t, &n[0], CTX_ERR_DEADLINE);
+  for (i = 2; i < BIG; i += 2)
+    if (n[i].err != CTX_ERR_DEADLINE) break;
+  CHECK(i >= BIG);
+  CHECK(n[1].err == CTX_ERR_NONE);
+  free(n);
+}
+
+int main(void) {
+  RUN(test_cascade);
+  RUN(test_done_parent);
+  RUN(test_deadlines);
+  RUN(test_merge);
+  RUN(test_detach);
+  RUN(test_watched);
+  RUN(test_deep_chain);
+  RUN(test_wide);
+  printf("%d passed, %d failed\n", passed, failed);
+  return failed != 0;
+}

@@ -1,0 +1,203 @@
+/*
+** l_core.c — luaopen_lcontext_core: the runtime, the shared upvalues, and
+** the argument checks every other binding file uses.
+*/
+#include <math.h>
+#include <string.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "lcontext_int.h"
+
+/* {======================================================================
+** Argument errors
+** Messages follow luaL_argerror, but name the function as the API does
+** ('with_cancel'), whatever local name the caller used for it.
+** ======================================================================= */
+
+int lc_argerror(lua_State *L, int arg, const char *fname, const char *msg) {
+  lua_Debug ar;
+  if (lua_getstack(L, 0, &ar)) {
+    lua_getinfo(L, "n", &ar);
+    if (ar.namewhat != NULL && strcmp(ar.namewhat, "method") == 0) {
+      arg--; /* do not count 'self' */
+      if (arg == 0)
+        return luaL_error(L, "calling '%s' on bad self (%s)", fname, msg);
+    }
+  }
+  return luaL_error(L, "bad argument #%d to '%s' (%s)", arg, fname, msg);
+}
+
+int lc_typeerror(lua_State *L, int arg, const char *fname, const char *tname) {
+  const char *msg = lua_pushfstring(L, "%s expected, got %s", tname,
+                                    luaL_typename(L, arg));
+  return lc_argerror(L, arg, fname, msg);
+}
+
+/* [-0, +0, -] the context at arg, or NULL */
+lc_ctx *lc_testctx(lua_State *L, int arg) {
+  lc_ctx *c = (lc_ctx *)lua_touserdata(L, arg);
+  if (c != NULL && lua_getmetatable(L, arg)) {
+    const void *mt = lua_topointer(L, -1);
+    const lc_runtime *rt = lc_rt(L);
+    lua_pop(L, 1);
+    if (mt == rt->mt[0] || mt == rt->mt[1]) return c;
+  }
+  return NULL;
+}
+
+/* [-0, +0, v] the context at arg, or an argument error */
+lc_ctx *lc_checkctx(lua_State *L, int arg, const char *fname) {
+  lc_ctx *c = lc_testctx(L, arg);
+  if (c == NULL) lc_typeerror(L, arg, fname, "context");
+  return c;
+}
+
+/* [-0, +0, v] a finite number of seconds */
+lua_Number lc_checkduration(lua_State *L, int arg, const char *fname) {
+  int isnum;
+  lua_Number d = lua_tonumberx(L, arg, &isnum);
+  if (!isnum || lua_type(L, arg) != LUA_TNUMBER)
+    lc_typeerror(L, arg, fname, "number");
+  if (d != d) lc_argerror(L, arg, fname, "number is NaN");
+  if (d == HUGE_VAL || d == -HUGE_VAL)
+    lc_argerror(L, arg, fname, "number is not finite");
+  return d;
+}
+
+int64_t lc_now(void) { return clk_mono_ns(); }
+
+/* }====================================================================== */
+
+/* context.now() -> monotonic seconds */
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)clk_mono_ns() * 1e-9);
+  return 1;
+}
+
+/* context.time() -> epoch seconds with fraction */
+static int l_time(lua_State *L) {
+  lua_pushnumber(L, clk_real());
+  return 1;
+}
+
+static const luaL_Reg core_funcs[] = {
+  {"now", l_now},
+  {"time", l_time},
+  {NULL, NULL}
+};
+
+/* [-0, +LC_NUP, m] push the shared upvalues kept in table t */
+static void push_upvalues(lua_State *L, int t) {
+  int i;
+  for (i = 1; i <= LC_NUP; i++) lua_rawgeti(L, t, i);
+}
+
+static void new_root(lua_State *L, int kind) {
+  lc_ctx *c = (lc_ctx *)lua_newuserdatauv(L, sizeof(lc_ctx), 0);
+  memset(c, 0, sizeof *c);
+  c->kind = (uint8_t)kind;
+}
+
+LUALIB_API int luaopen_lcontext_core(lua_State *L) {
+  int uvt, i;
+  lc_runtime *rt;
+  lua_createtable(L, LC_NUP, 0); /* the upvalues, by index */
+  uvt = lua_gettop(L);
+  lua_newtable(L);
+  lua_rawseti(L, uvt, LC_UV_CTXMT);
+  lua_newtable(L);
+  lua_rawseti(L, uvt, LC_UV_CTXMTGC);
+  lua_newtable(L);
+  lua_rawseti(L, uvt, LC_UV_CANCELMT);
+  rt = (lc_runtime *)lua_newuserdatauv(L, sizeof(lc_runtime), 0);
+  memset(rt, 0, sizeof *rt);
+  ctx_tree_init(&rt->tree);
+  lua_rawseti(L, uvt, LC_UV_RT);
+  lc_new_sentinels(L);
+  lua_rawseti(L, uvt, LC_UV_DEADLINE);
+  lua_rawseti(L, uvt, LC_UV_CANCELED);
+  lua_newtable(L); /* causes: weak keys */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawseti(L, uvt, LC_UV_CAUSES);
+  lua_newtable(L);
+  lua_rawseti(L, uvt, LC_UV_KEYMT);
+  lua_rawgeti(L, uvt, LC_UV_CTXMT);
+  new_root(L, LK_BACKGROUND);
+  lua_pushvalue(L, -2);
+  lua_setmetatable(L, -2);
+  lua_rawseti(L, uvt, LC_UV_BG);
+  new_root(L, LK_TODO);
+  lua_pushvalue(L, -2);
+  lua_setmetatable(L, -2);
+  lua_rawseti(L, uvt, LC_UV_TODO);
+  lua_pop(L, 1);
+  for (i = 0; i < 2; i++) {
+    lua_rawgeti(L, uvt, LC_UV_CTXMT + i);
+    rt->mt[i] = lua_topointer(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_rawgeti(L, uvt, LC_UV_CANCELMT);
+  rt->cancelmt = lua_topointer(L, -1);
+  lua_pop(L, 1);
+
+  /* methods table, shared by both context metatables */
+  lua_newtable(L);
+  push_upvalues(L, uvt);
+  luaL_setfuncs(L, lc_ctx_methods, LC_NUP);
+  for (i = 0; i < 2; i++) {
+    lua_rawgeti(L, uvt, LC_UV_CTXMT + i);
+    push_upvalues(L, uvt);
+    luaL_setfuncs(L, lc_ctx_meta, LC_NUP);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "__index");
+    lua_pushliteral(L, "context");
+    lua_setfield(L, -2, "__name");
+    lua_pushliteral(L, "context");
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+  }
+  lua_rawgeti(L, uvt, LC_UV_CTXMTGC); /* only linked contexts pay for __gc */
+  push_upvalues(L, uvt);
+  luaL_setfuncs(L, lc_ctx_gcmeta, LC_NUP);
+  lua_pop(L, 1);
+
+  lua_rawgeti(L, uvt, LC_UV_CANCELMT);
+  push_upvalues(L, uvt);
+  luaL_setfuncs(L, lc_cancel_meta, LC_NUP);
+  lua_pushliteral(L, "context.cancel");
+  lua_setfield(L, -2, "__name");
+  lua_pushliteral(L, "context.cancel");
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+
+  lua_rawgeti(L, uvt, LC_UV_KEYMT);
+  push_upvalues(L, uvt);
+  luaL_setfuncs(L, lc_key_meta, LC_NUP);
+  lua_pushliteral(L, "context.key");
+  lua_setfield(L, -2, "__name");
+  lua_pushliteral(L, "context.key");
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+
+  /* the module: functions, then what Lua-level modules build on */
+  lua_newtable(L);
+  push_upvalues(L, uvt);
+  luaL_setfuncs(L, lc_ctx_funcs, LC_NUP);
+  push_upvalues(L, uvt);
+  luaL_setfuncs(L, lc_key_funcs, LC_NUP);
+  luaL_setfuncs(L, core_funcs, 0);
+  lua_rawgeti(L, uvt, LC_UV_CANCELED);
+  lua_setfield(L, -2, "canceled");
+  lua_rawgeti(L, uvt, LC_UV_DEADLINE);
+  lua_setfield(L, -2, "deadline_exceeded");
+  lua_rawgeti(L, uvt, LC_UV_CTXMT);
+  lua_getfield(L, -1, "__index");
+  lua_setfield(L, -3, "_methods"); /* for lua/lcontext to add methods */
+  lua_pop(L, 1);
+  return 1;
+}

@@ -1,0 +1,629 @@
+/*
+** l_ctx.c — the context type: roots, derivations, and the questions a
+** context answers (API.md sections 1-3).
+**
+** Layout of a context userdata: see lc_ctx in lcontext_int.h. Contexts
+** linked below a running parent get the metatable with __gc (so the parent's
+** child list never holds a dangling link); all others have no finaliser,
+** which keeps the common case (children of background) cheap.
+*/
+#define _POSIX_C_SOURCE 200112L
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "lcontext_int.h"
+
+#define isroot(c) ((c)->kind == LK_BACKGROUND || (c)->kind == LK_TODO)
+
+/* [-0, +1, -] push the sentinel for err (nil for none) */
+void lc_push_err(lua_State *L, int err) {
+  if (err == CTX_ERR_CANCELED)
+    lua_pushvalue(L, lc_uv(LC_UV_CANCELED));
+  else if (err == CTX_ERR_DEADLINE)
+    lua_pushvalue(L, lc_uv(LC_UV_DEADLINE));
+  else
+    lua_pushnil(L);
+}
+
+/* The state of c now, noticing a passed deadline. */
+int lc_ctx_err(lua_State *L, lc_ctx *c) {
+  ctx_node *n = c->cn;
+  if (n == NULL) return CTX_ERR_NONE;
+  if (n->err != CTX_ERR_NONE || n->deadline == CTX_NEVER) return n->err;
+  return ctx_poll(&lc_rt(L)->tree, n, lc_now());
+}
+
+/* {======================================================================
+** Deriving
+** ======================================================================= */
+
+/* Monotonic deadline `secs` seconds after now, rounded up, clamped. */
+static int64_t deadline_after(int64_t now, lua_Number secs) {
+  lua_Number ns;
+  if (secs <= 0) return now;
+  ns = ceil(secs * 1e9);
+  if (ns >= (lua_Number)(CTX_NEVER - now)) return CTX_NEVER - 1;
+  return now + (int64_t)ns;
+}
+
+/*
+** [-0, +2, m] the common part of with_cancel, with_timeout, with_deadline:
+** a context with a node of its own below the parent at index 1, and its
+** cancel object. own: its own deadline (CTX_NEVER for none).
+*/
+static lc_ctx *derive(lua_State *L, lc_ctx *p, int kind, int64_t own,
+                      int64_t now) {
+  lc_runtime *rt = lc_rt(L);
+  ctx_node *pn = p->cn;
+  int anchored = !isroot(p);
+  lc_cctx *c;
+  if (pn != NULL && pn->err == CTX_ERR_NONE && pn->deadline != CTX_NEVER) {
+    if (now == 0) now = lc_now();
+    ctx_poll(&rt->tree, pn, now);
+  }
+  c = (lc_cctx *)lua_newuserdatauv(L, sizeof(lc_cctx), anchored);
+  memset(&c->h, 0, sizeof c->h);
+  c->h.cn = &c->node;
+  c->h.parent = p;
+  c->h.kind = (uint8_t)kind;
+  ctx_node_init(&c->node);
+  ctx_attach(&rt->tree, &c->node, pn, own, now);
+  lua_pushvalue(L, ctx_is_linked(&c->node) ? lc_uv(LC_UV_CTXMTGC)
+                                           : lc_uv(LC_UV_CTXMT));
+  lua_setmetatable(L, -2);
+  if (anchored) {
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1);
+  }
+  lc_new_cancel(L, lua_gettop(L), &c->h);
+  return &c->h;
+}
+
+/* context.with_cancel(parent) -> ctx, cancel */
+static int l_with_cancel(lua_State *L) {
+  lc_ctx *p = lc_checkctx(L, 1, "with_cancel");
+  derive(L, p, LK_CANCEL, CTX_NEVER, 0);
+  return 2;
+}
+
+/* context.with_cancel_cause(parent) -> ctx, cancel   (cancel(cause)) */
+static int l_with_cancel_cause(lua_State *L) {
+  lc_ctx *p = lc_checkctx(L, 1, "with_cancel_cause");
+  derive(L, p, LK_CANCEL, CTX_NEVER, 0);
+  return 2;
+}
+
+/* [-0, +2, m] with_timeout / with_deadline, once the deadline is known */
+static int derive_timer(lua_State *L, lc_ctx *p, int64_t own, int64_t now,
+                        double epoch) {
+  lc_ctx *c;
+  int hascause = !lua_isnoneornil(L, 3);
+  lua_settop(L, 3);
+  c = derive(L, p, LK_TIMER, own, now);
+  c->x.epoch = epoch;
+  if (hascause) {
+    c->flags |= LCF_TCAUSE;
+    lua_pushvalue(L, -2);
+    lua_pushvalue(L, 3);
+    lua_rawset(L, lc_uv(LC_UV_CAUSES));
+  }
+  return 2;
+}
+
+/* context.with_timeout(parent, seconds [, cause]) -> ctx, cancel */
+static int l_with_timeout(lua_State *L) {
+  lc_ctx *p = lc_checkctx(L, 1, "with_timeout");
+  lua_Number secs = lc_checkduration(L, 2, "with_timeout");
+  int64_t now = lc_now();
+  return derive_timer(L, p, deadline_after(now, secs), now, clk_real() + secs);
+}
+
+/* context.with_deadline(parent, epoch_seconds [, cause]) -> ctx, cancel */
+static int l_with_deadline(lua_State *L) {
+  lc_ctx *p = lc_checkctx(L, 1, "with_deadline");
+  lua_Number at = lc_checkduration(L, 2, "with_deadline");
+  int64_t now = lc_now();
+  return derive_timer(L, p, deadline_after(now, at - clk_real()), now, at);
+}
+
+/* context.without_cancel(parent) -> ctx   (values only) */
+static int l_without_cancel(lua_State *L) {
+  lc_ctx *p = lc_checkctx(L, 1, "without_cancel");
+  lc_ctx *c = (lc_ctx *)lua_newuserdatauv(L, sizeof(lc_ctx), 1);
+  memset(c, 0, sizeof *c);
+  c->kind = LK_WITHOUT;
+  c->parent = p;
+  lua_pushvalue(L, lc_uv(LC_UV_CTXMT));
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 1);
+  return 1;
+}
+
+/* context.merge(a, b, ...) -> ctx, cancel */
+static int l_merge(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  int n = lua_gettop(L), i;
+  int64_t now = 0;
+  lc_cctx *m;
+  lc_ctx **in;
+  if (n == 0) lc_typeerror(L, 1, "merge", "context");
+  if (n > 0xffff) lc_argerror(L, 0x10000, "merge", "too many contexts");
+  for (i = 1; i <= n; i++) {
+    lc_ctx *c = lc_checkctx(L, i, "merge");
+    if (c->cn != NULL && c->cn->err == CTX_ERR_NONE &&
+        c->cn->deadline != CTX_NEVER) {
+      if (now == 0) now = lc_now();
+      ctx_poll(&rt->tree, c->cn, now);
+    }
+  }
+  m = (lc_cctx *)lua_newuserdatauv(
+      L, sizeof(lc_cctx) + (size_t)(n - 1) * sizeof(ctx_link) +
+             (size_t)n * sizeof(lc_ctx *), n);
+  memset(&m->h, 0, sizeof m->h);
+  m->h.cn = &m->node;
+  m->h.kind = LK_MERGE;
+  m->h.klen = (uint32_t)n;
+  m->h.parent = (lc_ctx *)lua_touserdata(L, 1);
+  in = lc_merge_inputs(&m->h);
+  for (i = 0; i < n; i++) in[i] = (lc_ctx *)lua_touserdata(L, i + 1);
+  ctx_node_init(&m->node);
+  ctx_merge_init(&m->node, lc_merge_xlinks(&m->h), (uint16_t)(n - 1));
+  ctx_attach(&rt->tree, &m->node, in[0]->cn, CTX_NEVER, now);
+  for (i = 1; i < n; i++)
+    if (in[i]->cn != NULL)
+      ctx_attach_extra(&rt->tree, &m->node, (uint16_t)(i - 1), in[i]->cn);
+  lua_pushvalue(L, ctx_is_linked(&m->node) ? lc_uv(LC_UV_CTXMTGC)
+                                           : lc_uv(LC_UV_CTXMT));
+  lua_setmetatable(L, -2);
+  for (i = 1; i <= n; i++) {
+    lua_pushvalue(L, i);
+    lua_setiuservalue(L, -2, i);
+  }
+  lc_new_cancel(L, n + 1, &m->h);
+  return 2;
+}
+
+/* }====================================================================== */
+
+/* {======================================================================
+** Values
+** A key is described in C (identity, bytes or number) so that a lookup
+** walks the chain through C pointers and touches the Lua API only to push
+** the value it found.
+** ======================================================================= */
+
+typedef struct keyd {
+  uint8_t t, ptype;
+  uint32_t len;
+  union {
+    const void *p;
+    const char *s;
+    lua_Integer i;
+    lua_Number n;
+  } x;
+} keyd;
+
+static void check_key(lua_State *L, int arg, const char *fname, keyd *k) {
+  size_t len;
+  lua_Number n;
+  memset(k, 0, sizeof *k);
+  switch (lua_type(L, arg)) {
+  case LUA_TNONE:
+  case LUA_TNIL:
+    lc_argerror(L, arg, fname, "key must not be nil");
+    break;
+  case LUA_TNUMBER:
+    if (lua_isinteger(L, arg)) {
+      k->t = KT_INT;
+      k->x.i = lua_tointeger(L, arg);
+      break;
+    }
+    n = lua_tonumber(L, arg);
+    if (n != n) lc_argerror(L, arg, fname, "key must not be NaN");
+    if (lua_numbertointeger(n, &k->x.i) && (lua_Number)k->x.i == n)
+      k->t = KT_INT; /* 1.0 and 1 are the same key, as in a table */
+    else {
+      k->t = KT_NUM;
+      k->x.n = n;
+    }
+    break;
+  case LUA_TBOOLEAN:
+    k->t = lua_toboolean(L, arg) ? KT_TRUE : KT_FALSE;
+    break;
+  case LUA_TSTRING:
+    k->t = KT_STR;
+    k->x.s = lua_tolstring(L, arg, &len);
+    if (len > 0xffffffffu) lc_argerror(L, arg, fname, "key too long");
+    k->len = (uint32_t)len;
+    break;
+  default:
+    k->t = KT_PTR;
+    k->ptype = (uint8_t)lua_type(L, arg);
+    k->x.p = lua_topointer(L, arg);
+    break;
+  }
+}
+
+static int key_eq(const lc_ctx *c, const keyd *k) {
+  if (c->ktype != k->t) return 0;
+  switch (k->t) {
+  case KT_PTR: return c->x.p == k->x.p && c->ptype == k->ptype;
+  case KT_STR:
+    return c->klen == k->len &&
+           (c->x.s == k->x.s || memcmp(c->x.s, k->x.s, k->len) == 0);
+  case KT_INT: return c->x.i == k->x.i;
+  case KT_NUM: return c->x.n == k->x.n;
+  default: return 1; /* KT_TRUE, KT_FALSE */
+  }
+}
+
+/* context.with_value(parent, key, value) -> ctx */
+static int l_with_value(lua_State *L) {
+  lc_ctx *p = lc_checkctx(L, 1, "with_value");
+  lc_ctx *c;
+  keyd k;
+  check_key(L, 2, "with_value", &k);
+  lua_settop(L, 3);
+  c = (lc_ctx *)lua_newuserdatauv(L, sizeof(lc_ctx), 3);
+  memset(c, 0, sizeof *c);
+  c->kind = LK_VALUE;
+  c->cn = p->cn;
+  c->parent = p;
+  c->ktype = k.t;
+  c->ptype = k.ptype;
+  c->klen = k.len;
+  c->x.p = NULL;
+  memcpy(&c->x, &k.x, sizeof c->x);
+  lua_pushvalue(L, lc_uv(LC_UV_CTXMT));
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, 2);
+  lua_pushvalue(L, 3);
+  lua_setiuservalue(L, -2, 3);
+  return 1;
+}
+
+/*
+** [-0, +(0|1), m] Depth-first search of the contexts above (and including)
+** the one at idx, in order: a merge's inputs are searched one after the
+** other, each to its root. Leaves the first context for which pred holds
+** on the top of the stack and returns 1; else returns 0.
+*/
+static int search(lua_State *L, int idx,
+                  int (*pred)(const lc_ctx *c, const void *arg),
+                  const void *arg) {
+  int base = lua_gettop(L);
+  lua_pushvalue(L, idx);
+  while (lua_gettop(L) > base) {
+    const lc_ctx *c = (const lc_ctx *)lua_touserdata(L, -1);
+    if (pred(c, arg)) {
+      lua_copy(L, -1, base + 1);
+      lua_settop(L, base + 1);
+      return 1;
+    }
+    if (c->kind == LK_MERGE) {
+      int top = lua_gettop(L), i;
+      luaL_checkstack(L, (int)c->klen, "too many merged contexts");
+      for (i = (int)c->klen; i >= 1; i--) lua_getiuservalue(L, top, i);
+      lua_remove(L, top);
+    } else if (c->parent != NULL && !isroot(c->parent)) {
+      lua_getiuservalue(L, -1, 1);
+      lua_replace(L, -2);
+    } else
+      lua_pop(L, 1);
+  }
+  return 0;
+}
+
+static int pred_key(const lc_ctx *c, const void *arg) {
+  return c->kind == LK_VALUE && key_eq(c, (const keyd *)arg);
+}
+
+/* ctx:value(key) -> the nearest value for key, or nil */
+static int l_value(lua_State *L) {
+  lc_ctx *c = lc_checkctx(L, 1, "value"), *p;
+  int depth = 0;
+  keyd k;
+  check_key(L, 2, "value", &k);
+  for (p = c; p != NULL; p = p->parent, depth++) {
+    if (p->kind == LK_VALUE) {
+      if (key_eq(p, &k)) break;
+    } else if (p->kind == LK_MERGE) {
+      if (search(L, 1, pred_key, &k)) lua_getiuservalue(L, -1, 3);
+      else lua_pushnil(L);
+      return 1;
+    }
+  }
+  if (p == NULL) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushvalue(L, 1);
+  while (depth-- > 0) {
+    lua_getiuservalue(L, -1, 1);
+    lua_replace(L, -2);
+  }
+  lua_getiuservalue(L, -1, 3);
+  return 1;
+}
+
+/* }====================================================================== */
+
+/* {======================================================================
+** Asking
+** ======================================================================= */
+
+/* ctx:err() -> nil | context.canceled | context.deadline_exceeded */
+static int l_err(lua_State *L) {
+  lc_ctx *c = lc_checkctx(L, 1, "err");
+  lc_push_err(L, lc_ctx_err(L, c));
+  return 1;
+}
+
+/* ctx:is_done() -> boolean */
+static int l_is_done(lua_State *L) {
+  lc_ctx *c = lc_checkctx(L, 1, "is_done");
+  lua_pushboolean(L, lc_ctx_err(L, c) != CTX_ERR_NONE);
+  return 1;
+}
+
+/* ctx:check() -> ctx, or raises ctx:err() */
+static int l_check(lua_State *L) {
+  lc_ctx *c = lc_checkctx(L, 1, "check");
+  int e = lc_ctx_err(L, c);
+  if (e != CTX_ERR_NONE) {
+    lc_push_err(L, e);
+    return lua_error(L);
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* The context (c or an ancestor) whose own deadline is c's; NULL if none.
+** Walks the contexts, not the tree: it works on done contexts too. */
+static lc_ctx *deadline_owner(lc_ctx *c) {
+  int64_t d;
+  if (c->cn == NULL || c->cn->deadline == CTX_NEVER) return NULL;
+  d = c->cn->deadline;
+  while (c != NULL) {
+    if (c->kind == LK_TIMER && (lc_node(c)->flags & CTX_F_OWN_DEADLINE) &&
+        lc_node(c)->deadline == d)
+      return c;
+    if (c->kind == LK_MERGE) {
+      lc_ctx **in = lc_merge_inputs(c);
+      uint32_t i;
+      lc_ctx *next = NULL;
+      for (i = 0; i < c->klen && next == NULL; i++)
+        if (in[i]->cn != NULL && in[i]->cn->deadline == d) next = in[i];
+      c = next;
+    } else
+      c = c->parent;
+  }
+  return NULL;
+}
+
+/* ctx:deadline() -> epoch seconds, or nil */
+static int l_deadline(lua_State *L) {
+  lc_ctx *c = lc_checkctx(L, 1, "deadline");
+  lc_ctx *o = deadline_owner(c);
+  if (o != NULL)
+    lua_pushnumber(L, o->x.epoch);
+  else if (c->cn != NULL && c->cn->deadline != CTX_NEVER)
+    lua_pushnumber(L, clk_real() +
+                          (double)(c->cn->deadline - lc_now()) * 1e-9);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
+/* ctx:remaining() -> seconds left (<= 0 once passed), or nil */
+static int l_remaining(lua_State *L) {
+  lc_ctx *c = lc_checkctx(L, 1, "remaining");
+  int64_t now;
+  if (c->cn == NULL || c->cn->deadline == CTX_NEVER) {
+    lua_pushnil(L);
+    return 1;
+  }
+  now = lc_now();
+  if (c->cn->err == CTX_ERR_NONE) ctx_poll(&lc_rt(L)->tree, c->cn, now);
+  lua_pushnumber(L, (lua_Number)(c->cn->deadline - now) * 1e-9);
+  return 1;
+}
+
+static int pred_node(const lc_ctx *c, const void *arg) {
+  return lc_hasnode(c) && lc_node(c) == (const ctx_node *)arg;
+}
+
+/* [-0, +1, m] the context that ended the one at idx (nil if running) */
+static int push_origin(lua_State *L, int idx, lc_ctx *c) {
+  if (lc_ctx_err(L, c) == CTX_ERR_NONE || !search(L, idx, pred_node,
+                                                   c->cn->origin)) {
+    lua_pushnil(L);
+    return 0;
+  }
+  return 1;
+}
+
+/* context.origin(ctx) -> the context whose cancel or timer ended ctx */
+static int l_origin(lua_State *L) {
+  lc_ctx *c = lc_checkctx(L, 1, "origin");
+  push_origin(L, 1, c);
+  return 1;
+}
+
+/* ctx:cause() / context.cause(ctx) -> nil | the cause | ctx:err() */
+static int l_cause(lua_State *L) {
+  lc_ctx *c = lc_checkctx(L, 1, "cause");
+  int e = lc_ctx_err(L, c);
+  if (e == CTX_ERR_NONE) {
+    lua_pushnil(L);
+    return 1;
+  }
+  if (push_origin(L, 1, c)) {
+    lua_rawget(L, lc_uv(LC_UV_CAUSES));
+    if (!lua_isnil(L, -1)) return 1;
+  }
+  lc_push_err(L, e);
+  return 1;
+}
+
+/* context.background() / context.todo() */
+static int l_background(lua_State *L) {
+  lua_pushvalue(L, lc_uv(LC_UV_BG));
+  return 1;
+}
+
+static int l_todo(lua_State *L) {
+  lua_pushvalue(L, lc_uv(LC_UV_TODO));
+  return 1;
+}
+
+/* }====================================================================== */
+
+/* {======================================================================
+** tostring, in Go's style
+** ======================================================================= */
+
+static void add_time(luaL_Buffer *b, double epoch) {
+  char buf[64];
+  time_t s = (time_t)floor(epoch);
+  struct tm tm;
+  int ms = (int)((epoch - floor(epoch)) * 1000.0);
+  if (ms > 999) ms = 999;
+  if (epoch < -6e16 || epoch > 6e16 || gmtime_r(&s, &tm) == NULL)
+    snprintf(buf, sizeof buf, "%.3f", epoch);
+  else
+    snprintf(buf, sizeof buf, "%04d-%02d-%02d %02d:%02d:%02d.%03d +0000 UTC",
+             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+             tm.tm_min, tm.tm_sec, ms);
+  luaL_addstring(b, buf);
+}
+
+/* add the string form of the value on top, popping it (a __tostring may
+** run); the value sits right above the buffer's box, as luaL_addvalue needs */
+static void add_tostring(lua_State *L, luaL_Buffer *b) {
+  luaL_tolstring(L, -1, NULL);
+  lua_remove(L, -2);
+  luaL_addvalue(b);
+}
+
+static int l_tostring(lua_State *L) {
+  lc_ctx *c = lc_checkctx(L, 1, "tostring"), *p;
+  int top, i;
+  luaL_Buffer b;
+  lua_settop(L, 1);
+  /* push the chain, leaf first, up to a root or a merge */
+  for (p = c; p->kind != LK_MERGE && p->parent != NULL && !isroot(p->parent);
+       p = p->parent) {
+    luaL_checkstack(L, 4, "context chain too deep");
+    lua_getiuservalue(L, -1, 1);
+  }
+  top = lua_gettop(L);
+  luaL_buffinit(L, &b);
+  for (i = top; i >= 1; i--) {
+    lc_ctx *x = (lc_ctx *)lua_touserdata(L, i);
+    if (i == top) { /* the start of the chain */
+      if (x->kind == LK_MERGE) {
+        uint32_t j;
+        luaL_addstring(&b, "context.Merge(");
+        for (j = 1; j <= x->klen; j++) {
+          if (j > 1) luaL_addstring(&b, ", ");
+          lua_getiuservalue(L, i, (int)j);
+          add_tostring(L, &b);
+        }
+        luaL_addstring(&b, ")");
+        continue;
+      }
+      if (x->parent != NULL) /* a child of a root */
+        luaL_addstring(&b, x->parent->kind == LK_TODO ? "context.TODO"
+                                                      : "context.Background");
+    }
+    switch (x->kind) {
+    case LK_BACKGROUND: luaL_addstring(&b, "context.Background"); break;
+    case LK_TODO: luaL_addstring(&b, "context.TODO"); break;
+    case LK_CANCEL: luaL_addstring(&b, ".WithCancel"); break;
+    case LK_WITHOUT: luaL_addstring(&b, ".WithoutCancel"); break;
+    case LK_TIMER:
+      if (lc_node(x)->flags & CTX_F_OWN_DEADLINE) {
+        char buf[48];
+        luaL_addstring(&b, ".WithDeadline(");
+        add_time(&b, x->x.epoch);
+        snprintf(buf, sizeof buf, " [%.3fs])",
+                 (double)(lc_node(x)->deadline - lc_now()) * 1e-9);
+        luaL_addstring(&b, buf);
+      } else
+        luaL_addstring(&b, ".WithCancel");
+      break;
+    case LK_VALUE:
+      luaL_addstring(&b, ".WithValue(");
+      lua_getiuservalue(L, i, 2);
+      add_tostring(L, &b);
+      luaL_addstring(&b, ", ");
+      lua_getiuservalue(L, i, 3);
+      add_tostring(L, &b);
+      luaL_addstring(&b, ")");
+      break;
+    default: break;
+    }
+  }
+  luaL_pushresult(&b);
+  return 1;
+}
+
+/* }====================================================================== */
+
+/* __gc of linked contexts: take the node out of the tree */
+static int l_gc(lua_State *L) {
+  lc_ctx *c = (lc_ctx *)lua_touserdata(L, 1);
+  if (c != NULL && lc_hasnode(c)) ctx_detach(&lc_rt(L)->tree, lc_node(c));
+  return 0;
+}
+
+#define DERIVATIONS                          \
+  {"with_cancel", l_with_cancel},            \
+  {"with_cancel_cause", l_with_cancel_cause},\
+  {"with_timeout", l_with_timeout},          \
+  {"with_deadline", l_with_deadline},        \
+  {"with_value", l_with_value},              \
+  {"without_cancel", l_without_cancel},      \
+  {"merge", l_merge}
+
+const luaL_Reg lc_ctx_funcs[] = {
+  DERIVATIONS,
+  {"background", l_background},
+  {"todo", l_todo},
+  {"cause", l_cause},
+  {"origin", l_origin},
+  {NULL, NULL}
+};
+
+const luaL_Reg lc_ctx_methods[] = {
+  DERIVATIONS,
+  {"err", l_err},
+  {"is_done", l_is_done},
+  {"check", l_check},
+  {"deadline", l_deadline},
+  {"remaining", l_remaining},
+  {"value", l_value},
+  {"cause", l_cause},
+  {"origin", l_origin},
+  {NULL, NULL}
+};
+
+const luaL_Reg lc_ctx_meta[] = {
+  {"__tostring", l_tostring},
+  {NULL, NULL}
+};
+
+const luaL_Reg lc_ctx_gcmeta[] = {
+  {"__gc", l_gc},
+  {NULL, NULL}
+};

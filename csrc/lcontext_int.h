@@ -1,0 +1,138 @@
+/*
+** lcontext_int.h — shared by the binding's files (not installed).
+**
+** Every Lua-facing C function of the module shares the same upvalues (the
+** LC_UV_* indices below): the metatables are compared against them instead
+** of looked up by name, and the per-state runtime comes from one of them, so
+** there is no global mutable state and each lua_State has its own tree.
+*/
+#ifndef LCONTEXT_INT_H
+#define LCONTEXT_INT_H
+
+#include <stdint.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "core/clock.h"
+#include "core/ctx.h"
+
+/* upvalues shared by every function of the module */
+#define LC_UV_CTXMT 1    /* metatable of contexts without __gc */
+#define LC_UV_CTXMTGC 2  /* metatable of contexts linked below a parent */
+#define LC_UV_CANCELMT 3 /* metatable of cancel objects */
+#define LC_UV_RT 4       /* the runtime (lc_runtime userdata) */
+#define LC_UV_CANCELED 5 /* context.canceled */
+#define LC_UV_DEADLINE 6 /* context.deadline_exceeded */
+#define LC_UV_CAUSES 7   /* weak-keyed: origin context -> cause */
+#define LC_UV_KEYMT 8    /* metatable of context.key objects */
+#define LC_UV_BG 9       /* context.background() */
+#define LC_UV_TODO 10    /* context.todo() */
+#define LC_NUP 10
+
+#define lc_uv(i) lua_upvalueindex(i)
+
+/* the per-lua_State runtime */
+typedef struct lc_runtime {
+  ctx_tree tree;
+  const void *mt[2];    /* LC_UV_CTXMT, LC_UV_CTXMTGC as pointers (fast checks) */
+  const void *cancelmt; /* LC_UV_CANCELMT as a pointer */
+} lc_runtime;
+
+/* kinds of context */
+enum lc_kind {
+  LK_BACKGROUND,
+  LK_TODO,
+  LK_CANCEL,  /* with_cancel, with_cancel_cause */
+  LK_TIMER,   /* with_timeout, with_deadline */
+  LK_MERGE,   /* merge */
+  LK_VALUE,   /* with_value */
+  LK_WITHOUT  /* without_cancel */
+};
+
+/* key descriptors of with_value (how a key compares, without the Lua API) */
+enum lc_keytype {
+  KT_PTR = 1, /* collectable or light userdata: identity (x.p) */
+  KT_STR,     /* string: same bytes (x.s, klen) */
+  KT_INT,     /* integer, or float with an integral value (x.i) */
+  KT_NUM,     /* other float, never NaN (x.n) */
+  KT_TRUE,
+  KT_FALSE
+};
+
+/* lc_ctx.flags */
+#define LCF_TCAUSE 1 /* a timer cause is stored in the causes table */
+
+/*
+** The head of every context userdata.
+** User value 1 anchors `parent` (unless the parent is a root); a value
+** context keeps its key in user value 2 and its value in 3; a merge keeps
+** its inputs in user values 1..nin.
+*/
+typedef struct lc_ctx {
+  ctx_node *cn;          /* node whose state this context reports: its own,
+                            the nearest cancellable ancestor's, or NULL
+                            (never done) */
+  struct lc_ctx *parent; /* the (first) parent; NULL for roots */
+  uint8_t kind;          /* enum lc_kind */
+  uint8_t ktype;         /* LK_VALUE: enum lc_keytype */
+  uint8_t flags;         /* LCF_* */
+  uint8_t ptype;         /* LK_VALUE, KT_PTR: the key's Lua type */
+  uint32_t klen;         /* LK_VALUE, KT_STR: the key's length; LK_MERGE: inputs */
+  union {
+    double epoch;        /* LK_TIMER: the deadline asked for, epoch seconds */
+    const void *p;
+    const char *s;
+    lua_Integer i;
+    lua_Number n;
+  } x;
+} lc_ctx;
+
+/* contexts with a node of their own (cancel, timer, merge) */
+typedef struct lc_cctx {
+  lc_ctx h;
+  ctx_node node;
+} lc_cctx;
+
+#define lc_hasnode(c) ((c)->kind == LK_CANCEL || (c)->kind == LK_TIMER || \
+                       (c)->kind == LK_MERGE)
+#define lc_node(c) (&((lc_cctx *)(c))->node)
+
+/* a merge: the node, then its extra links, then its inputs */
+#define lc_merge_xlinks(c) ((ctx_link *)((lc_cctx *)(c) + 1))
+#define lc_merge_inputs(c) \
+  ((lc_ctx **)(lc_merge_xlinks(c) + ((c)->klen - 1)))
+
+/* cancel objects */
+typedef struct lc_cancel {
+  lc_ctx *c; /* the context it cancels (anchored by user value 1) */
+} lc_cancel;
+
+/* l_core.c */
+int lc_argerror(lua_State *L, int arg, const char *fname, const char *msg);
+int lc_typeerror(lua_State *L, int arg, const char *fname, const char *tname);
+lc_ctx *lc_checkctx(lua_State *L, int arg, const char *fname);
+lc_ctx *lc_testctx(lua_State *L, int arg);
+lua_Number lc_checkduration(lua_State *L, int arg, const char *fname);
+int64_t lc_now(void);
+
+#define lc_rt(L) ((lc_runtime *)lua_touserdata(L, lc_uv(LC_UV_RT)))
+
+/* l_ctx.c */
+extern const luaL_Reg lc_ctx_funcs[];   /* module functions */
+extern const luaL_Reg lc_ctx_methods[]; /* methods of contexts */
+extern const luaL_Reg lc_ctx_meta[];    /* metamethods of contexts */
+extern const luaL_Reg lc_ctx_gcmeta[];  /* __gc of linked contexts */
+void lc_push_err(lua_State *L, int err);
+int lc_ctx_err(lua_State *L, lc_ctx *c);
+
+/* l_cancel.c */
+extern const luaL_Reg lc_cancel_meta[];
+void lc_new_cancel(lua_State *L, int ctxidx, lc_ctx *c);
+
+/* l_key.c */
+extern const luaL_Reg lc_key_funcs[];
+extern const luaL_Reg lc_key_meta[];
+void lc_new_sentinels(lua_State *L); /* pushes canceled, deadline_exceeded */
+
+#endif
