@@ -3,6 +3,7 @@
 ** See ctx.h for the invariants.
 */
 #include "ctx.h"
+#include "clock.h"
 
 /* {======================================================================
 ** Links
@@ -39,6 +40,7 @@ static void unlink_parents(ctx_node *n) {
 void ctx_tree_init(ctx_tree *t) {
   t->on_done = NULL;
   t->ud = NULL;
+  t->clock = clk_mono_ns;
   t->created = t->canceled = t->expired = t->live_linked = 0;
 }
 
@@ -126,6 +128,7 @@ int ctx_attach_extra(ctx_tree *t, ctx_node *n, uint16_t i, ctx_node *p) {
 
 int ctx_cancel(ctx_tree *t, ctx_node *n, int err) {
   ctx_node *top, *cur;
+  int64_t now = -1; /* read once, when first needed */
   if (n->err != CTX_ERR_NONE) return 0;
   n->err = (uint8_t)err;
   n->origin = n;
@@ -141,13 +144,23 @@ int ctx_cancel(ctx_tree *t, ctx_node *n, int err) {
     while ((l = cur->children) != NULL) {
       ctx_node *c = l->child;
       link_remove(l);
-      if (c->err == CTX_ERR_NONE) {
-        c->err = (uint8_t)err;
-        c->origin = n;
-        unlink_parents(c);
-        c->link.parent = top; /* push */
-        top = c;
+      if (c->err != CTX_ERR_NONE) continue;
+      if (c->flags & CTX_F_OWN_DEADLINE) {
+        /* a deadline that passed unobserved had ended c before this */
+        if (now < 0) now = t->clock();
+        if (c->deadline <= now) {
+          c->err = CTX_ERR_DEADLINE;
+          c->origin = c;
+          t->expired++;
+        }
       }
+      if (c->err == CTX_ERR_NONE) {
+        c->err = cur->err;
+        c->origin = cur->origin;
+      }
+      unlink_parents(c);
+      c->link.parent = top; /* push */
+      top = c;
     }
     if ((cur->flags & CTX_F_WATCHED) && t->on_done != NULL) t->on_done(t, cur);
   }

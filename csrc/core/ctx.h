@@ -67,6 +67,7 @@ struct ctx_tree {
   ** It may queue work but must not cancel, attach or detach nodes. */
   void (*on_done)(ctx_tree *t, ctx_node *n);
   void *ud;
+  int64_t (*clock)(void); /* monotonic ns (clk_mono_ns; tests inject) */
   /* counters (for metrics) */
   uint64_t created, canceled, expired, live_linked;
 };
@@ -99,8 +100,10 @@ int ctx_attach_extra(ctx_tree *t, ctx_node *n, uint16_t i, ctx_node *p);
 
 /*
 ** Cancel n and its whole subtree with err (first cancel wins: a done node is
-** left alone). Iterative: no recursion, no allocation. Returns 1 if n was
-** running before the call.
+** left alone). A descendant whose own deadline has passed unobserved ends
+** with CTX_ERR_DEADLINE as its own origin, as its timer would have ended it
+** first; its subtree inherits that. Iterative: no recursion, no allocation.
+** Returns 1 if n was running before the call.
 */
 int ctx_cancel(ctx_tree *t, ctx_node *n, int err);
 

@@ -37,10 +37,15 @@ static void count_done(ctx_tree *t, ctx_node *n) {
   done_calls++;
 }
 
+static int64_t fake_now;
+static int64_t fake_clock(void) { return fake_now; }
+
 static ctx_tree *tree(void) {
   static ctx_tree t;
   ctx_tree_init(&t);
   t.on_done = count_done;
+  t.clock = fake_clock;
+  fake_now = 0;
   done_calls = 0;
   return &t;
 }
@@ -141,6 +146,22 @@ static void test_watched(void) {
   CHECK(done_calls == 2);
 }
 
+/* a child's deadline passed unobserved, then its parent is cancelled: the
+** child ended first, by its own deadline */
+static void test_unobserved_expiry(void) {
+  ctx_tree *t = tree();
+  ctx_node a, b, c, d;
+  mk(t, &a, NULL, CTX_NEVER, 0);
+  mk(t, &b, &a, 100, 0);
+  mk(t, &c, &b, CTX_NEVER, 0);
+  mk(t, &d, &a, 500, 0);
+  fake_now = 200;
+  ctx_cancel(t, &a, CTX_ERR_CANCELED);
+  CHECK(b.err == CTX_ERR_DEADLINE && b.origin == &b);
+  CHECK(c.err == CTX_ERR_DEADLINE && c.origin == &b);
+  CHECK(d.err == CTX_ERR_CANCELED && d.origin == &a);
+}
+
 #define BIG 100000
 
 static void test_deep_chain(void) {
@@ -182,6 +203,7 @@ int main(void) {
   RUN(test_merge);
   RUN(test_detach);
   RUN(test_watched);
+  RUN(test_unobserved_expiry);
   RUN(test_deep_chain);
   RUN(test_wide);
   printf("%d passed, %d failed\n", passed, failed);

@@ -1,0 +1,83 @@
+#!/bin/sh
+# runtests.sh — every test suite of lcontext, as `make test` runs it.
+# Each suite prints its own counts; the last line is the sum over all of
+# them: `N passed, N failed`. Exits non-zero if anything failed.
+#
+# Suites: C unit tests (sanitized), busted on Lua 5.4, busted with the
+# module under ASan+UBSan, busted under valgrind, busted with an aggressive
+# GC hook. SUITES="c lua asan valgrind gc" selects some of them.
+
+SUITES=${SUITES:-"c lua asan valgrind gc"}
+MAKE=${MAKE:-make}
+LUA=${LUA:-lua5.4}
+BUSTED="$LUA /usr/bin/busted"
+OUT=${TMPDIR:-/tmp}/lcontext-test.$$
+mkdir -p "$OUT"
+trap 'rm -rf "$OUT"' EXIT
+P=0; F=0
+
+# add_counts NAME FILE: read `N passed, N failed` (C) or busted's summary
+add_counts() {
+  name=$1; file=$2; rc=$3
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$file" | tail -1)
+  if [ -n "$line" ]; then
+    p=$(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')
+    f=$(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/')
+  else
+    line=$(grep -E '[0-9]+ successes? / [0-9]+ failures? / [0-9]+ errors?' "$file" | tail -1)
+    if [ -n "$line" ]; then
+      p=$(echo "$line" | grep -oE '[0-9]+ success' | grep -oE '[0-9]+')
+      f1=$(echo "$line" | grep -oE '[0-9]+ failure' | grep -oE '[0-9]+')
+      f2=$(echo "$line" | grep -oE '[0-9]+ error' | grep -oE '[0-9]+')
+      f=$((f1 + f2))
+    else
+      p=0; f=1
+      echo "$name: no summary found (crashed?)"
+    fi
+  fi
+  if [ "$rc" != 0 ] && [ "$f" = 0 ]; then
+    f=1; echo "$name: exited with status $rc (memory errors or a crash)"
+  fi
+  echo "== $name: $p passed, $f failed"
+  P=$((P + p)); F=$((F + f))
+}
+
+run() { # run NAME CMD...: run a suite, show its output, count it
+  name=$1; shift
+  echo "== $name: $*"
+  "$@" > "$OUT/$name.log" 2>&1
+  rc=$?
+  cat "$OUT/$name.log"
+  add_counts "$name" "$OUT/$name.log" "$rc"
+}
+
+for s in $SUITES; do
+  case $s in
+  c)
+    $MAKE -s build/test_ctx build/test_tw >/dev/null || { echo "C tests: build failed"; F=$((F + 1)); continue; }
+    run c-ctx ./build/test_ctx
+    run c-tw ./build/test_tw
+    ;;
+  lua)
+    run lua5.4 $BUSTED
+    ;;
+  asan)
+    $MAKE -s asan >/dev/null || { echo "asan: build failed"; F=$((F + 1)); continue; }
+    ASAN_LIB=$(${CC:-cc} -print-file-name=libasan.so)
+    run asan env LD_PRELOAD="$ASAN_LIB" ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 \
+        UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 LCONTEXT_BUILD=build-asan \
+        $BUSTED --cpath='./build-asan/?.so' --exclude-tags=novalgrind
+    ;;
+  valgrind)
+    run valgrind env LCONTEXT_VALGRIND=1 valgrind -q --leak-check=full \
+        --errors-for-leak-kinds=definite --show-leak-kinds=definite \
+        --error-exitcode=99 $BUSTED --exclude-tags=novalgrind
+    ;;
+  gc)
+    run gc-stress env LCONTEXT_GC_STRESS=1 $BUSTED --helper=spec/gc_stress_helper.lua
+    ;;
+  esac
+done
+
+echo "$P passed, $F failed"
+[ "$F" = 0 ]
