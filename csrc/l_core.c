@@ -126,6 +126,8 @@ LUALIB_API int luaopen_lcontext_core(lua_State *L) {
   lua_rawseti(L, uvt, LC_UV_CAUSES);
   lua_newtable(L);
   lua_rawseti(L, uvt, LC_UV_KEYMT);
+  lua_newtable(L);
+  lua_rawseti(L, uvt, LC_UV_TASKMT);
   lua_rawgeti(L, uvt, LC_UV_CTXMT);
   new_root(L, LK_BACKGROUND);
   lua_pushvalue(L, -2);
@@ -143,6 +145,26 @@ LUALIB_API int luaopen_lcontext_core(lua_State *L) {
   }
   lua_rawgeti(L, uvt, LC_UV_CANCELMT);
   rt->cancelmt = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  lua_rawgeti(L, uvt, LC_UV_TASKMT);
+  rt->taskmt = lua_topointer(L, -1);
+  lua_pop(L, 1);
+
+  /* the scheduler; the runtime's __gc stops its watchers at lua_close */
+  lc_sched_init(L, rt);
+  lua_rawgeti(L, uvt, LC_UV_CAUSES);
+  rt->ref_causes = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_anchors);
+  lua_rawgeti(L, uvt, LC_UV_CANCELED);
+  lua_setfield(L, -2, "canceled");
+  lua_rawgeti(L, uvt, LC_UV_DEADLINE);
+  lua_setfield(L, -2, "deadline_exceeded");
+  lua_pop(L, 1);
+  lua_rawgeti(L, uvt, LC_UV_RT);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, lc_runtime_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
   lua_pop(L, 1);
 
   /* methods table, shared by both context metatables */
@@ -175,6 +197,19 @@ LUALIB_API int luaopen_lcontext_core(lua_State *L) {
   lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
 
+  lua_rawgeti(L, uvt, LC_UV_TASKMT);
+  push_upvalues(L, uvt);
+  luaL_setfuncs(L, lc_task_meta, LC_NUP);
+  lua_newtable(L);
+  push_upvalues(L, uvt);
+  luaL_setfuncs(L, lc_task_methods, LC_NUP);
+  lua_setfield(L, -2, "__index");
+  lua_pushliteral(L, "context.task");
+  lua_setfield(L, -2, "__name");
+  lua_pushliteral(L, "context.task");
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+
   lua_rawgeti(L, uvt, LC_UV_KEYMT);
   push_upvalues(L, uvt);
   luaL_setfuncs(L, lc_key_meta, LC_NUP);
@@ -190,6 +225,8 @@ LUALIB_API int luaopen_lcontext_core(lua_State *L) {
   luaL_setfuncs(L, lc_ctx_funcs, LC_NUP);
   push_upvalues(L, uvt);
   luaL_setfuncs(L, lc_key_funcs, LC_NUP);
+  push_upvalues(L, uvt);
+  luaL_setfuncs(L, lc_sched_funcs, LC_NUP);
   luaL_setfuncs(L, core_funcs, 0);
   lua_rawgeti(L, uvt, LC_UV_CANCELED);
   lua_setfield(L, -2, "canceled");
@@ -198,6 +235,10 @@ LUALIB_API int luaopen_lcontext_core(lua_State *L) {
   lua_rawgeti(L, uvt, LC_UV_CTXMT);
   lua_getfield(L, -1, "__index");
   lua_setfield(L, -3, "_methods"); /* for lua/lcontext to add methods */
+  lua_pop(L, 1);
+  lua_rawgeti(L, uvt, LC_UV_TASKMT);
+  lua_getfield(L, -1, "__index");
+  lua_setfield(L, -3, "_task_methods");
   lua_pop(L, 1);
   return 1;
 }

@@ -58,6 +58,7 @@ static int64_t deadline_after(int64_t now, lua_Number secs) {
 */
 static lc_ctx *derive(lua_State *L, lc_ctx *p, int kind, int64_t own,
                       int64_t now) {
+  size_t size = kind == LK_TIMER ? sizeof(lc_tctx) : sizeof(lc_cctx);
   lc_runtime *rt = lc_rt(L);
   ctx_node *pn = p->cn;
   int anchored = !isroot(p);
@@ -66,12 +67,18 @@ static lc_ctx *derive(lua_State *L, lc_ctx *p, int kind, int64_t own,
     if (now == 0) now = lc_now();
     ctx_poll(&rt->tree, pn, now);
   }
-  c = (lc_cctx *)lua_newuserdatauv(L, sizeof(lc_cctx), anchored);
+  c = (lc_cctx *)lua_newuserdatauv(L, size, anchored);
   memset(&c->h, 0, sizeof c->h);
   c->h.cn = &c->node;
   c->h.parent = p;
   c->h.kind = (uint8_t)kind;
   ctx_node_init(&c->node);
+  if (kind == LK_TIMER) {
+    lc_tctx *t = (lc_tctx *)c;
+    tw_entry_init(&t->tm.e);
+    t->tm.kind = LT_DEADLINE;
+    t->watch = 0;
+  }
   ctx_attach(&rt->tree, &c->node, pn, own, now);
   lua_pushvalue(L, ctx_is_linked(&c->node) ? lc_uv(LC_UV_CTXMTGC)
                                            : lc_uv(LC_UV_CTXMT));
@@ -389,7 +396,7 @@ static int l_check(lua_State *L) {
 
 /* The context (c or an ancestor) whose own deadline is c's; NULL if none.
 ** Walks the contexts, not the tree: it works on done contexts too. */
-static lc_ctx *deadline_owner(lc_ctx *c) {
+lc_ctx *lc_deadline_owner(lc_ctx *c) {
   int64_t d;
   if (c->cn == NULL || c->cn->deadline == CTX_NEVER) return NULL;
   d = c->cn->deadline;
@@ -413,7 +420,7 @@ static lc_ctx *deadline_owner(lc_ctx *c) {
 /* ctx:deadline() -> epoch seconds, or nil */
 static int l_deadline(lua_State *L) {
   lc_ctx *c = lc_checkctx(L, 1, "deadline");
-  lc_ctx *o = deadline_owner(c);
+  lc_ctx *o = lc_deadline_owner(c);
   if (o != NULL)
     lua_pushnumber(L, o->x.epoch);
   else if (c->cn != NULL && c->cn->deadline != CTX_NEVER)
@@ -583,7 +590,10 @@ static int l_tostring(lua_State *L) {
 /* __gc of linked contexts: take the node out of the tree */
 static int l_gc(lua_State *L) {
   lc_ctx *c = (lc_ctx *)lua_touserdata(L, 1);
-  if (c != NULL && lc_hasnode(c)) ctx_detach(&lc_rt(L)->tree, lc_node(c));
+  if (c != NULL && lc_hasnode(c)) {
+    ctx_detach(&lc_rt(L)->tree, lc_node(c));
+    if (c->kind == LK_TIMER) lc_timer_gc(lc_rt(L), c);
+  }
   return 0;
 }
 

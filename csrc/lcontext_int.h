@@ -14,8 +14,11 @@
 #include "lua.h"
 #include "lauxlib.h"
 
+#include <ev.h>
+
 #include "core/clock.h"
 #include "core/ctx.h"
+#include "core/tw.h"
 
 /* upvalues shared by every function of the module */
 #define LC_UV_CTXMT 1    /* metatable of contexts without __gc */
@@ -28,15 +31,41 @@
 #define LC_UV_KEYMT 8    /* metatable of context.key objects */
 #define LC_UV_BG 9       /* context.background() */
 #define LC_UV_TODO 10    /* context.todo() */
-#define LC_NUP 10
+#define LC_UV_TASKMT 11  /* metatable of tasks */
+#define LC_NUP 11
 
 #define lc_uv(i) lua_upvalueindex(i)
+
+typedef struct lc_waiter lc_waiter;
+typedef struct ctx_watch lc_wait;
 
 /* the per-lua_State runtime */
 typedef struct lc_runtime {
   ctx_tree tree;
   const void *mt[2];    /* LC_UV_CTXMT, LC_UV_CTXMTGC as pointers (fast checks) */
   const void *cancelmt; /* LC_UV_CANCELMT as a pointer */
+  const void *taskmt;   /* LC_UV_TASKMT as a pointer */
+  /* the scheduler (l_sched.c) */
+  lua_State *L;          /* the main thread: tasks are resumed from it */
+  struct ev_loop *loop;  /* the host's loop, or libev's default loop */
+  tw_wheel wheel;        /* deadlines someone waits on, and sleeps */
+  ev_timer wtimer;       /* armed at the wheel's next wake-up */
+  int64_t wtimer_at;     /* when wtimer is armed for; TW_NEVER: stopped */
+  ev_idle idle;          /* active while the ready queue is not empty */
+  ev_timer steptimer;    /* context.step's bound */
+  lc_waiter *ready;      /* ready queue: head ... */
+  lc_waiter **ready_tail;/* ... and where to append */
+  struct lc_task *current; /* the task being resumed, or NULL */
+  int draining;          /* inside drain: no blocking waits */
+  int in_run;            /* inside run/step/a main-thread wait */
+  int closed;            /* the state is closing: schedule nothing */
+  int ref_anchors;       /* registry: lightuserdata -> waiter userdata */
+  int ref_causes;        /* registry: the causes table (LC_UV_CAUSES) */
+  int ref_onerror;       /* registry: the error handler, or LUA_NOREF */
+  long ntasks;           /* tasks not finished */
+  long nio;              /* fd waits armed */
+  long nsig;             /* signal contexts watching */
+  uint64_t resumed;      /* counters for metrics */
 } lc_runtime;
 
 /* kinds of context */
@@ -94,6 +123,21 @@ typedef struct lc_cctx {
   ctx_node node;
 } lc_cctx;
 
+/* a wheel entry and what it belongs to */
+enum { LT_DEADLINE = 1, LT_SLEEP = 2 };
+typedef struct lc_timer {
+  tw_entry e;
+  uint8_t kind; /* LT_* */
+} lc_timer;
+
+/* with_timeout / with_deadline: the node's timer enters the wheel only
+** while something waits on the context or on a descendant it ends */
+typedef struct lc_tctx {
+  lc_cctx c;
+  lc_timer tm;
+  uint32_t watch; /* waits that depend on this deadline */
+} lc_tctx;
+
 #define lc_hasnode(c) ((c)->kind == LK_CANCEL || (c)->kind == LK_TIMER || \
                        (c)->kind == LK_MERGE)
 #define lc_node(c) (&((lc_cctx *)(c))->node)
@@ -119,6 +163,7 @@ int64_t lc_now(void);
 #define lc_rt(L) ((lc_runtime *)lua_touserdata(L, lc_uv(LC_UV_RT)))
 
 /* l_ctx.c */
+lc_ctx *lc_deadline_owner(lc_ctx *c);
 extern const luaL_Reg lc_ctx_funcs[];   /* module functions */
 extern const luaL_Reg lc_ctx_methods[]; /* methods of contexts */
 extern const luaL_Reg lc_ctx_meta[];    /* metamethods of contexts */
@@ -129,6 +174,14 @@ int lc_ctx_err(lua_State *L, lc_ctx *c);
 /* l_cancel.c */
 extern const luaL_Reg lc_cancel_meta[];
 void lc_new_cancel(lua_State *L, int ctxidx, lc_ctx *c);
+
+/* l_sched.c */
+extern const luaL_Reg lc_sched_funcs[];
+extern const luaL_Reg lc_task_meta[];
+extern const luaL_Reg lc_task_methods[];
+void lc_sched_init(lua_State *L, lc_runtime *rt);
+int lc_runtime_gc(lua_State *L);
+void lc_timer_gc(lc_runtime *rt, lc_ctx *c);
 
 /* l_key.c */
 extern const luaL_Reg lc_key_funcs[];

@@ -53,7 +53,7 @@ void ctx_node_init(ctx_node *n) {
   n->origin = NULL;
   n->deadline = CTX_NEVER;
   n->xlinks = NULL;
-  n->ext = NULL;
+  n->watch = NULL;
   n->nx = 0;
   n->err = CTX_ERR_NONE;
   n->flags = 0;

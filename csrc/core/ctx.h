@@ -39,6 +39,7 @@ enum ctx_flag {
 };
 
 typedef struct ctx_node ctx_node;
+struct ctx_watch; /* what waits on a node: defined by the binding */
 
 /* One edge of the tree: lives in the child, is linked into the parent. */
 typedef struct ctx_link {
@@ -55,7 +56,7 @@ struct ctx_node {
   ctx_node *origin;    /* once done: the node whose cancel or timer ended it */
   int64_t deadline;    /* effective deadline, monotonic ns, or CTX_NEVER */
   ctx_link *xlinks;    /* CTX_F_MERGE: edges to parents 2..nx+1 */
-  void *ext;           /* the binding's waiters, callbacks, timer entry */
+  struct ctx_watch *watch; /* the binding's list of what waits on it */
   uint16_t nx;         /* number of xlinks */
   uint8_t err;         /* enum ctx_err */
   uint8_t flags;       /* enum ctx_flag */

@@ -1,13 +1,129 @@
 --- lcontext: Go's context package for Lua.
--- The C core (lcontext.core) holds the context tree; this module is the
--- public face: it re-exports the core and adds what is written in Lua.
+-- The C core (lcontext.core) holds the context tree, the timer wheel and the
+-- scheduler; this module is the public face. It re-exports the core and adds
+-- the waiting functions, whose suspension is written here, in Lua: the core
+-- registers what a task waits for and hands back a token, and the task
+-- yields that token to the loop. No C yield is involved, so the same code
+-- runs where lua_yieldk does not exist (LuaJIT).
 local core = require "lcontext.core"
 
 local M = {}
 for k, v in pairs(core) do
-  if k:sub(1, 1) ~= "_" then M[k] = v end
+  if k:sub(1, 1) ~= "_" and k ~= "sched_stats" then M[k] = v end
+end
+M._VERSION = "lcontext scm"
+
+local methods = core._methods
+local task_methods = core._task_methods
+local park, TOKEN, results = core._park, core._token(), core._results
+local yield, type, select, error = coroutine.yield, type, select, error
+local floor = math.floor
+
+-- Wait for the first of the waitables (contexts, tasks, seconds, {fd=,mode=})
+-- and return its index. In a task this suspends; on the main thread the core
+-- runs the loop until one fires.
+local function wait(fname, ...)
+  local i = park(fname, ...)
+  if i == TOKEN then
+    i = yield(TOKEN)
+  end
+  return i
 end
 
-M._VERSION = "lcontext scm"
+local function check_ctx(v, fname, argn)
+  if getmetatable(v) ~= "context" then
+    error(("bad argument #%d to '%s' (context expected, got %s)"):format(
+      argn, fname, type(v)), 3)
+  end
+end
+
+local function check_seconds(v, fname, argn)
+  if type(v) ~= "number" then
+    error(("bad argument #%d to '%s' (number expected, got %s)"):format(
+      argn, fname, type(v)), 3)
+  elseif v ~= v or v == math.huge or v == -math.huge then
+    error(("bad argument #%d to '%s' (number is not finite)"):format(argn, fname), 3)
+  end
+end
+
+--- ctx:done() -> ctx:err(), once ctx is done.
+function methods.done(ctx)
+  check_ctx(ctx, "done", 1)
+  wait("done", ctx)
+  return ctx:err()
+end
+
+--- context.sleep(ctx, seconds) -> true | nil, ctx:err()
+function M.sleep(ctx, seconds)
+  check_ctx(ctx, "sleep", 1)
+  check_seconds(seconds, "sleep", 2)
+  if wait("sleep", ctx, seconds) == 2 then return true end
+  return nil, ctx:err()
+end
+
+local modes = { r = true, w = true, rw = true }
+
+local function fd_of(fd, fname)
+  if type(fd) == "number" then
+    if fd ~= floor(fd) or fd < 0 then
+      error(("bad argument #2 to '%s' (bad file descriptor)"):format(fname), 3)
+    end
+    return fd
+  end
+  local ok, getfd = pcall(function() return fd.getfd end)
+  if ok and getfd then
+    local n = fd:getfd()
+    if type(n) == "number" and n >= 0 then return n end
+    error(("bad argument #2 to '%s' (object has no open file descriptor)"):format(fname), 3)
+  end
+  error(("bad argument #2 to '%s' (file descriptor or object with :getfd() expected, got %s)")
+    :format(fname, type(fd)), 3)
+end
+
+--- context.wait_fd(ctx, fd, mode) -> true | nil, ctx:err()
+function M.wait_fd(ctx, fd, mode)
+  check_ctx(ctx, "wait_fd", 1)
+  local n = fd_of(fd, "wait_fd")
+  mode = mode or "r"
+  if not modes[mode] then
+    error(("bad argument #3 to 'wait_fd' (\"r\", \"w\" or \"rw\" expected, got %s)")
+      :format(tostring(mode)), 2)
+  end
+  if wait("wait_fd", ctx, { fd = n, mode = mode }) == 2 then return true end
+  return nil, ctx:err()
+end
+
+--- context.fd(fd [, mode]) -> a waitable for context.select
+function M.fd(fd, mode)
+  mode = mode or "r"
+  if not modes[mode] then
+    error(("bad argument #2 to 'fd' (\"r\", \"w\" or \"rw\" expected, got %s)")
+      :format(tostring(mode)), 2)
+  end
+  return { fd = fd_of(fd, "fd"), mode = mode }
+end
+
+--- context.select(w1, w2, ...) -> index, waitable
+-- Waitables: a context (fires when done), a task (when it ends), a number
+-- (a sleep of that many seconds), context.fd(fd, mode) (when ready).
+function M.select(...)
+  local n = select("#", ...)
+  if n == 0 then
+    error("bad argument #1 to 'select' (waitable expected, got no value)", 2)
+  end
+  local i = wait("select", ...)
+  return i, (select(i, ...))
+end
+
+--- task:wait() -> what the task's function returned, or nil, err
+function task_methods.wait(task)
+  if select("#", results(task)) == 0 then
+    wait("wait", task)
+  end
+  return results(task)
+end
+
+--- context.in_task() -> is the caller a task run by lcontext?
+M.in_task = core._in_task
 
 return M
