@@ -1,0 +1,3 @@
+module lcbench
+
+go 1.19

@@ -1,0 +1,91 @@
+#!/bin/sh
+# bench/run.sh: what `make bench` runs.
+#
+# Measures Go's context (bench/go), then lcontext and the plain-Lua baseline
+# (bench/bench.lua), and prints one table with the ratios and the targets.
+# It builds nothing of lcontext itself: run `make` first (without it the
+# lcontext columns stay empty). Raw figures are kept in bench/out/.
+#
+# Environment:
+#   LUA           the Lua 5.4 interpreter (default lua5.4)
+#   GO            the go command (default go)
+#   BENCH_SCALE   multiplies iteration counts (default 1; 0.1 = quick, noisy)
+#
+# Always exits 0: this reports, it does not gate.
+
+cd "$(dirname "$0")/.." || exit 0
+
+LUA=${LUA:-lua5.4}
+GO=${GO:-go}
+BENCH_SCALE=${BENCH_SCALE:-1}
+export BENCH_SCALE
+OUT=bench/out
+mkdir -p "$OUT"
+GO_TSV=$OUT/go.tsv
+LUA_TSV=$OUT/lua.tsv
+: >"$GO_TSV"
+: >"$LUA_TSV"
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+
+# A directory we can write to, for Go's build cache when HOME is unset or
+# read-only.
+# (`go env GOCACHE` says "off" when it cannot find one: only absolute paths
+# count.)
+writable_dir() {
+	case $1 in
+	/*) mkdir -p "$1" 2>/dev/null && [ -w "$1" ] ;;
+	*) false ;;
+	esac
+}
+
+run_go() {
+	if ! command -v "$GO" >/dev/null 2>&1; then
+		say "Go is not installed ('$GO' not found): the Go column stays empty"
+		return
+	fi
+	# Stdlib only, no network: keep the go command off the module proxy and
+	# out of any workspace or GOPATH mode the caller may have set.
+	GOFLAGS='' GO111MODULE=on GOWORK=off GOPROXY=off GOTOOLCHAIN=local
+	export GOFLAGS GO111MODULE GOWORK GOPROXY GOTOOLCHAIN
+	tmp=${TMPDIR:-/tmp}
+	if ! writable_dir "$("$GO" env GOCACHE 2>/dev/null)"; then
+		GOCACHE=$tmp/lcbench-go-cache
+		export GOCACHE
+	fi
+	if ! writable_dir "$("$GO" env GOPATH 2>/dev/null)"; then
+		GOPATH=$tmp/lcbench-go-path
+		export GOPATH
+	fi
+	say "building bench/go with $("$GO" version 2>/dev/null)"
+	if ! (cd bench/go && "$GO" build -o ../out/lcbench-go .); then
+		say "building bench/go failed: the Go column stays empty"
+		return
+	fi
+	say "running Go's context (about 15 s)"
+	if ! "$OUT/lcbench-go" -scale="$BENCH_SCALE" >"$GO_TSV"; then
+		say "bench/go failed: its figures may be incomplete"
+	fi
+}
+
+run_lua() {
+	if ! command -v "$LUA" >/dev/null 2>&1; then
+		say "'$LUA' not found: no Lua figures"
+		return 1
+	fi
+	say "running lcontext and plain Lua (about 1 min)"
+	LUA_PATH="./lua/?.lua;./lua/?/init.lua;./bench/?.lua;;" \
+	LUA_CPATH="./build/?.so;;" \
+		"$LUA" bench/bench.lua >"$LUA_TSV" ||
+		say "bench.lua failed: its figures may be incomplete"
+	return 0
+}
+
+run_go
+if run_lua; then
+	"$LUA" bench/report.lua "$GO_TSV" "$LUA_TSV"
+else
+	say "Go's figures:"
+	cat "$GO_TSV"
+fi
+exit 0
