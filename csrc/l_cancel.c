@@ -9,20 +9,23 @@
 
 /* [-0, +1, m] a cancel object for the context c at index ctxidx */
 void lc_new_cancel(lua_State *L, int ctxidx, lc_ctx *c) {
-  lc_cancel *k = (lc_cancel *)lua_newuserdatauv(L, sizeof(lc_cancel), 1);
-  k->c = c;
+  (void)c;
+  lua_newuserdatauv(L, 0, 1);
   lua_pushvalue(L, ctxidx);
   lua_setiuservalue(L, -2, 1);
   lua_pushvalue(L, lc_uv(LC_UV_CANCELMT));
   lua_setmetatable(L, -2);
 }
 
-static lc_cancel *check_cancel(lua_State *L, const char *fname) {
-  lc_cancel *k = (lc_cancel *)lua_touserdata(L, 1);
-  if (k != NULL && lua_getmetatable(L, 1)) {
+/* [-0, +1, v] check the cancel object at 1; push its context, return it */
+static lc_ctx *check_cancel(lua_State *L, const char *fname) {
+  if (lua_getmetatable(L, 1)) {
     const void *mt = lua_topointer(L, -1);
     lua_pop(L, 1);
-    if (mt == lc_rt(L)->cancelmt) return k;
+    if (mt == lc_rt(L)->cancelmt && lua_type(L, 1) == LUA_TUSERDATA) {
+      lua_getiuservalue(L, 1, 1);
+      return (lc_ctx *)lua_touserdata(L, -1);
+    }
   }
   lc_typeerror(L, 1, fname, "cancel object");
   return NULL;
@@ -32,15 +35,14 @@ static lc_cancel *check_cancel(lua_State *L, const char *fname) {
 ** Cancel with an optional cause (nil: none). A deadline that has already
 ** passed wins over the cancel, as it would have had its timer fired.
 */
-static void do_cancel(lua_State *L, lc_cancel *k, int causeidx) {
+static void do_cancel(lua_State *L, lc_ctx *c, int causeidx) {
   lc_runtime *rt = lc_rt(L);
-  lc_ctx *c = k->c;
   ctx_node *n = lc_node(c);
   if (n->err != CTX_ERR_NONE) return;
   if (n->deadline != CTX_NEVER && ctx_poll(&rt->tree, n, lc_now()))
     return;
   if (causeidx != 0 || (c->flags & LCF_TCAUSE)) {
-    lua_getiuservalue(L, 1, 1); /* the context */
+    lua_pushvalue(L, -1); /* the context */
     if (causeidx != 0)
       lua_pushvalue(L, causeidx);
     else
@@ -53,22 +55,28 @@ static void do_cancel(lua_State *L, lc_cancel *k, int causeidx) {
 /* cancel([cause])   [-0, +0, m]
 ** With a cause (any non-nil value) the context's cause() reports it. */
 static int l_cancel_call(lua_State *L) {
-  lc_cancel *k = check_cancel(L, "cancel");
-  do_cancel(L, k, lua_isnoneornil(L, 2) ? 0 : 2);
+  int hascause;
+  lc_ctx *c;
+  lua_settop(L, 2);
+  hascause = !lua_isnil(L, 2);
+  c = check_cancel(L, "cancel");
+  do_cancel(L, c, hascause ? 2 : 0);
   return 0;
 }
 
 /* __close: cancel without cause (the error that closes the scope, if any,
 ** is not a cancellation cause). */
 static int l_cancel_close(lua_State *L) {
-  lc_cancel *k = check_cancel(L, "cancel");
-  do_cancel(L, k, 0);
+  lc_ctx *c;
+  lua_settop(L, 2);
+  c = check_cancel(L, "cancel");
+  do_cancel(L, c, 0);
   return 0;
 }
 
 static int l_cancel_tostring(lua_State *L) {
-  lc_cancel *k = check_cancel(L, "cancel");
-  lua_pushfstring(L, "context.cancel: %p", (void *)k);
+  check_cancel(L, "cancel");
+  lua_pushfstring(L, "context.cancel: %p", lua_topointer(L, 1));
   return 1;
 }
 

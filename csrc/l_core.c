@@ -35,24 +35,7 @@ int lc_typeerror(lua_State *L, int arg, const char *fname, const char *tname) {
   return lc_argerror(L, arg, fname, msg);
 }
 
-/* [-0, +0, -] the context at arg, or NULL */
-lc_ctx *lc_testctx(lua_State *L, int arg) {
-  lc_ctx *c = (lc_ctx *)lua_touserdata(L, arg);
-  if (c != NULL && lua_getmetatable(L, arg)) {
-    const void *mt = lua_topointer(L, -1);
-    const lc_runtime *rt = lc_rt(L);
-    lua_pop(L, 1);
-    if (mt == rt->mt[0] || mt == rt->mt[1]) return c;
-  }
-  return NULL;
-}
-
-/* [-0, +0, v] the context at arg, or an argument error */
-lc_ctx *lc_checkctx(lua_State *L, int arg, const char *fname) {
-  lc_ctx *c = lc_testctx(L, arg);
-  if (c == NULL) lc_typeerror(L, arg, fname, "context");
-  return c;
-}
+lc_ctx *lc_testctx(lua_State *L, int arg) { return lc_testctx_(L, arg); }
 
 /* [-0, +0, v] a finite number of seconds */
 lua_Number lc_checkduration(lua_State *L, int arg, const char *fname) {
@@ -128,6 +111,12 @@ LUALIB_API int luaopen_lcontext_core(lua_State *L) {
   lua_rawseti(L, uvt, LC_UV_KEYMT);
   lua_newtable(L);
   lua_rawseti(L, uvt, LC_UV_TASKMT);
+  lua_newtable(L); /* vmap: weak values */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawseti(L, uvt, LC_UV_VMAP);
   lua_rawgeti(L, uvt, LC_UV_CTXMT);
   new_root(L, LK_BACKGROUND);
   lua_pushvalue(L, -2);

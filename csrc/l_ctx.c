@@ -44,9 +44,8 @@ int lc_ctx_err(lua_State *L, lc_ctx *c) {
 
 /* Monotonic deadline `secs` seconds after now, rounded up, clamped. */
 static int64_t deadline_after(int64_t now, lua_Number secs) {
-  lua_Number ns;
-  if (secs <= 0) return now;
-  ns = ceil(secs * 1e9);
+  lua_Number ns = ceil(secs * 1e9);
+  if (ns < -4e18) ns = -4e18; /* long past: still ordered, never wraps */
   if (ns >= (lua_Number)(CTX_NEVER - now)) return CTX_NEVER - 1;
   return now + (int64_t)ns;
 }
@@ -112,7 +111,7 @@ static int derive_timer(lua_State *L, lc_ctx *p, int64_t own, int64_t now,
   int hascause = !lua_isnoneornil(L, 3);
   lua_settop(L, 3);
   c = derive(L, p, LK_TIMER, own, now);
-  c->x.epoch = epoch;
+  ((lc_tctx *)c)->epoch = epoch;
   if (hascause) {
     c->flags |= LCF_TCAUSE;
     lua_pushvalue(L, -2);
@@ -170,7 +169,7 @@ static int l_merge(lua_State *L) {
     }
   }
   m = (lc_cctx *)lua_newuserdatauv(
-      L, sizeof(lc_cctx) + (size_t)(n - 1) * sizeof(ctx_link) +
+      L, sizeof(lc_cctx) + (size_t)(n - 1) * sizeof(ctx_xlink) +
              (size_t)n * sizeof(lc_ctx *), n);
   memset(&m->h, 0, sizeof m->h);
   m->h.cn = &m->node;
@@ -180,7 +179,7 @@ static int l_merge(lua_State *L) {
   in = lc_merge_inputs(&m->h);
   for (i = 0; i < n; i++) in[i] = (lc_ctx *)lua_touserdata(L, i + 1);
   ctx_node_init(&m->node);
-  ctx_merge_init(&m->node, lc_merge_xlinks(&m->h), (uint16_t)(n - 1));
+  ctx_merge_init(&m->node, (uint16_t)(n - 1));
   ctx_attach(&rt->tree, &m->node, in[0]->cn, CTX_NEVER, now);
   for (i = 1; i < n; i++)
     if (in[i]->cn != NULL)
@@ -208,12 +207,7 @@ static int l_merge(lua_State *L) {
 typedef struct keyd {
   uint8_t t, ptype;
   uint32_t len;
-  union {
-    const void *p;
-    const char *s;
-    lua_Integer i;
-    lua_Number n;
-  } x;
+  lc_keyx x;
 } keyd;
 
 static void check_key(lua_State *L, int arg, const char *fname, keyd *k) {
@@ -257,12 +251,13 @@ static void check_key(lua_State *L, int arg, const char *fname, keyd *k) {
   }
 }
 
-static int key_eq(const lc_ctx *c, const keyd *k) {
-  if (c->ktype != k->t) return 0;
+static int key_eq(const lc_ctx *h, const keyd *k) {
+  const lc_vctx *c = (const lc_vctx *)h;
+  if (h->ktype != k->t) return 0;
   switch (k->t) {
-  case KT_PTR: return c->x.p == k->x.p && c->ptype == k->ptype;
+  case KT_PTR: return c->x.p == k->x.p && h->ptype == k->ptype;
   case KT_STR:
-    return c->klen == k->len &&
+    return h->klen == k->len &&
            (c->x.s == k->x.s || memcmp(c->x.s, k->x.s, k->len) == 0);
   case KT_INT: return c->x.i == k->x.i;
   case KT_NUM: return c->x.n == k->x.n;
@@ -273,20 +268,19 @@ static int key_eq(const lc_ctx *c, const keyd *k) {
 /* context.with_value(parent, key, value) -> ctx */
 static int l_with_value(lua_State *L) {
   lc_ctx *p = lc_checkctx(L, 1, "with_value");
-  lc_ctx *c;
+  lc_vctx *v;
   keyd k;
   check_key(L, 2, "with_value", &k);
   lua_settop(L, 3);
-  c = (lc_ctx *)lua_newuserdatauv(L, sizeof(lc_ctx), 3);
-  memset(c, 0, sizeof *c);
-  c->kind = LK_VALUE;
-  c->cn = p->cn;
-  c->parent = p;
-  c->ktype = k.t;
-  c->ptype = k.ptype;
-  c->klen = k.len;
-  c->x.p = NULL;
-  memcpy(&c->x, &k.x, sizeof c->x);
+  v = (lc_vctx *)lua_newuserdatauv(L, sizeof(lc_vctx), 3);
+  memset(v, 0, sizeof *v);
+  v->h.kind = LK_VALUE;
+  v->h.cn = p->cn;
+  v->h.parent = p;
+  v->h.ktype = k.t;
+  v->h.ptype = k.ptype;
+  v->h.klen = k.len;
+  v->x = k.x;
   lua_pushvalue(L, lc_uv(LC_UV_CTXMT));
   lua_setmetatable(L, -2);
   lua_pushvalue(L, 1);
@@ -295,6 +289,8 @@ static int l_with_value(lua_State *L) {
   lua_setiuservalue(L, -2, 2);
   lua_pushvalue(L, 3);
   lua_setiuservalue(L, -2, 3);
+  lua_pushvalue(L, -1); /* so that value() finds it from its address */
+  lua_rawsetp(L, lc_uv(LC_UV_VMAP), v);
   return 1;
 }
 
@@ -353,10 +349,12 @@ static int l_value(lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
-  lua_pushvalue(L, 1);
-  while (depth-- > 0) {
-    lua_getiuservalue(L, -1, 1);
-    lua_replace(L, -2);
+  if (lua_rawgetp(L, lc_uv(LC_UV_VMAP), p) != LUA_TUSERDATA) {
+    lua_pushvalue(L, 1); /* not expected: walk the user values instead */
+    while (depth-- > 0) {
+      lua_getiuservalue(L, -1, 1);
+      lua_replace(L, -2);
+    }
   }
   lua_getiuservalue(L, -1, 3);
   return 1;
@@ -422,7 +420,7 @@ static int l_deadline(lua_State *L) {
   lc_ctx *c = lc_checkctx(L, 1, "deadline");
   lc_ctx *o = lc_deadline_owner(c);
   if (o != NULL)
-    lua_pushnumber(L, o->x.epoch);
+    lua_pushnumber(L, ((lc_tctx *)o)->epoch);
   else if (c->cn != NULL && c->cn->deadline != CTX_NEVER)
     lua_pushnumber(L, clk_real() +
                           (double)(c->cn->deadline - lc_now()) * 1e-9);
@@ -562,7 +560,7 @@ static int l_tostring(lua_State *L) {
       if (lc_node(x)->flags & CTX_F_OWN_DEADLINE) {
         char buf[48];
         luaL_addstring(&b, ".WithDeadline(");
-        add_time(&b, x->x.epoch);
+        add_time(&b, ((lc_tctx *)x)->epoch);
         snprintf(buf, sizeof buf, " [%.3fs])",
                  (double)(lc_node(x)->deadline - lc_now()) * 1e-9);
         luaL_addstring(&b, buf);

@@ -32,7 +32,8 @@
 #define LC_UV_BG 9       /* context.background() */
 #define LC_UV_TODO 10    /* context.todo() */
 #define LC_UV_TASKMT 11  /* metatable of tasks */
-#define LC_NUP 11
+#define LC_UV_VMAP 12    /* weak values: value context's address -> itself */
+#define LC_NUP 12
 
 #define lc_uv(i) lua_upvalueindex(i)
 
@@ -108,14 +109,20 @@ typedef struct lc_ctx {
   uint8_t flags;         /* LCF_* */
   uint8_t ptype;         /* LK_VALUE, KT_PTR: the key's Lua type */
   uint32_t klen;         /* LK_VALUE, KT_STR: the key's length; LK_MERGE: inputs */
-  union {
-    double epoch;        /* LK_TIMER: the deadline asked for, epoch seconds */
-    const void *p;
-    const char *s;
-    lua_Integer i;
-    lua_Number n;
-  } x;
 } lc_ctx;
+
+/* with_value: the key, described for comparison in C */
+typedef union lc_keyx {
+  const void *p;
+  const char *s;
+  lua_Integer i;
+  lua_Number n;
+} lc_keyx;
+
+typedef struct lc_vctx {
+  lc_ctx h;
+  lc_keyx x;
+} lc_vctx;
 
 /* contexts with a node of their own (cancel, timer, merge) */
 typedef struct lc_cctx {
@@ -134,6 +141,7 @@ typedef struct lc_timer {
 ** while something waits on the context or on a descendant it ends */
 typedef struct lc_tctx {
   lc_cctx c;
+  double epoch;   /* the deadline asked for, epoch seconds (deadline()) */
   lc_timer tm;
   uint32_t watch; /* waits that depend on this deadline */
 } lc_tctx;
@@ -142,25 +150,39 @@ typedef struct lc_tctx {
                        (c)->kind == LK_MERGE)
 #define lc_node(c) (&((lc_cctx *)(c))->node)
 
-/* a merge: the node, then its extra links, then its inputs */
-#define lc_merge_xlinks(c) ((ctx_link *)((lc_cctx *)(c) + 1))
+/* a merge: the node, then its extra edges, then its inputs */
 #define lc_merge_inputs(c) \
-  ((lc_ctx **)(lc_merge_xlinks(c) + ((c)->klen - 1)))
+  ((lc_ctx **)(ctx_xlinks(lc_node(c)) + ((c)->klen - 1)))
 
-/* cancel objects */
-typedef struct lc_cancel {
-  lc_ctx *c; /* the context it cancels (anchored by user value 1) */
-} lc_cancel;
+/* cancel objects: a zero-byte userdata whose user value 1 is the context */
 
 /* l_core.c */
 int lc_argerror(lua_State *L, int arg, const char *fname, const char *msg);
 int lc_typeerror(lua_State *L, int arg, const char *fname, const char *tname);
-lc_ctx *lc_checkctx(lua_State *L, int arg, const char *fname);
 lc_ctx *lc_testctx(lua_State *L, int arg);
 lua_Number lc_checkduration(lua_State *L, int arg, const char *fname);
 int64_t lc_now(void);
 
 #define lc_rt(L) ((lc_runtime *)lua_touserdata(L, lc_uv(LC_UV_RT)))
+
+/* [-0, +0, -] the context at arg, or NULL: its metatable is one of ours */
+static inline lc_ctx *lc_testctx_(lua_State *L, int arg) {
+  lc_ctx *c = (lc_ctx *)lua_touserdata(L, arg);
+  if (c != NULL && lua_getmetatable(L, arg)) {
+    const void *mt = lua_topointer(L, -1);
+    const lc_runtime *rt = lc_rt(L);
+    lua_settop(L, -2);
+    if (mt == rt->mt[0] || mt == rt->mt[1]) return c;
+  }
+  return NULL;
+}
+
+/* [-0, +0, v] the context at arg, or an argument error */
+static inline lc_ctx *lc_checkctx(lua_State *L, int arg, const char *fname) {
+  lc_ctx *c = lc_testctx_(L, arg);
+  if (c == NULL) lc_typeerror(L, arg, fname, "context");
+  return c;
+}
 
 /* l_ctx.c */
 lc_ctx *lc_deadline_owner(lc_ctx *c);

@@ -9,9 +9,16 @@
 ** Links
 ** ======================================================================= */
 
-static void link_insert(ctx_link *l, ctx_node *parent, ctx_node *child) {
-  l->child = child;
-  l->parent = parent;
+#define PARENT(l) ((ctx_node *)((l)->parent & ~(uintptr_t)1))
+
+/* the node owning edge l */
+static ctx_node *link_child(ctx_link *l) {
+  if (l->parent & 1) return ((ctx_xlink *)l)->child;
+  return (ctx_node *)l; /* a node's own edge is its first member */
+}
+
+static void link_insert(ctx_link *l, ctx_node *parent, int extra) {
+  l->parent = (uintptr_t)parent | (uintptr_t)(extra != 0);
   l->next = parent->children;
   if (l->next != NULL) l->next->pprev = &l->next;
   l->pprev = &parent->children;
@@ -24,7 +31,7 @@ static void link_remove(ctx_link *l) {
   if (l->next != NULL) l->next->pprev = l->pprev;
   l->next = NULL;
   l->pprev = NULL;
-  l->parent = NULL;
+  l->parent = 0;
 }
 
 /* Unlink every edge from n to its parents. */
@@ -32,7 +39,7 @@ static void unlink_parents(ctx_node *n) {
   uint16_t i;
   link_remove(&n->link);
   if (n->flags & CTX_F_MERGE)
-    for (i = 0; i < n->nx; i++) link_remove(&n->xlinks[i]);
+    for (i = 0; i < n->nx; i++) link_remove(&ctx_xlinks(n)[i].l);
 }
 
 /* }====================================================================== */
@@ -47,12 +54,10 @@ void ctx_tree_init(ctx_tree *t) {
 void ctx_node_init(ctx_node *n) {
   n->link.next = NULL;
   n->link.pprev = NULL;
-  n->link.parent = NULL;
-  n->link.child = n;
+  n->link.parent = 0;
   n->children = NULL;
   n->origin = NULL;
   n->deadline = CTX_NEVER;
-  n->xlinks = NULL;
   n->watch = NULL;
   n->nx = 0;
   n->err = CTX_ERR_NONE;
@@ -64,7 +69,7 @@ int ctx_is_linked(const ctx_node *n) {
   if (n->link.pprev != NULL || n->children != NULL) return 1;
   if (n->flags & CTX_F_MERGE)
     for (i = 0; i < n->nx; i++)
-      if (n->xlinks[i].pprev != NULL) return 1;
+      if (ctx_xlinks(n)[i].l.pprev != NULL) return 1;
   return 0;
 }
 
@@ -90,32 +95,32 @@ int ctx_attach(ctx_tree *t, ctx_node *n, ctx_node *p, int64_t own_deadline,
     t->expired++;
     set_done(t, n, CTX_ERR_DEADLINE, n);
   } else if (p != NULL)
-    link_insert(&n->link, p, n);
+    link_insert(&n->link, p, 0);
   return n->err;
 }
 
-void ctx_merge_init(ctx_node *n, ctx_link *x, uint16_t nx) {
+void ctx_merge_init(ctx_node *n, uint16_t nx) {
+  ctx_xlink *x = ctx_xlinks(n);
   uint16_t i;
   n->flags |= CTX_F_MERGE;
-  n->xlinks = x;
   n->nx = nx;
   for (i = 0; i < nx; i++) {
-    x[i].next = NULL;
-    x[i].pprev = NULL;
-    x[i].parent = NULL;
+    x[i].l.next = NULL;
+    x[i].l.pprev = NULL;
+    x[i].l.parent = 0;
     x[i].child = n;
   }
 }
 
 int ctx_attach_extra(ctx_tree *t, ctx_node *n, uint16_t i, ctx_node *p) {
-  ctx_link *x = &n->xlinks[i];
+  ctx_link *x = &ctx_xlinks(n)[i].l;
+  if (p->deadline < n->deadline) n->deadline = p->deadline;
   if (n->err != CTX_ERR_NONE) return n->err;
   if (p->err != CTX_ERR_NONE) {
     set_done(t, n, p->err, p->origin);
     return n->err;
   }
-  if (p->deadline < n->deadline) n->deadline = p->deadline;
-  link_insert(x, p, n);
+  link_insert(x, p, 1);
   return n->err;
 }
 
@@ -134,15 +139,15 @@ int ctx_cancel(ctx_tree *t, ctx_node *n, int err) {
   n->origin = n;
   unlink_parents(n);
   if (err == CTX_ERR_DEADLINE) t->expired++; else t->canceled++;
-  n->link.parent = NULL;
+  n->link.parent = 0;
   top = n;
   while (top != NULL) {
     ctx_link *l;
     cur = top;
-    top = cur->link.parent;
-    cur->link.parent = NULL;
+    top = (ctx_node *)cur->link.parent;
+    cur->link.parent = 0;
     while ((l = cur->children) != NULL) {
-      ctx_node *c = l->child;
+      ctx_node *c = link_child(l);
       link_remove(l);
       if (c->err != CTX_ERR_NONE) continue;
       if (c->flags & CTX_F_OWN_DEADLINE) {
@@ -159,7 +164,7 @@ int ctx_cancel(ctx_tree *t, ctx_node *n, int err) {
         c->origin = cur->origin;
       }
       unlink_parents(c);
-      c->link.parent = top; /* push */
+      c->link.parent = (uintptr_t)top; /* push */
       top = c;
     }
     if ((cur->flags & CTX_F_WATCHED) && t->on_done != NULL) t->on_done(t, cur);
@@ -172,13 +177,13 @@ int ctx_cancel(ctx_tree *t, ctx_node *n, int err) {
 /* The parent through which n inherits its effective deadline, or NULL. */
 static ctx_node *deadline_parent(ctx_node *n) {
   uint16_t i;
-  if (n->link.pprev != NULL && n->link.parent->deadline == n->deadline)
-    return n->link.parent;
+  if (n->link.pprev != NULL && PARENT(&n->link)->deadline == n->deadline)
+    return PARENT(&n->link);
   if (n->flags & CTX_F_MERGE)
     for (i = 0; i < n->nx; i++) {
-      ctx_link *x = &n->xlinks[i];
-      if (x->pprev != NULL && x->parent->deadline == n->deadline)
-        return x->parent;
+      ctx_link *x = &ctx_xlinks(n)[i].l;
+      if (x->pprev != NULL && PARENT(x)->deadline == n->deadline)
+        return PARENT(x);
     }
   return NULL;
 }

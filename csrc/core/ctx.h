@@ -41,26 +41,39 @@ enum ctx_flag {
 typedef struct ctx_node ctx_node;
 struct ctx_watch; /* what waits on a node: defined by the binding */
 
-/* One edge of the tree: lives in the child, is linked into the parent. */
+/*
+** One edge of the tree: lives in the child, is linked into the parent.
+** A node's own edge (its first member, `link`) leads back to the node by
+** its address; the extra edges of a merge are ctx_xlinks, which say whose
+** they are, and are marked by bit 0 of `parent`.
+*/
 typedef struct ctx_link {
-  struct ctx_link *next;   /* next sibling link in parent's list */
-  struct ctx_link **pprev; /* where the pointer to this link is; NULL: unlinked */
-  ctx_node *parent;        /* the parent while linked; the cancel walk also
-                              uses it as the work-stack pointer of done nodes */
-  ctx_node *child;         /* the node owning this link */
+  struct ctx_link *next;   /* next sibling edge in the parent's list */
+  struct ctx_link **pprev; /* where the pointer to this edge is; NULL: unlinked */
+  uintptr_t parent;        /* the parent node while linked (| 1: an xlink);
+                              the cancel walk also threads its work stack
+                              through the (unlinked) edges of done nodes */
 } ctx_link;
 
+typedef struct ctx_xlink {
+  ctx_link l;
+  ctx_node *child; /* the merge owning this edge */
+} ctx_xlink;
+
 struct ctx_node {
-  ctx_link link;       /* edge to the (first) parent */
+  ctx_link link;       /* edge to the (first) parent: must come first */
   ctx_link *children;  /* list of edges to children; NULL when done */
   ctx_node *origin;    /* once done: the node whose cancel or timer ended it */
   int64_t deadline;    /* effective deadline, monotonic ns, or CTX_NEVER */
-  ctx_link *xlinks;    /* CTX_F_MERGE: edges to parents 2..nx+1 */
   struct ctx_watch *watch; /* the binding's list of what waits on it */
-  uint16_t nx;         /* number of xlinks */
+  uint16_t nx;         /* CTX_F_MERGE: number of xlinks */
   uint8_t err;         /* enum ctx_err */
   uint8_t flags;       /* enum ctx_flag */
 };
+
+/* A merge's nx extra edges (to its parents 2..nx+1) follow the node in
+** memory: the caller allocates sizeof(ctx_node) + nx * sizeof(ctx_xlink). */
+#define ctx_xlinks(n) ((ctx_xlink *)((n) + 1))
 
 typedef struct ctx_tree ctx_tree;
 struct ctx_tree {
@@ -87,10 +100,10 @@ int ctx_attach(ctx_tree *t, ctx_node *n, ctx_node *p, int64_t own_deadline,
                int64_t now);
 
 /*
-** Merge: give n (fresh from ctx_node_init) nx extra parent links in x
-** (memory owned by the caller, valid as long as n). Call before ctx_attach.
+** Merge: give n (fresh from ctx_node_init) nx extra parent edges, in the
+** memory that follows it (ctx_xlinks). Call before ctx_attach.
 */
-void ctx_merge_init(ctx_node *n, ctx_link *x, uint16_t nx);
+void ctx_merge_init(ctx_node *n, uint16_t nx);
 
 /*
 ** Merge: add parent p through extra link i, after ctx_attach (with the first

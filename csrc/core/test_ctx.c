@@ -107,18 +107,21 @@ static void test_deadlines(void) {
 
 static void test_merge(void) {
   ctx_tree *t = tree();
-  ctx_node a, b, m;
-  ctx_link x[1];
+  ctx_node a, b;
+  struct { ctx_node n; ctx_xlink x[1]; } mm;
+  ctx_node *mp = &mm.n;
+#define m (*mp)
   mk(t, &a, NULL, 900, 0);
   mk(t, &b, NULL, 300, 0);
   ctx_node_init(&m);
-  ctx_merge_init(&m, x, 1);
+  ctx_merge_init(&m, 1);
   ctx_attach(t, &m, &a, CTX_NEVER, 0);
   ctx_attach_extra(t, &m, 0, &b);
   CHECK(m.deadline == 300 && ctx_deadline_owner(&m) == &b);
   CHECK(ctx_poll(t, &m, 300) == CTX_ERR_DEADLINE && m.origin == &b);
   CHECK(!ctx_is_linked(&m) && a.children == NULL);
   CHECK(a.err == CTX_ERR_NONE);
+#undef m
 }
 
 static void test_detach(void) {

@@ -102,7 +102,7 @@ static int tw_msb (uint64_t x) {
 static uint64_t tw_tick_of (int64_t ns) {
   int64_t q = ns / TW_TICK_NS;      /* truncates toward zero */
   if (ns % TW_TICK_NS > 0) q++;     /* round positive remainders up */
-  return (uint64_t)q + TW_BIAS;     /* q > -TW_BIAS: result is positive */
+  return (uint64_t)(q + (int64_t)TW_BIAS);  /* q > -TW_BIAS: positive */
 }
 
 /* start of a biased tick in ns, saturated at TW_NEVER */
@@ -192,11 +192,11 @@ static void tw_place (tw_wheel *w, tw_entry *e, uint64_t t) {
 ** *at to its start tick; returns the slot or -1 */
 static int tw_scan_level (const tw_wheel *w, int level, uint64_t *at) {
   int shift = level * TW_LEVEL_BITS;
-  unsigned digit = (unsigned)((w->tick >> shift) & TW_MASK);
-  uint64_t later = w->occupied[level] & ~(((uint64_t)2 << digit) - 1);
+  int digit = (int)((w->tick >> shift) & TW_MASK);
+  uint64_t later = (w->occupied[level] >> digit) >> 1;  /* slots > digit */
   int s;
   if (later == 0) return -1;
-  s = tw_ctz(later);
+  s = digit + 1 + tw_ctz(later);
   *at = ((w->tick >> (shift + TW_LEVEL_BITS)) << (shift + TW_LEVEL_BITS))
         | ((uint64_t)s << shift);
   return s;
@@ -206,27 +206,23 @@ static int tw_scan_level (const tw_wheel *w, int level, uint64_t *at) {
 static int tw_scan_top (const tw_wheel *w, uint64_t *at) {
   uint64_t occ = w->occupied[TW_TOP];
   uint64_t blk = (w->tick >> TW_TOP_SHIFT) + 1;
-  unsigned r = (unsigned)(blk & TW_MASK);
-  uint64_t rot;
-  int d;
+  int r = (int)(blk & TW_MASK);
+  int d;  /* blocks after blk */
   if (occ == 0) return -1;
-  rot = (occ >> r) | (occ << ((TW_SLOTS - r) & TW_MASK));
-  d = tw_ctz(rot);  /* blocks after blk */
+  if ((occ >> r) != 0) d = tw_ctz(occ >> r);      /* slots r..63 */
+  else d = TW_SLOTS - r + tw_ctz(occ);            /* wrapped: 0..r-1 */
   *at = (blk + (uint64_t)d) << TW_TOP_SHIFT;
-  return (int)((r + (unsigned)d) & TW_MASK);
+  return (r + d) & (int)TW_MASK;
 }
 
-/* earliest slot event: sets *level and *at (start tick), returns the slot
-** index (level-major) or -1 if no slot is occupied */
-static int tw_next_event (const tw_wheel *w, int *level, uint64_t *at) {
+/* earliest slot event: sets *at (its start tick), returns the slot index
+** (level-major) or -1 if no slot is occupied */
+static int tw_next_event (const tw_wheel *w, uint64_t *at) {
   int l, s;
   for (l = 0; l < TW_TOP; l++) {
-    if (w->occupied[l] != 0 && (s = tw_scan_level(w, l, at)) >= 0) {
-      *level = l;
+    if (w->occupied[l] != 0 && (s = tw_scan_level(w, l, at)) >= 0)
       return l * TW_SLOTS + s;
-    }
   }
-  *level = TW_TOP;
   s = tw_scan_top(w, at);
   return s < 0 ? -1 : TW_TOP * TW_SLOTS + s;
 }
@@ -336,23 +332,22 @@ size_t tw_count (const tw_wheel *w) {
 }
 
 int64_t tw_next_wakeup (const tw_wheel *w) {
-  int level;
   uint64_t at;
   if (w->due != NULL) return w->due_min;  /* due ticks are <= the cursor */
-  if (tw_next_event(w, &level, &at) < 0) return TW_NEVER;
+  if (tw_next_event(w, &at) < 0) return TW_NEVER;
   return tw_ns_of(at);
 }
 
 size_t tw_advance (tw_wheel *w, int64_t now_ns, tw_fire_fn fire, void *ud) {
   size_t n = 0;
   uint64_t target, at;
-  int idx, level;
+  int idx;
   if (now_ns < w->now) now_ns = w->now;
   w->now = now_ns;  /* from here on, inserts due by now_ns go to `due` */
   target = tw_tick_of(now_ns);
   if (w->due != NULL && w->due_min <= now_ns)
     n += tw_run_due(w, now_ns, fire, ud);
-  while ((idx = tw_next_event(w, &level, &at)) >= 0 && at <= target) {
+  while ((idx = tw_next_event(w, &at)) >= 0 && at <= target) {
     w->tick = at;
     n += tw_run_slot(w, idx, now_ns, fire, ud);
   }
@@ -380,7 +375,7 @@ static uint64_t tw_slot_start (const tw_wheel *w, int level, unsigned s) {
   }
   else {
     uint64_t cur = w->tick >> TW_TOP_SHIFT;
-    uint64_t d = ((uint64_t)s - cur) & TW_MASK;
+    uint64_t d = (s + TW_SLOTS - (cur & TW_MASK)) & TW_MASK;
     return d == 0 ? 0 : (cur + d) << TW_TOP_SHIFT;
   }
 }
