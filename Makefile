@@ -14,7 +14,7 @@ CC          ?= cc
 CSTD         = -std=c99 -Wall -Wextra -pedantic
 OPT         ?= -O2
 CFLAGS      ?= $(OPT) -g
-ALL_CFLAGS   = $(CSTD) $(CFLAGS) -fPIC -I$(LUA_INC) -Icsrc
+ALL_CFLAGS   = $(CSTD) $(CFLAGS) -fPIC -fvisibility=hidden -I$(LUA_INC) -Icsrc
 LIBS         = -lev -lm
 
 BUILD       ?= build
@@ -46,7 +46,7 @@ demo: deps build
 	$(LUA) tools/with_paths.lua examples/demo.lua
 
 # Every suite; the last line is `N passed, N failed` summed over all of them.
-test: deps build
+test: deps build $(BUILD)/embed-host
 	@sh tools/runtests.sh
 
 # C unit tests of the Lua-free core
@@ -54,6 +54,12 @@ $(BUILD)/test_%: csrc/core/test_%.c $(CORE_LIB_SRC) $(HDRS)
 	@mkdir -p $(BUILD)
 	$(CC) $(CSTD) $(OPT) -g -fsanitize=address,undefined -fno-omit-frame-pointer \
 	    -Icsrc -o $@ $< $(CORE_LIB_SRC) -lm
+
+# examples/embed: a C host with its own libev loop, lcontext linked in
+$(BUILD)/embed-host: examples/embed/host.c $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CSTD) $(CFLAGS) -I$(LUA_INC) -Icsrc -o $@ examples/embed/host.c \
+	    $(CORE_LIB_SRC) $(BIND_SRC) -llua$(LUA_VERSION) $(LIBS)
 
 # The module built with AddressSanitizer + UBSan (run with libasan preloaded)
 asan: $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS)

@@ -8,6 +8,7 @@
 #include "lua.h"
 #include "lauxlib.h"
 
+#include "lcontext.h"
 #include "lcontext_int.h"
 
 /* {======================================================================
@@ -83,7 +84,14 @@ static void new_root(lua_State *L, int kind) {
   c->kind = (uint8_t)kind;
 }
 
-LUALIB_API int luaopen_lcontext_core(lua_State *L) {
+#if defined(__GNUC__)
+#define LC_EXPORT __attribute__((visibility("default")))
+#else
+#define LC_EXPORT
+#endif
+
+/* require "lcontext.core" */
+LC_EXPORT int luaopen_lcontext_core(lua_State *L) {
   int uvt, i;
   lc_runtime *rt;
   lua_createtable(L, LC_NUP, 0); /* the upvalues, by index */

@@ -29,6 +29,7 @@
 #include "lua.h"
 #include "lauxlib.h"
 
+#include "lcontext.h"
 #include "lcontext_int.h"
 
 #if LUA_VERSION_NUM >= 504 && defined(LUA_VERSION_RELEASE_NUM) && \
@@ -1045,7 +1046,7 @@ void lc_sched_init(lua_State *L, lc_runtime *rt) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   rt->L = lua_tothread(L, -1);
   lua_pop(L, 1);
-  lua_getfield(L, LUA_REGISTRYINDEX, "lcontext.loop");
+  lua_getfield(L, LUA_REGISTRYINDEX, LCONTEXT_LOOP_KEY);
   rt->loop = (struct ev_loop *)lua_touserdata(L, -1);
   lua_pop(L, 1);
   if (rt->loop == NULL) rt->loop = ev_default_loop(0);

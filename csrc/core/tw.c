@@ -8,7 +8,11 @@
 **     compared on the exact nanosecond deadline (the partly elapsed tick
 **     is checked entry by entry, see the due list).
 **   - Never missed: tw_advance(now) fires every entry pending at the call
-**     whose expires <= now, however far now jumps.
+**     whose expires <= now, however far now jumps. An entry (re)armed from
+**     a fire callback is not fired by the running advance even if already
+**     due: it is due at once (tw_next_wakeup() <= now) and fires on the
+**     next call. So each advance is finite, even with self re-arming
+**     periodic entries after a long jump.
 **   - Lateness: tw_next_wakeup() is never later than the earliest pending
 **     deadline rounded up to a tick. If the caller calls tw_advance at that
 **     time (it may be a cascade point: then again at the next one), every

@@ -46,6 +46,8 @@ typedef struct tw_wheel {
   tw_entry *slot[TW_NSLOTS];    /* level-major slot lists */
 } tw_wheel;
 
+/* Empties the wheel and sets its time. Entries that were pending in it are
+** forgotten: tw_entry_init them before reuse. */
 void    tw_init(tw_wheel *w, int64_t now_ns);
 void    tw_entry_init(tw_entry *e);
 /* Arms e to expire at deadline_ns; re-arms it if already pending. A deadline
@@ -57,7 +59,8 @@ int     tw_pending(const tw_entry *e);
 size_t  tw_count(const tw_wheel *w);
 /* When tw_advance should next be called: never later than the earliest
 ** pending deadline rounded up to a tick (it may be earlier: an internal
-** cascade point, or <= now if something is overdue); TW_NEVER if empty. */
+** cascade point, or <= now if something is overdue); TW_NEVER if empty
+** (and, saturated, if the earliest deadline is in the last ms of int64). */
 int64_t tw_next_wakeup(const tw_wheel *w);
 /* Moves time to now_ns (an earlier time counts as the current one) and
 ** fires every entry that was pending at the call with expires <= now_ns,
@@ -66,7 +69,8 @@ int64_t tw_next_wakeup(const tw_wheel *w);
 ** the others in deadline-tick order (any order within a tick). fire may
 ** insert and cancel anything; an entry armed or re-armed while the advance
 ** runs is not fired by it even if already due (it is due at once, for the
-** next call). Returns how many entries fired. */
+** next call). fire must not call tw_advance, tw_init or tw_check. Returns
+** how many entries fired. */
 size_t  tw_advance(tw_wheel *w, int64_t now_ns,
                    void (*fire)(tw_entry *e, void *ud), void *ud);
 /* Verifies the wheel's invariants in O(count + slots), for tests: returns 0

@@ -1,0 +1,116 @@
+-- examples_spec.lua — every program in examples/ runs, and says what it should.
+-- Each runs in its own process with this checkout's module (tools/with_paths.lua).
+local LUA = os.getenv("LUA") or "lua5.4"
+
+local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+local function run(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1"))
+  local out = p:read("a")
+  local ok, how, code = p:close()
+  return out, ok and 0 or code, how
+end
+
+local function lua_example(name, args)
+  return run(LUA .. " tools/with_paths.lua " .. sh_quote("examples/" .. name)
+    .. (args or ""))
+end
+
+-- what each example must print (a pattern per line, in order)
+local expect = {
+  ["demo.lua"] = {
+    "request req%-42 arrives",
+    "auth   answered",
+    "db     gave up: context deadline exceeded %(ended by its own timeout",
+    "cache  gave up: context canceled %(ended by the request; cause: client went away%)",
+    "after_func: request req%-42 cleaned up",
+    "request: err=context canceled  cause=client went away",
+  },
+  ["fetch_with_deadline.lua"] = {
+    "GET /fast with a 200 ms deadline",
+    "%-> \"hello from /fast",
+    "GET /slow with a 200 ms deadline",
+    "gave up: context deadline exceeded",
+  },
+}
+
+local function assert_lines(out, patterns)
+  local pos = 1
+  for _, pat in ipairs(patterns) do
+    local s, e = out:find(pat, pos)
+    assert(s, ("expected %q after position %d in:\n%s"):format(pat, pos, out))
+    pos = e + 1
+  end
+end
+
+describe("examples", function()
+  local names = {}
+  for name in io.popen("ls examples"):lines() do
+    if name:match("%.lua$") then names[#names + 1] = name end
+  end
+
+  it("are all covered by this spec", function()
+    local covered = { ["shutdown.lua"] = true }
+    for k in pairs(expect) do covered[k] = true end
+    for _, name in ipairs(names) do
+      assert.is_true(covered[name] ~= nil, "no expectations for examples/" .. name)
+    end
+  end)
+
+  for name, patterns in pairs(expect) do
+    it(name .. " runs and tells its story", function()
+      local out, code = lua_example(name)
+      assert.are.equal(0, code, out)
+      assert_lines(out, patterns)
+    end)
+  end
+
+  it("shutdown.lua stops its workers cleanly on SIGTERM", function()
+    local tmp = os.tmpname()
+    local p = assert(io.popen(LUA .. " tools/with_paths.lua examples/shutdown.lua > "
+      .. tmp .. " 2>&1; echo $? >> " .. tmp))
+    local pid
+    for _ = 1, 200 do -- wait for its first line (at most ~10 s)
+      local f = io.open(tmp)
+      local first = f and f:read("l")
+      if f then f:close() end
+      pid = first and first:match("^pid (%d+):")
+      if pid then break end
+      os.execute("sleep 0.05")
+    end
+    assert.is_truthy(pid, "shutdown.lua did not start")
+    os.execute("sleep 0.1")
+    os.execute("kill -TERM " .. pid)
+    p:read("a")
+    p:close()
+    local f = assert(io.open(tmp))
+    local out = f:read("a")
+    f:close()
+    os.remove(tmp)
+    assert_lines(out, {
+      "worker %d: stopping after %d+ jobs %(signal SIGTERM%)",
+      "all workers stopped cleanly; cause: signal SIGTERM",
+    })
+    assert.is_truthy(out:match("\n0\n$"), "exit status not 0:\n" .. out)
+  end)
+
+  it("embed/host.c runs lcontext on the host's own libev loop", function()
+    local host = "build/embed-host"
+    local f = io.open(host)
+    if not f then
+      local out, code = run("make -s " .. host)
+      assert.are.equal(0, code, out)
+    else
+      f:close()
+    end
+    local out, code = run("./" .. host .. " examples/embed/script.lua")
+    assert.are.equal(0, code, out)
+    assert_lines(out, {
+      "script loaded, running the host's loop",
+      "fast step finished: true",
+      "request done after %d+ ms: context deadline exceeded",
+      "loop ended after 20 heartbeats",
+      "host: ok",
+    })
+  end)
+end)
