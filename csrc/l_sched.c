@@ -296,29 +296,6 @@ static int arm_ctx(lua_State *L, lc_runtime *rt, lc_wait *x, lc_ctx *c) {
   return 0;
 }
 
-static int arm_sleep(lc_runtime *rt, lc_wait *x, lua_Number secs) {
-  int64_t now = clk_mono_ns();
-  x->kind = WAIT_SLEEP;
-  if (secs <= 0) return 1;
-  tw_entry_init(&x->u.t.e);
-  x->u.t.kind = LT_SLEEP;
-  if (secs * 1e9 >= (lua_Number)(TW_NEVER - now))
-    tw_insert(&rt->wheel, &x->u.t.e, TW_NEVER - 1);
-  else
-    tw_insert(&rt->wheel, &x->u.t.e, now + (int64_t)(secs * 1e9 + 0.999999));
-  x->armed = 1;
-  return 0;
-}
-
-static void arm_io(lc_runtime *rt, lc_wait *x, int fd, int events) {
-  x->kind = WAIT_IO;
-  ev_io_init(&x->u.io, io_cb, fd, events);
-  x->u.io.data = rt;
-  ev_io_start(rt->loop, &x->u.io);
-  rt->nio++;
-  x->armed = 1;
-}
-
 static int arm_task(lc_wait *x, lc_task *t) {
   x->kind = WAIT_TASK;
   x->u.task = t;
@@ -693,15 +670,27 @@ static int l_step(lua_State *L) {
 
 static const char *const iomodes[] = {"r", "w", "rw", NULL};
 
-/* Arm the waitable at idx as wait x (index i). Returns 1 if it is ready
-** already (then nothing is armed). */
-static int arm_one(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
-                   const char *fname) {
+/* Check the waitable at idx and describe it in x, arming nothing (so that
+** a bad argument leaves nothing behind). */
+static void prepare(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
+                    const char *fname) {
   lc_ctx *c;
   lc_task *t;
   switch (lua_type(L, idx)) {
   case LUA_TNUMBER:
-    return arm_sleep(rt, x, lc_checkduration(L, idx, fname));
+    x->kind = WAIT_SLEEP;
+    {
+      lua_Number secs = lc_checkduration(L, idx, fname);
+      int64_t now = clk_mono_ns();
+      if (secs <= 0)
+        x->u.t.e.expires = now;
+      else if (secs * 1e9 >= (lua_Number)(TW_NEVER - now))
+        x->u.t.e.expires = TW_NEVER - 1;
+      else
+        x->u.t.e.expires = now + (int64_t)(secs * 1e9 + 0.999999);
+      x->u.t.kind = secs <= 0 ? 0 : LT_SLEEP; /* 0: elapsed already */
+    }
+    return;
   case LUA_TTABLE: {
     int fd, isnum, mode;
     lua_getfield(L, idx, "fd");
@@ -711,18 +700,50 @@ static int arm_one(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
     lua_getfield(L, idx, "mode");
     mode = luaL_checkoption(L, -1, "r", iomodes);
     lua_pop(L, 1);
-    arm_io(rt, x, fd, mode == 0 ? EV_READ : mode == 1 ? EV_WRITE
-                                                     : EV_READ | EV_WRITE);
-    return 0;
+    x->kind = WAIT_IO;
+    ev_io_init(&x->u.io, io_cb, fd,
+               mode == 0 ? EV_READ : mode == 1 ? EV_WRITE : EV_READ | EV_WRITE);
+    x->u.io.data = rt;
+    return;
   }
   case LUA_TUSERDATA:
-    if ((c = lc_testctx(L, idx)) != NULL) return arm_ctx(L, rt, x, c);
-    if ((t = test_task(L, idx)) != NULL) return arm_task(x, t);
+    if ((c = lc_testctx(L, idx)) != NULL) {
+      x->kind = WAIT_CTX;
+      x->u.ctx.c = c;
+      return;
+    }
+    if ((t = test_task(L, idx)) != NULL) {
+      x->kind = WAIT_TASK;
+      x->u.task = t;
+      return;
+    }
     /* FALLTHROUGH */
   default:
     lc_typeerror(L, idx - 1, fname,
                  "context, task, number of seconds or {fd=, mode=}");
+  }
+}
+
+/* Arm the prepared wait x. Returns 1 if it is ready already (then nothing
+** is armed). Raises nothing. */
+static int arm_prepared(lua_State *L, lc_runtime *rt, lc_wait *x) {
+  switch (x->kind) {
+  case WAIT_SLEEP:
+    if (x->u.t.kind == 0) return 1;
+    {
+      int64_t at = x->u.t.e.expires;
+      tw_entry_init(&x->u.t.e);
+      tw_insert(&rt->wheel, &x->u.t.e, at);
+    }
+    x->armed = 1;
     return 0;
+  case WAIT_IO:
+    ev_io_start(rt->loop, &x->u.io);
+    rt->nio++;
+    x->armed = 1;
+    return 0;
+  case WAIT_CTX: return arm_ctx(L, rt, x, x->u.ctx.c);
+  default: return arm_task(x, x->u.task);
   }
 }
 
@@ -770,14 +791,17 @@ static int l_park(lua_State *L) {
   memset(waits, 0, sizeof(lc_wait) * (size_t)n);
   w->waits = waits;
   w->nwaits = 0;
-  for (i = 0; i < n; i++) {
+  for (i = 0; i < n; i++) { /* check everything before arming anything */
     lc_wait *x = &waits[i];
     x->w = w;
     x->index = (uint16_t)(i + 1);
-    w->nwaits = (uint16_t)(i + 1);
+    prepare(L, rt, x, i + 2, fname);
     lua_pushvalue(L, i + 2);
     lua_setiuservalue(L, -2, i + 1); /* keep what is waited on alive */
-    if (arm_one(L, rt, x, i + 2, fname)) { /* ready already */
+  }
+  for (i = 0; i < n; i++) {
+    w->nwaits = (uint16_t)(i + 1);
+    if (arm_prepared(L, rt, &waits[i])) { /* ready already */
       detach_all(rt, w);
       w->nwaits = 0;
       w->waits = NULL;

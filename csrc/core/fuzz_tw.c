@@ -101,7 +101,7 @@ static int64_t fz_deadline (fz *f, int64_t base) {
       if (b > INT64_MAX - 400 * MS) return INT64_MAX;
       return b + (int64_t)(raw % 300) * MS + (int64_t)((raw >> 16) % 3) - 1;
     }
-    case 4: return sat_add(base, below_pow2(raw, 1 + (unsigned)(raw >> 58)));
+    case 4: return sat_add(base, below_pow2(raw, 1 + (unsigned)(raw >> 58) % 62));
     case 5: return TW_NEVER;
     case 6: return (int64_t)raw;       /* anywhere, past or future */
     case 7: return sat_add(base, -(int64_t)(raw % (10 * SEC)));
@@ -179,7 +179,7 @@ static int64_t fz_step (fz *f) {
       int64_t nw = tw_next_wakeup(&f->w);
       return nw == TW_NEVER ? f->now : nw;
     }
-    case 3: return sat_add(f->now, below_pow2(raw, 1 + (unsigned)(raw >> 58)));
+    case 3: return sat_add(f->now, below_pow2(raw, 1 + (unsigned)(raw >> 58) % 62));
     case 4: return (int64_t)raw;        /* anywhere: backwards is "now" */
     case 5: {
       int64_t nw = tw_next_wakeup(&f->w);
