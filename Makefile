@@ -16,6 +16,9 @@ OPT         ?= -O2
 CFLAGS      ?= $(OPT) -g
 ALL_CFLAGS   = $(CSTD) $(CFLAGS) -fPIC -fvisibility=hidden -I$(LUA_INC) -Icsrc
 LIBS         = -lev -lm
+# never unloaded: libev's default loop (and its signal handlers) outlive a
+# lua_close, so the code they point into must stay mapped
+LDFLAGS_MOD  = -Wl,-z,nodelete
 
 BUILD       ?= build
 CORE_SRC     = $(wildcard csrc/core/*.c)
@@ -34,9 +37,9 @@ FUZZ_PKGS    = clang
 all: build
 build: $(MODULE)
 
-$(MODULE): $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS)
+$(MODULE): $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS) Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -shared -o $@ $(CORE_LIB_SRC) $(BIND_SRC) $(LIBS)
+	$(CC) $(ALL_CFLAGS) -shared $(LDFLAGS_MOD) -o $@ $(CORE_LIB_SRC) $(BIND_SRC) $(LIBS)
 
 # deps: install what is missing (Debian, as root); does nothing when all is present.
 deps:
@@ -65,7 +68,7 @@ $(BUILD)/embed-host: examples/embed/host.c $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS)
 asan: $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS)
 	@mkdir -p build-asan/lcontext
 	$(CC) $(CSTD) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
-	    -fno-sanitize-recover=undefined -fPIC -I$(LUA_INC) -Icsrc -shared \
+	    -fno-sanitize-recover=undefined -fPIC -I$(LUA_INC) -Icsrc -shared $(LDFLAGS_MOD) \
 	    -o build-asan/lcontext/core.so $(CORE_LIB_SRC) $(BIND_SRC) $(LIBS)
 
 bench: build
