@@ -2,8 +2,14 @@
 ** l_core.c — luaopen_lcontext_core: the runtime, the shared upvalues, and
 ** the argument checks every other binding file uses.
 */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* dladdr, RTLD_NODELETE */
+#endif
 #include <math.h>
 #include <string.h>
+#if defined(__linux__)
+#include <dlfcn.h>
+#endif
 
 #include "lua.h"
 #include "lauxlib.h"
@@ -90,10 +96,23 @@ static void new_root(lua_State *L, int kind) {
 #define LC_EXPORT
 #endif
 
+/*
+** Keep this module (and libev with it) mapped after lua_close unloads it:
+** libev's default loop, with its signal handlers, outlives the lua_State.
+*/
+static void pin_module(void) {
+#if defined(__linux__) && defined(RTLD_NODELETE)
+  Dl_info info;
+  if (dladdr((void *)(size_t)pin_module, &info) && info.dli_fname != NULL)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE);
+#endif
+}
+
 /* require "lcontext.core" */
 LC_EXPORT int luaopen_lcontext_core(lua_State *L) {
   int uvt, i;
   lc_runtime *rt;
+  pin_module();
   lua_createtable(L, LC_NUP, 0); /* the upvalues, by index */
   uvt = lua_gettop(L);
   lua_newtable(L);

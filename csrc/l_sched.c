@@ -21,6 +21,7 @@
 ** context counts on the context that owns its effective deadline (watch).
 */
 #define _POSIX_C_SOURCE 200112L
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -370,31 +371,42 @@ static int l_go(lua_State *L) {
   return 1;
 }
 
-/* report an error raised in a task to the handler (default: stderr) */
-static void report(lua_State *L, lc_runtime *rt, lua_State *co, int taskidx) {
-  /* stack: ... err */
-  int err = lua_gettop(L);
-  const char *msg;
-  if (lua_type(L, err) == LUA_TSTRING)
-    msg = lua_tostring(L, err);
-  else
-    msg = luaL_tolstring(L, err, NULL);
+/* [-3, +0, e] the protected part of report: err, co, task */
+static int report_p(lua_State *L) {
+  lc_runtime *rt = (lc_runtime *)lua_touserdata(L, lua_upvalueindex(1));
+  lua_State *co = lua_tothread(L, 2);
+  const char *msg = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1)
+                                                  : luaL_tolstring(L, 1, NULL);
   luaL_traceback(L, co, msg, 0);
   if (rt->ref_onerror != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_onerror);
-    lua_pushvalue(L, err);
+    lua_pushvalue(L, 1);
     lua_pushvalue(L, -3);
-    lua_pushvalue(L, taskidx);
-    if (lua_pcall(L, 3, 0, 0) == LUA_OK) {
-      lua_settop(L, err);
-      return;
-    }
-    fprintf(stderr, "lcontext: error in the error handler: %s\n",
-            luaL_tolstring(L, -1, NULL));
-    lua_pop(L, 2);
+    lua_pushvalue(L, 3);
+    lua_call(L, 3, 0);
+  } else {
+    fprintf(stderr, "lcontext: error in task: %s\n", lua_tostring(L, -1));
+    fflush(stderr);
   }
-  fprintf(stderr, "lcontext: error in task: %s\n", lua_tostring(L, -1));
-  fflush(stderr);
+  return 0;
+}
+
+/* report an error raised in a task to the handler (default: stderr);
+** whatever the handler (or a __tostring) does, the loop goes on */
+static void report(lua_State *L, lc_runtime *rt, lua_State *co, int taskidx) {
+  int err = lua_gettop(L); /* the error */
+  lua_pushlightuserdata(L, rt);
+  lua_pushcclosure(L, report_p, 1);
+  lua_pushvalue(L, err);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  lua_pushvalue(L, taskidx);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+    const char *m = lua_tostring(L, -1);
+    fprintf(stderr, "lcontext: error while reporting an error in a task: %s\n",
+            m != NULL ? m : "(not a string)");
+    fflush(stderr);
+  }
   lua_settop(L, err);
 }
 
@@ -519,13 +531,11 @@ static void stop_signals(lc_runtime *rt, lc_sigctx *s) {
     for (i = 0; i < s->nsig; i++) ev_signal_stop(rt->loop, &s->sig[i]);
 }
 
-/* Resume what is ready, until nothing is. */
-static void drain(lc_runtime *rt) {
-  lua_State *L = rt->L;
+/* [-1, +0, e] the body of drain: resume what is ready, until nothing is */
+static int drain_p(lua_State *L) {
+  lc_runtime *rt = (lc_runtime *)lua_touserdata(L, 1);
   lc_waiter *w;
   int top = lua_gettop(L);
-  if (rt->draining) return;
-  rt->draining = 1;
   advance(rt);
   while ((w = pop_ready(rt)) != NULL) {
     if (w->state != WS_READY) continue; /* stopped callback */
@@ -542,8 +552,31 @@ static void drain(lc_runtime *rt) {
     lua_settop(L, top);
     if (rt->ready == NULL) advance(rt);
   }
+  return 0;
+}
+
+/* Resume what is ready, until nothing is. Runs on the main thread, under a
+** protected call: an error that escapes (out of memory) is reported and
+** the loop stays usable. */
+static void drain(lc_runtime *rt) {
+  lua_State *L = rt->L;
+  if (rt->draining) return;
+  rt->draining = 1;
+  lua_pushcfunction(L, drain_p);
+  lua_pushlightuserdata(L, rt);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    const char *m = lua_tostring(L, -1);
+    fprintf(stderr, "lcontext: error in the loop: %s\n",
+            m != NULL ? m : "(not a string)");
+    fflush(stderr);
+    lua_pop(L, 1);
+    if (rt->current != NULL && rt->current->w.state == WS_RUNNING)
+      rt->current->w.state = WS_IDLE;
+    rt->current = NULL;
+  }
   rt->draining = 0;
-  if (!rt->closed && ev_is_active(&rt->idle)) ev_idle_stop(rt->loop, &rt->idle);
+  if (!rt->closed && rt->ready == NULL && ev_is_active(&rt->idle))
+    ev_idle_stop(rt->loop, &rt->idle);
   arm(rt);
 }
 
@@ -553,21 +586,10 @@ static void drain(lc_runtime *rt) {
 ** The loop
 ** ======================================================================= */
 
-static int pdrain(lua_State *L) {
-  drain((lc_runtime *)lua_touserdata(L, 1));
-  return 0;
-}
-
-/* from libev, when the host runs the loop: drain under a protected call */
+/* from libev, when the host runs the loop (run() drains by itself) */
 static void host_drain(lc_runtime *rt) {
-  lua_State *L = rt->L;
-  if (rt->in_run || rt->draining) return; /* run() drains itself */
-  lua_pushcfunction(L, pdrain);
-  lua_pushlightuserdata(L, rt);
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-    fprintf(stderr, "lcontext: %s\n", lua_tostring(L, -1));
-    lua_pop(L, 1);
-  }
+  if (rt->in_run || rt->draining) return;
+  drain(rt);
 }
 
 static void wtimer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -680,7 +702,10 @@ static void prepare(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
   case LUA_TNUMBER:
     x->kind = WAIT_SLEEP;
     {
-      lua_Number secs = lc_checkduration(L, idx, fname);
+      lua_Number secs = lua_tonumber(L, idx);
+      if (secs != secs) lc_argerror(L, idx - 1, fname, "number is NaN");
+      if (secs == HUGE_VAL || secs == -HUGE_VAL)
+        lc_argerror(L, idx - 1, fname, "number is not finite");
       int64_t now = clk_mono_ns();
       if (secs <= 0)
         x->u.t.e.expires = now;
@@ -719,8 +744,10 @@ static void prepare(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
     }
     /* FALLTHROUGH */
   default:
-    lc_typeerror(L, idx - 1, fname,
-                 "context, task, number of seconds or {fd=, mode=}");
+    lc_argerror(L, idx - 1, fname,
+                lua_pushfstring(L, "context, task, number of seconds or "
+                                   "{fd=, mode=} expected, got %s",
+                                luaL_typename(L, idx)));
   }
 }
 

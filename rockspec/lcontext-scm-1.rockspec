@@ -1,0 +1,40 @@
+-- luarocks --lua-version 5.4 make rockspec/lcontext-scm-1.rockspec
+rockspec_format = "3.0"
+package = "lcontext"
+version = "scm-1"
+source = {
+  url = "git+https://example.invalid/lcontext.git",
+}
+description = {
+  summary = "Go's context package for Lua: cancellation trees, deadlines, values, causes",
+  detailed = [[
+    lcontext brings Go's context package to Lua. A C core holds the context
+    tree and a hierarchical timer wheel; a libev loop drives it, so Lua
+    coroutines (tasks) suspend on ctx:done(), sleeps and fd waits.
+  ]],
+  license = "MIT",
+  labels = { "context", "cancellation", "deadline", "timeout", "libev", "coroutines" },
+}
+dependencies = {
+  "lua >= 5.4",
+}
+external_dependencies = {
+  LIBEV = { header = "ev.h", library = "ev" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["lcontext"] = "lua/lcontext/init.lua",
+    ["lcontext.core"] = {
+      sources = {
+        "csrc/core/clock.c", "csrc/core/ctx.c", "csrc/core/tw.c",
+        "csrc/l_core.c", "csrc/l_ctx.c", "csrc/l_cancel.c", "csrc/l_key.c",
+        "csrc/l_sched.c",
+      },
+      incdirs = { "csrc", "$(LIBEV_INCDIR)" },
+      libdirs = { "$(LIBEV_LIBDIR)" },
+      libraries = { "ev", "m" },
+    },
+  },
+  copy_directories = { "examples" },
+}

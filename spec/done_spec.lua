@@ -1,0 +1,60 @@
+local context = require "lcontext"
+local h = require "spec.helpers"
+
+-- API.md §3 ctx:done(), the parts that need no task: "From the main thread it
+-- runs the loop until ctx is done. From a coroutine that the scheduler does
+-- not own it raises an error saying so." (Tasks are §5, not covered here.)
+-- Every context waited on here ends by itself within 50 ms.
+
+local bg = context.background()
+local DE = context.deadline_exceeded
+
+describe("ctx:done() from the main thread", function()
+  it("returns err() at once for a context that is already done", function()
+    local ctx, cancel = context.with_cancel_cause(bg)
+    cancel("why")
+    local start = h.now()
+    h.is(ctx:done(), context.canceled, "done()")
+    h.is(context.with_timeout(bg, 0):done(), DE, "done() of an expired context")
+    assert.is_true(h.now() - start < 1)
+  end)
+
+  it("runs the loop until a timeout fires, and returns deadline_exceeded", function()
+    local start = h.now()
+    local ctx = context.with_timeout(bg, 0.05)
+    h.is(ctx:done(), DE, "done()")
+    local elapsed = h.now() - start
+    assert.is_true(elapsed >= 0.05 - 1e-3, "returned after " .. elapsed .. " s")
+    assert.is_true(elapsed < 5, "returned after " .. elapsed .. " s")
+    h.is(ctx:err(), DE, "err()")
+  end)
+
+  it("waits for an ancestor's deadline", function()
+    local start = h.now()
+    local parent = context.with_timeout(bg, 0.04)
+    local child = context.with_value(context.with_cancel(parent), "k", 1)
+    h.is(child:done(), DE, "done()")
+    assert.is_true(h.now() - start >= 0.04 - 1e-3)
+    h.is(context.origin(child), parent, "origin")
+  end)
+
+  it("waits for a merge input's deadline", function()
+    local start = h.now()
+    local m = context.merge(context.with_cancel(bg), (context.with_timeout(bg, 0.04, "slow")))
+    h.is(m:done(), DE, "done()")
+    h.is(m:cause(), "slow", "cause()")
+    assert.is_true(h.now() - start >= 0.04 - 1e-3)
+  end)
+end)
+
+describe("ctx:done() from a coroutine the scheduler does not own", function()
+  it("raises an error instead of waiting or yielding", function()
+    -- (if done() wrongly ran the loop here, it would return after 0.5 s)
+    local ctx = context.with_timeout(bg, 0.5)
+    local co = coroutine.create(function() return "returned", ctx:done() end)
+    local ok, msg = coroutine.resume(co)
+    assert.is_false(ok, "done() in a foreign coroutine did not raise: " .. tostring(msg))
+    assert.are.equal("dead", coroutine.status(co))
+    assert.is_truthy(msg ~= nil and tostring(msg) ~= "", "empty error")
+  end)
+end)
