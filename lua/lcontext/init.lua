@@ -126,4 +126,17 @@ end
 --- context.in_task() -> is the caller a task run by lcontext?
 M.in_task = core._in_task
 
+-- The helpers written in Lua, one module per concern. Each module returns
+-- a function that takes this module and returns what it adds to it.
+for _, name in ipairs({ "group", "retry", "breaker", "hedge", "patterns" }) do
+  local path = "lcontext." .. name
+  if package.searchpath(path, package.path) then
+    local exports = require(path)(M)
+    for k, v in pairs(exports) do
+      assert(M[k] == nil, "lcontext: " .. path .. " redefines " .. k)
+      M[k] = v
+    end
+  end
+end
+
 return M
