@@ -47,18 +47,18 @@ end
 do
   local N = 100000
   local late = {}
-  local start = now()
   for i = 1, N do
     local d = 0.5 + (i % 1000) / 1000 -- 0.5 .. 1.5 s
     context.go(function()
+      local t = now()
       local ctx = context.with_timeout(bg, d)
       ctx:done()
-      late[#late + 1] = now() - (start + d)
+      late[#late + 1] = now() - (t + d)
     end)
   end
   context.run()
   table.sort(late)
-  assert(late[1] >= -0.0015, "a deadline fired early") -- creation skew < 1.5 ms
+  assert(late[1] >= 0, "a deadline fired early")
   row("lateness p50, 100k pending deadlines", ("%.2f"):format(pct(late, 0.5) * 1000), "ms")
   row("lateness p99, 100k pending deadlines", ("%.2f"):format(pct(late, 0.99) * 1000), "ms", "<= 2 ms")
   row("lateness max, 100k pending deadlines", ("%.2f"):format(late[#late] * 1000), "ms")

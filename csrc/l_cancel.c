@@ -50,6 +50,7 @@ static void do_cancel(lua_State *L, lc_ctx *c, int causeidx) {
     lua_rawset(L, lc_uv(LC_UV_CAUSES));
   }
   ctx_cancel(&rt->tree, n, CTX_ERR_CANCELED);
+  lc_anchor_woken(L, rt); /* callbacks it woke now need the loop to keep them */
 }
 
 /* cancel([cause])   [-0, +0, m]

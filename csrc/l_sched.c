@@ -86,6 +86,9 @@ typedef struct lc_task {
 typedef struct lc_callback { /* after_func */
   lc_waiter w;
   lc_wait wait;
+  struct lc_callback *anext; /* in rt->to_anchor */
+  uint8_t weak;   /* kept alive by its context's chain, not anchored */
+  uint8_t listed; /* in rt->to_anchor */
 } lc_callback;
 /* callback user values: 1 fn, 2 ctx */
 
@@ -260,6 +263,14 @@ static void wake(lc_runtime *rt, lc_waiter *w, int index) {
   w->fired = (uint16_t)index;
   detach_all(rt, w);
   push_ready(rt, w);
+  if (w->kind == WK_CALLBACK) {
+    lc_callback *cb = (lc_callback *)w;
+    if (cb->weak && !cb->listed) { /* anchored by anchor_woken, soon */
+      cb->listed = 1;
+      cb->anext = rt->to_anchor;
+      rt->to_anchor = cb;
+    }
+  }
 }
 
 /* the tree's hook: a watched node is done */
@@ -512,10 +523,80 @@ failed:
   lua_settop(L, taskidx - 1);
 }
 
+/*
+** [-0, +0, m] Add (or remove) the callback at cbidx in the keep sets of
+** every context whose cancel could end the one at ctxidx: itself and its
+** cancellable ancestors, up to a root or a without_cancel, through every
+** input of a merge. So a callback lives as long as something could still
+** run it, as in Go, where parents hold their children.
+*/
+static void keep_chain(lua_State *L, lc_runtime *rt, int ctxidx, int cbidx,
+                       int add) {
+  int base, keep;
+  ctxidx = lua_absindex(L, ctxidx);
+  cbidx = lua_absindex(L, cbidx);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_keep);
+  keep = lua_gettop(L);
+  base = keep;
+  lua_pushvalue(L, ctxidx);
+  while (lua_gettop(L) > base) {
+    lc_ctx *c = (lc_ctx *)lua_touserdata(L, -1);
+    if (lc_hasnode(c)) {
+      lua_pushvalue(L, -1);
+      if (lua_rawget(L, keep) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        if (!add) goto next;
+        lua_newtable(L);
+        lua_pushvalue(L, -2);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, keep);
+      }
+      lua_pushvalue(L, cbidx);
+      if (add) lua_pushboolean(L, 1); else lua_pushnil(L);
+      lua_rawset(L, -3);
+      lua_pop(L, 1);
+    }
+  next:
+    if (c->kind == LK_MERGE) {
+      int top = lua_gettop(L), i;
+      luaL_checkstack(L, (int)c->klen, "too many merged contexts");
+      for (i = (int)c->klen; i >= 1; i--) lua_getiuservalue(L, top, i);
+      lua_remove(L, top);
+    } else if (c->kind != LK_WITHOUT && c->parent != NULL &&
+               c->parent->kind != LK_BACKGROUND && c->parent->kind != LK_TODO) {
+      lua_getiuservalue(L, -1, 1);
+      lua_replace(L, -2);
+    } else
+      lua_pop(L, 1);
+  }
+  lua_settop(L, keep - 1);
+}
+
+/* Anchor the callbacks that were kept alive by their contexts' chain and
+** have been woken since: from now on the ready queue needs them. Call where
+** the Lua API may be used, right after a cancel, before anything else. */
+void lc_anchor_woken(lua_State *L, lc_runtime *rt) {
+  while (rt->to_anchor != NULL) {
+    lc_callback *cb = rt->to_anchor;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_weakcb);
+    if (lua_rawgetp(L, -1, cb) == LUA_TUSERDATA) anchor(L, rt, -1);
+    lua_pop(L, 2);
+    rt->to_anchor = cb->anext;
+    cb->anext = NULL;
+    cb->listed = 0;
+  }
+}
+
 /* an after_func callback whose context is done: run fn in its own task */
 static void start_callback(lua_State *L, lc_runtime *rt, lc_callback *cb) {
   push_anchored(L, rt, cb);
   cb->w.state = WS_DONE;
+  if (cb->weak) { /* its contexts need not keep it any more */
+    lua_getiuservalue(L, -1, 2);
+    keep_chain(L, rt, -1, -2, 0);
+    lua_pop(L, 1);
+    cb->weak = 0;
+  }
   lua_getiuservalue(L, -1, 1);
   new_task(L, rt, -1, 0);
   lua_pop(L, 2);
@@ -536,6 +617,7 @@ static int drain_p(lua_State *L) {
   lc_runtime *rt = (lc_runtime *)lua_touserdata(L, 1);
   lc_waiter *w;
   int top = lua_gettop(L);
+  lc_anchor_woken(L, rt);
   advance(rt);
   while ((w = pop_ready(rt)) != NULL) {
     if (w->state != WS_READY) continue; /* stopped callback */
@@ -550,6 +632,7 @@ static int drain_p(lua_State *L) {
       break;
     }
     lua_settop(L, top);
+    lc_anchor_woken(L, rt);
     if (rt->ready == NULL) advance(rt);
   }
   return 0;
@@ -615,6 +698,30 @@ static void step_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   (void)revents;
 }
 
+/* Tasks whose coroutine was closed from outside (coroutine.close) while
+** parked: wake them, so that the loop ends them and releases their waits.
+** Returns how many it found. Called when nothing else can happen. */
+static int sweep_closed(lua_State *L, lc_runtime *rt) {
+  int found = 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_anchors);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    if (lua_type(L, -2) == LUA_TLIGHTUSERDATA) {
+      lc_waiter *w = (lc_waiter *)lua_touserdata(L, -2);
+      if (w->kind == WK_TASK && w->state == WS_PARKED) {
+        lua_State *co = ((lc_task *)w)->co;
+        if (co != NULL && lua_status(co) == LUA_OK && lua_gettop(co) == 0) {
+          wake(rt, w, 0);
+          found++;
+        }
+      }
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return found;
+}
+
 /* could anything still happen without the main thread doing something? */
 static int can_progress(lc_runtime *rt) {
   return rt->ready != NULL || tw_count(&rt->wheel) > 0 || rt->nio > 0 ||
@@ -651,6 +758,10 @@ static int l_run(lua_State *L) {
   drain(rt);
   if (mode == 0) {
     while (alive(rt)) {
+      if (!can_progress(rt) && sweep_closed(L, rt) > 0) {
+        drain(rt);
+        continue;
+      }
       if (!can_progress(rt))
         return luaL_error(L, "context.run: deadlock: %d task(s) wait for "
                           "something nothing can bring", (int)rt->ntasks);
@@ -723,7 +834,17 @@ static void prepare(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
     lua_pop(L, 1);
     if (!isnum || fd < 0) lc_argerror(L, idx - 1, fname, "bad file descriptor");
     lua_getfield(L, idx, "mode");
-    mode = luaL_checkoption(L, -1, "r", iomodes);
+    if (lua_isnil(L, -1))
+      mode = 0;
+    else {
+      const char *m = lua_tostring(L, -1);
+      for (mode = 0; iomodes[mode] != NULL; mode++)
+        if (m != NULL && lua_type(L, -1) == LUA_TSTRING &&
+            strcmp(m, iomodes[mode]) == 0)
+          break;
+      if (iomodes[mode] == NULL)
+        lc_argerror(L, idx - 1, fname, "mode must be \"r\", \"w\" or \"rw\"");
+    }
     lua_pop(L, 1);
     x->kind = WAIT_IO;
     ev_io_init(&x->u.io, io_cb, fd,
@@ -781,6 +902,7 @@ static int park_main(lua_State *L, lc_runtime *rt, lc_waiter *w,
   while (w->state == WS_PARKED) {
     drain(rt);
     if (w->state != WS_PARKED) break;
+    if (!can_progress(rt) && sweep_closed(L, rt) > 0) continue;
     if (!can_progress(rt)) {
       detach_all(rt, w);
       w->state = WS_IDLE;
@@ -921,6 +1043,12 @@ static int l_stop(lua_State *L) {
   if (cb->w.state == WS_PARKED || cb->w.state == WS_READY) {
     if (cb->w.state == WS_PARKED) detach_all(rt, &cb->w);
     cb->w.state = WS_DONE;
+    if (cb->weak) {
+      lua_getiuservalue(L, lua_upvalueindex(1), 2);
+      keep_chain(L, rt, -1, lua_upvalueindex(1), 0);
+      lua_pop(L, 1);
+      cb->weak = 0;
+    }
     unanchor(L, rt, cb);
     lua_pushboolean(L, 1);
   } else
@@ -945,11 +1073,24 @@ static int l_after_func(lua_State *L) {
   lua_setiuservalue(L, -2, 1);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 2);
-  anchor(L, rt, -1);
-  if (arm_ctx(L, rt, &cb->wait, c))
+  if (arm_ctx(L, rt, &cb->wait, c)) { /* done already: runs soon */
+    anchor(L, rt, -1);
     push_ready(rt, &cb->w);
-  else
+  } else {
     cb->w.state = WS_PARKED;
+    if (c->cn == NULL) {
+      /* never done: nothing will run it, nothing keeps it */
+    } else if (c->cn->deadline != CTX_NEVER)
+      anchor(L, rt, -1); /* its deadline will run it: the timer keeps it */
+    else { /* only a cancel can run it: whoever can cancel keeps it */
+      keep_chain(L, rt, 1, -1, 1);
+      lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_weakcb);
+      lua_pushvalue(L, -2);
+      lua_rawsetp(L, -2, cb);
+      lua_pop(L, 1);
+      cb->weak = 1;
+    }
+  }
   lua_pushlightuserdata(L, rt);
   lua_pushcclosure(L, l_stop, 2);
   return 1;
@@ -1114,6 +1255,19 @@ void lc_sched_init(lua_State *L, lc_runtime *rt) {
   rt->ref_onerror = LUA_NOREF;
   lua_newtable(L);
   rt->ref_anchors = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L); /* keep: weak keys (an ephemeron table) */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  rt->ref_keep = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L); /* weakcb: weak values */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  rt->ref_weakcb = luaL_ref(L, LUA_REGISTRYINDEX);
+  rt->to_anchor = NULL;
   rt->tree.on_done = on_done;
   rt->tree.ud = rt;
 }

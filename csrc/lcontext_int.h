@@ -63,6 +63,11 @@ typedef struct lc_runtime {
   int ref_anchors;       /* registry: lightuserdata -> waiter userdata */
   int ref_causes;        /* registry: the causes table (LC_UV_CAUSES) */
   int ref_onerror;       /* registry: the error handler, or LUA_NOREF */
+  int ref_keep;          /* registry, weak keys: context -> {callback = true}:
+                            after_func callbacks kept alive by the contexts
+                            whose cancel could still run them */
+  int ref_weakcb;        /* registry, weak values: address -> callback */
+  struct lc_callback *to_anchor; /* woken callbacks not yet anchored */
   long ntasks;           /* tasks not finished */
   long nio;              /* fd waits armed */
   long nsig;             /* signal contexts watching */
@@ -204,6 +209,7 @@ extern const luaL_Reg lc_task_methods[];
 void lc_sched_init(lua_State *L, lc_runtime *rt);
 int lc_runtime_gc(lua_State *L);
 void lc_timer_gc(lc_runtime *rt, lc_ctx *c);
+void lc_anchor_woken(lua_State *L, lc_runtime *rt);
 
 /* l_key.c */
 extern const luaL_Reg lc_key_funcs[];

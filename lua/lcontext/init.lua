@@ -22,8 +22,15 @@ local floor = math.floor
 -- Wait for the first of the waitables (contexts, tasks, seconds, {fd=,mode=})
 -- and return its index. In a task this suspends; on the main thread the core
 -- runs the loop until one fires.
+-- Errors raised by the core (a bad waitable, a deadlock, a coroutine that is
+-- not a task) are re-raised at the caller of the public function: level 3.
+local pcall = pcall
 local function wait(fname, ...)
-  local i = park(fname, ...)
+  local ok, i = pcall(park, fname, ...)
+  if not ok then
+    if type(i) == "string" then i = i:gsub("^[^:\n]*lcontext[/\\]init%.lua:%d+: ", "") end
+    error(i, 3)
+  end
   if i == TOKEN then
     i = yield(TOKEN)
   end

@@ -1,0 +1,65 @@
+-- Regressions found by the scheduler review (see the commit that adds this):
+-- each test failed before its fix.
+local context = require "lcontext"
+local bg = context.background()
+
+describe("regress: scheduler review", function()
+  it("after_func on contexts nothing can cancel does not keep them alive", function()
+    collectgarbage(); collectgarbage()
+    local before = collectgarbage("count")
+    for _ = 1, 20000 do context.after_func(bg, function() end) end
+    for _ = 1, 20000 do
+      local c = context.with_cancel(bg) -- its cancel is dropped at once
+      context.after_func(c, function() end)
+    end
+    collectgarbage(); collectgarbage()
+    assert.is_true(collectgarbage("count") - before < 500,
+      ("retained %.0f KB"):format(collectgarbage("count") - before))
+  end)
+
+  it("after_func still runs when only an ancestor's cancel is kept", function()
+    local root, cancel_root = context.with_cancel(bg)
+    local fired = 0
+    for i = 1, 200 do
+      local c = context.with_value(root:with_cancel(), "i", i)
+      context.merge(c, bg) -- a merge below it must not matter either
+      context.after_func(c, function() fired = fired + 1 end)
+    end
+    collectgarbage(); collectgarbage()
+    cancel_root()
+    collectgarbage(); collectgarbage() -- woken callbacks are kept by the loop
+    context.run()
+    assert.are.equal(200, fired)
+  end)
+
+  it("a parked task whose coroutine is closed is released, not a deadlock", function()
+    local co
+    local t = context.go(function()
+      co = coroutine.running()
+      bg:with_cancel():done() -- nothing will ever cancel this
+    end)
+    context.run("nowait")
+    assert.is_true(coroutine.close(co))
+    assert.is_false(context.run())
+    local ok, err = t:wait()
+    assert.is_nil(ok)
+    assert.matches("closed", err)
+    assert.are.equal("failed", t:status())
+  end)
+
+  it("a bad fd mode in select is named by position", function()
+    local ok, err = pcall(context.select, 1, { fd = 0, mode = "x" })
+    assert.is_false(ok)
+    assert.matches("bad argument #2 to 'select' %(mode must be", err)
+  end)
+
+  it("errors of waiting functions point at the caller, not the library", function()
+    local ok, err = pcall(function()
+      local e = bg:with_cancel():done() -- deadlock on the main thread
+      return e
+    end)
+    assert.is_false(ok)
+    assert.matches("deadlock", err)
+    assert.not_matches("lcontext/init%.lua", err)
+  end)
+end)
