@@ -240,6 +240,7 @@ static void detach_all(lc_runtime *rt, lc_waiter *w) {
 }
 
 static void push_ready(lc_runtime *rt, lc_waiter *w) {
+  rt->wakeups++;
   w->state = WS_READY;
   w->rnext = NULL;
   *rt->ready_tail = w;
@@ -769,7 +770,14 @@ static int l_run(lua_State *L) {
       drain(rt);
     }
   } else {
-    if (mode == 2 || alive(rt)) iterate(rt, mode == 1 ? EVRUN_ONCE : EVRUN_NOWAIT);
+    if (mode == 2)
+      iterate(rt, EVRUN_NOWAIT);
+    else if (alive(rt) && can_progress(rt)) {
+      uint64_t w0 = rt->wakeups;
+      do /* until something happens, not just a move inside the wheel */
+        iterate(rt, EVRUN_ONCE);
+      while (rt->wakeups == w0 && rt->ready == NULL && can_progress(rt));
+    }
     drain(rt);
   }
   lua_pushboolean(L, alive(rt));
@@ -783,10 +791,13 @@ static int l_step(lua_State *L) {
   check_loop_caller(L, rt, "step");
   drain(rt);
   if (t > 0 && rt->ready == NULL) {
+    uint64_t w0 = rt->wakeups;
     ev_timer_set(&rt->steptimer, t, 0.0);
     ev_now_update(rt->loop);
     ev_timer_start(rt->loop, &rt->steptimer);
-    iterate(rt, EVRUN_ONCE);
+    do /* a wake-up of the wheel that only moves timers is not "more" */
+      iterate(rt, EVRUN_ONCE);
+    while (rt->wakeups == w0 && ev_is_active(&rt->steptimer));
     ev_timer_stop(rt->loop, &rt->steptimer);
   } else
     iterate(rt, EVRUN_NOWAIT);

@@ -72,6 +72,7 @@ typedef struct lc_runtime {
   long nio;              /* fd waits armed */
   long nsig;             /* signal contexts watching */
   uint64_t resumed;      /* counters for metrics */
+  uint64_t wakeups;      /* waiters queued, ever: "something happened" */
 } lc_runtime;
 
 /* kinds of context */
