@@ -74,7 +74,7 @@ for s in $SUITES; do
         --error-exitcode=99 $BUSTED --exclude-tags=novalgrind
     ;;
   gc)
-    run gc-stress env LCONTEXT_GC_STRESS=1 $BUSTED --helper=spec/gc_stress_helper.lua
+    run gc-stress env LCONTEXT_GC_STRESS=1 $BUSTED --helper=spec/gc_stress_helper.lua --exclude-tags=novalgrind
     ;;
   esac
 done
