@@ -56,11 +56,14 @@ describe("garbage collection", function()
   it("reclaims a dropped with_timeout(bg, 3600) and its timer", function()
     local weak = h.weak()
     local function make()
-      weak.ctx, weak.cancel = context.with_timeout(bg, 3600)
-      weak.ctx2, weak.cancel2 = context.with_deadline(bg, os.time() + 3600)
+      -- locals first: a weak table may lose them at any GC step
+      local ctx, cancel = context.with_timeout(bg, 3600)
+      local ctx2, cancel2 = context.with_deadline(bg, os.time() + 3600)
       -- a timer that has been asked about, and a child that waits on its parent's
-      weak.ctx:err(); weak.ctx:remaining()
-      weak.child = context.with_cancel(weak.ctx2)
+      ctx:err(); ctx:remaining()
+      local child = context.with_cancel(ctx2)
+      weak.ctx, weak.cancel, weak.ctx2, weak.cancel2, weak.child =
+        ctx, cancel, ctx2, cancel2, child
     end
     make()
     collected(weak, "timed context")
@@ -72,8 +75,8 @@ describe("garbage collection", function()
       local c, cancel = context.with_cancel(bg)
       cancel()
       weak.c, weak.cancel = c, cancel
-      weak.t = context.with_timeout(bg, 0)
-      weak.child = context.with_cancel(weak.t)
+      local t = context.with_timeout(bg, 0)
+      weak.t, weak.child = t, context.with_cancel(t)
     end
     make()
     collected(weak, "done context")
@@ -84,8 +87,8 @@ describe("garbage collection", function()
     local b = context.with_timeout(bg, 3600)
     local weak = h.weak()
     local function make()
-      weak.m, weak.mc = context.merge(a, b)
-      weak.child = context.with_cancel(weak.m)
+      local m, mc = context.merge(a, b)
+      weak.m, weak.mc, weak.child = m, mc, context.with_cancel(m)
     end
     make()
     collected(weak, "merge")
