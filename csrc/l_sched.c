@@ -494,6 +494,11 @@ static void resume_task(lua_State *L, lc_runtime *rt, lc_task *t) {
   if (st == LUA_OK) {
     int i;
     t->status = TS_OK;
+    if (nres == 0) { /* nothing to keep (the common case: no table) */
+      finish(L, rt, t, taskidx);
+      lua_settop(L, taskidx - 1);
+      return;
+    }
     luaL_checkstack(L, nres + 2, "too many results");
     lua_createtable(L, nres, 1);
     lua_xmove(co, L, nres);
@@ -1014,7 +1019,7 @@ static int l_results(lua_State *L) {
   lc_task *t = check_task(L, 1, "wait");
   int n, i;
   if (t->status == TS_RUNNING) return 0;
-  lua_getiuservalue(L, 1, 2);
+  if (lua_getiuservalue(L, 1, 2) != LUA_TTABLE) return 0; /* none */
   lua_getfield(L, -1, "n");
   n = (int)lua_tointeger(L, -1);
   lua_pop(L, 1);
