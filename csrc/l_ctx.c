@@ -272,6 +272,7 @@ static int l_with_value(lua_State *L) {
   keyd k;
   check_key(L, 2, "with_value", &k);
   lua_settop(L, 3);
+  if (k.t == KT_PTR && k.ptype == LUA_TUSERDATA) lc_validate_value(L, 2, 3);
   v = (lc_vctx *)lua_newuserdatauv(L, sizeof(lc_vctx), 3);
   memset(v, 0, sizeof *v);
   v->h.kind = LK_VALUE;

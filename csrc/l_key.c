@@ -6,16 +6,53 @@
 
 #include "lcontext_int.h"
 
-/* context.key(name) -> key   [-0, +1, m]
-** A zero-byte userdata: unique by identity; user value 1 is its name. */
+/* context.key(name [, validator]) -> key   [-0, +1, m]
+** A zero-byte userdata: unique by identity; user value 1 is its name, 2 its
+** validator: with_value(ctx, key, v) calls validator(v), which returns true,
+** or false/nil and a message, to reject v. */
 static int l_key(lua_State *L) {
   if (lua_type(L, 1) != LUA_TSTRING) lc_typeerror(L, 1, "key", "string");
-  lua_newuserdatauv(L, 0, 1);
+  if (!lua_isnoneornil(L, 2) && lua_type(L, 2) != LUA_TFUNCTION &&
+      !luaL_getmetafield(L, 2, "__call"))
+    lc_typeerror(L, 2, "key", "function or nil");
+  lua_settop(L, 2);
+  lua_newuserdatauv(L, 0, 2);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, 2);
   lua_pushvalue(L, lc_uv(LC_UV_KEYMT));
   lua_setmetatable(L, -2);
   return 1;
+}
+
+/* [-0, +0, e] with_value's check of the value at vidx for the key at kidx:
+** raises an argument error when the key's validator rejects it */
+void lc_validate_value(lua_State *L, int kidx, int vidx) {
+  const char *msg;
+  if (lua_type(L, kidx) != LUA_TUSERDATA || !lua_getmetatable(L, kidx))
+    return;
+  if (!lua_rawequal(L, -1, lc_uv(LC_UV_KEYMT))) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  if (lua_getiuservalue(L, kidx, 2) == LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pushvalue(L, vidx);
+  lua_call(L, 1, 2);
+  if (lua_toboolean(L, -2)) {
+    lua_pop(L, 2);
+    return;
+  }
+  lua_getiuservalue(L, kidx, 1);
+  msg = lua_tostring(L, -2);
+  lc_argerror(L, vidx, "with_value",
+              lua_pushfstring(L, "invalid value for key '%s'%s%s",
+                              lua_tostring(L, -1), msg ? ": " : "",
+                              msg ? msg : ""));
 }
 
 static int l_key_tostring(lua_State *L) {

@@ -216,5 +216,6 @@ void lc_anchor_woken(lua_State *L, lc_runtime *rt);
 extern const luaL_Reg lc_key_funcs[];
 extern const luaL_Reg lc_key_meta[];
 void lc_new_sentinels(lua_State *L); /* pushes canceled, deadline_exceeded */
+void lc_validate_value(lua_State *L, int kidx, int vidx);
 
 #endif
