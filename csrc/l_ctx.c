@@ -78,14 +78,17 @@ static lc_ctx *derive(lua_State *L, lc_ctx *p, int kind, int64_t own,
     t->tm.kind = LT_DEADLINE;
     t->watch = 0;
   }
+  lc_set_depth(rt, &c->h, p);
   ctx_attach(&rt->tree, &c->node, pn, own, now);
-  lua_pushvalue(L, ctx_is_linked(&c->node) ? lc_uv(LC_UV_CTXMTGC)
-                                           : lc_uv(LC_UV_CTXMT));
+  lua_pushvalue(L, ctx_is_linked(&c->node) || rt->tracking
+                       ? lc_uv(LC_UV_CTXMTGC)
+                       : lc_uv(LC_UV_CTXMT));
   lua_setmetatable(L, -2);
   if (anchored) {
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
   }
+  if (rt->tracking) lc_track_new(L, rt, lua_gettop(L));
   lc_new_cancel(L, lua_gettop(L), &c->h);
   return &c->h;
 }
@@ -144,6 +147,7 @@ static int l_without_cancel(lua_State *L) {
   memset(c, 0, sizeof *c);
   c->kind = LK_WITHOUT;
   c->parent = p;
+  lc_set_depth(lc_rt(L), c, p);
   lua_pushvalue(L, lc_uv(LC_UV_CTXMT));
   lua_setmetatable(L, -2);
   lua_pushvalue(L, 1);
@@ -181,16 +185,21 @@ static int l_merge(lua_State *L) {
   ctx_node_init(&m->node);
   ctx_merge_init(&m->node, (uint16_t)(n - 1));
   ctx_attach(&rt->tree, &m->node, in[0]->cn, CTX_NEVER, now);
-  for (i = 1; i < n; i++)
+  for (i = 1; i < n; i++) {
     if (in[i]->cn != NULL)
       ctx_attach_extra(&rt->tree, &m->node, (uint16_t)(i - 1), in[i]->cn);
-  lua_pushvalue(L, ctx_is_linked(&m->node) ? lc_uv(LC_UV_CTXMTGC)
-                                           : lc_uv(LC_UV_CTXMT));
+    if (in[i]->depth > in[0]->depth) lc_set_depth(rt, &m->h, in[i]);
+  }
+  if (m->h.depth == 0) lc_set_depth(rt, &m->h, in[0]);
+  lua_pushvalue(L, ctx_is_linked(&m->node) || rt->tracking
+                       ? lc_uv(LC_UV_CTXMTGC)
+                       : lc_uv(LC_UV_CTXMT));
   lua_setmetatable(L, -2);
   for (i = 1; i <= n; i++) {
     lua_pushvalue(L, i);
     lua_setiuservalue(L, -2, i);
   }
+  if (rt->tracking) lc_track_new(L, rt, lua_gettop(L));
   lc_new_cancel(L, n + 1, &m->h);
   return 2;
 }
@@ -253,9 +262,9 @@ static void check_key(lua_State *L, int arg, const char *fname, keyd *k) {
 
 static int key_eq(const lc_ctx *h, const keyd *k) {
   const lc_vctx *c = (const lc_vctx *)h;
-  if (h->ktype != k->t) return 0;
+  if (c->ktype != k->t) return 0;
   switch (k->t) {
-  case KT_PTR: return c->x.p == k->x.p && h->ptype == k->ptype;
+  case KT_PTR: return c->x.p == k->x.p && c->ptype == k->ptype;
   case KT_STR:
     return h->klen == k->len &&
            (c->x.s == k->x.s || memcmp(c->x.s, k->x.s, k->len) == 0);
@@ -278,8 +287,9 @@ static int l_with_value(lua_State *L) {
   v->h.kind = LK_VALUE;
   v->h.cn = p->cn;
   v->h.parent = p;
-  v->h.ktype = k.t;
-  v->h.ptype = k.ptype;
+  lc_set_depth(lc_rt(L), &v->h, p);
+  v->ktype = k.t;
+  v->ptype = k.ptype;
   v->h.klen = k.len;
   v->x = k.x;
   lua_pushvalue(L, lc_uv(LC_UV_CTXMT));
@@ -451,7 +461,7 @@ static int pred_node(const lc_ctx *c, const void *arg) {
 /* [-0, +1, m] the context that ended the one at idx (nil if running) */
 static int push_origin(lua_State *L, int idx, lc_ctx *c) {
   if (lc_ctx_err(L, c) == CTX_ERR_NONE || !search(L, idx, pred_node,
-                                                   c->cn->origin)) {
+                                                   c->cn->o.origin)) {
     lua_pushnil(L);
     return 0;
   }
@@ -590,6 +600,7 @@ static int l_tostring(lua_State *L) {
 static int l_gc(lua_State *L) {
   lc_ctx *c = (lc_ctx *)lua_touserdata(L, 1);
   if (c != NULL && lc_hasnode(c)) {
+    if (lc_node(c)->err == CTX_ERR_NONE) lc_rt(L)->collected++; /* never cancelled */
     ctx_detach(&lc_rt(L)->tree, lc_node(c));
     if (c->kind == LK_TIMER) lc_timer_gc(lc_rt(L), c);
   }

@@ -175,6 +175,8 @@ static void fire(tw_entry *e, void *ud) {
   lc_timer *t = (lc_timer *)e;
   if (t->kind == LT_DEADLINE) {
     lc_tctx *o = (lc_tctx *)((char *)t - offsetof(lc_tctx, tm));
+    rt->fired++;
+    ctx_hist_add(&rt->lateness, rt->advance_now - o->c.node.deadline);
     ctx_cancel(&rt->tree, &o->c.node, CTX_ERR_DEADLINE);
   } else {
     lc_wait *x = (lc_wait *)((char *)t - offsetof(lc_wait, u));
@@ -183,7 +185,10 @@ static void fire(tw_entry *e, void *ud) {
 }
 
 static void advance(lc_runtime *rt) {
-  if (tw_count(&rt->wheel) > 0) tw_advance(&rt->wheel, clk_mono_ns(), fire, rt);
+  if (tw_count(&rt->wheel) > 0) {
+    rt->advance_now = clk_mono_ns();
+    tw_advance(&rt->wheel, rt->advance_now, fire, rt);
+  }
 }
 
 /* }====================================================================== */
@@ -261,6 +266,7 @@ static lc_waiter *pop_ready(lc_runtime *rt) {
 /* The first wait of w to fire: detach them all, queue w. */
 static void wake(lc_runtime *rt, lc_waiter *w, int index) {
   if (w->state != WS_PARKED) return;
+  if (w->kind == WK_TASK) rt->nparked--;
   w->fired = (uint16_t)index;
   detach_all(rt, w);
   push_ready(rt, w);
@@ -597,6 +603,7 @@ void lc_anchor_woken(lua_State *L, lc_runtime *rt) {
 static void start_callback(lua_State *L, lc_runtime *rt, lc_callback *cb) {
   push_anchored(L, rt, cb);
   cb->w.state = WS_DONE;
+  rt->ncallbacks--;
   if (cb->weak) { /* its contexts need not keep it any more */
     lua_getiuservalue(L, -1, 2);
     keep_chain(L, rt, -1, -2, 0);
@@ -985,6 +992,7 @@ static int l_park(lua_State *L) {
   lua_setiuservalue(L, -2, 3);
   lua_pop(L, 1);
   w->state = WS_PARKED;
+  rt->nparked++;
   lua_pushlightuserdata(L, rt); /* the token the Lua side yields */
   return 1;
 }
@@ -1059,6 +1067,7 @@ static int l_stop(lua_State *L) {
   if (cb->w.state == WS_PARKED || cb->w.state == WS_READY) {
     if (cb->w.state == WS_PARKED) detach_all(rt, &cb->w);
     cb->w.state = WS_DONE;
+    rt->ncallbacks--;
     if (cb->weak) {
       lua_getiuservalue(L, lua_upvalueindex(1), 2);
       keep_chain(L, rt, -1, lua_upvalueindex(1), 0);
@@ -1070,6 +1079,17 @@ static int l_stop(lua_State *L) {
   } else
     lua_pushboolean(L, 0);
   return 1;
+}
+
+/* __gc of callbacks: one that can never run any more is not pending */
+static int l_callback_gc(lua_State *L) {
+  lc_callback *cb = (lc_callback *)lua_touserdata(L, 1);
+  lc_runtime *rt = (lc_runtime *)lua_touserdata(L, lua_upvalueindex(1));
+  if (cb->w.state == WS_PARKED || cb->w.state == WS_READY) {
+    cb->w.state = WS_DONE;
+    rt->ncallbacks--;
+  }
+  return 0;
 }
 
 /* context.after_func(ctx, fn) -> stop */
@@ -1089,6 +1109,9 @@ static int l_after_func(lua_State *L) {
   lua_setiuservalue(L, -2, 1);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 2);
+  rt->ncallbacks++;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_cbmt); /* counts those collected */
+  lua_setmetatable(L, -2);
   if (arm_ctx(L, rt, &cb->wait, c)) { /* done already: runs soon */
     anchor(L, rt, -1);
     push_ready(rt, &cb->w);
@@ -1284,6 +1307,12 @@ void lc_sched_init(lua_State *L, lc_runtime *rt) {
   lua_setmetatable(L, -2);
   rt->ref_weakcb = luaL_ref(L, LUA_REGISTRYINDEX);
   rt->to_anchor = NULL;
+  lua_createtable(L, 0, 1); /* the metatable of callbacks */
+  lua_pushlightuserdata(L, rt);
+  lua_pushcclosure(L, l_callback_gc, 1);
+  lua_setfield(L, -2, "__gc");
+  rt->ref_cbmt = luaL_ref(L, LUA_REGISTRYINDEX);
+  lc_metrics_init(L, rt);
   rt->tree.on_done = on_done;
   rt->tree.ud = rt;
 }

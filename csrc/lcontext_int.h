@@ -67,11 +67,22 @@ typedef struct lc_runtime {
                             after_func callbacks kept alive by the contexts
                             whose cancel could still run them */
   int ref_weakcb;        /* registry, weak values: address -> callback */
+  int ref_cbmt;          /* registry: the metatable of callbacks */
   struct lc_callback *to_anchor; /* woken callbacks not yet anchored */
   long ntasks;           /* tasks not finished */
   long nio;              /* fd waits armed */
   long nsig;             /* signal contexts watching */
-  uint64_t resumed;      /* counters for metrics */
+  /* counters for metrics (see context.metrics) */
+  uint64_t resumed;      /* task resumptions */
+  uint64_t fired;        /* deadline timers fired by the wheel */
+  uint64_t collected;    /* cancellable contexts collected while running */
+  long nparked;          /* tasks parked */
+  long ncallbacks;       /* after_func callbacks not yet run or stopped */
+  unsigned maxdepth;     /* the deepest context made */
+  int tracking;          /* context.debug.track(true) */
+  ctx_hist lateness;     /* how late the wheel fired deadlines */
+  int64_t advance_now;   /* the time tw_advance was called with */
+  int ref_tracked;       /* registry, weak keys: context -> creation record */
   uint64_t wakeups;      /* waiters queued, ever: "something happened" */
 } lc_runtime;
 
@@ -111,9 +122,8 @@ typedef struct lc_ctx {
                             (never done) */
   struct lc_ctx *parent; /* the (first) parent; NULL for roots */
   uint8_t kind;          /* enum lc_kind */
-  uint8_t ktype;         /* LK_VALUE: enum lc_keytype */
   uint8_t flags;         /* LCF_* */
-  uint8_t ptype;         /* LK_VALUE, KT_PTR: the key's Lua type */
+  uint16_t depth;        /* contexts above it to its root (saturates) */
   uint32_t klen;         /* LK_VALUE, KT_STR: the key's length; LK_MERGE: inputs */
 } lc_ctx;
 
@@ -128,6 +138,8 @@ typedef union lc_keyx {
 typedef struct lc_vctx {
   lc_ctx h;
   lc_keyx x;
+  uint8_t ktype; /* enum lc_keytype */
+  uint8_t ptype; /* KT_PTR: the key's Lua type */
 } lc_vctx;
 
 /* contexts with a node of their own (cancel, timer, merge) */
@@ -211,6 +223,17 @@ void lc_sched_init(lua_State *L, lc_runtime *rt);
 int lc_runtime_gc(lua_State *L);
 void lc_timer_gc(lc_runtime *rt, lc_ctx *c);
 void lc_anchor_woken(lua_State *L, lc_runtime *rt);
+
+/* l_metrics.c */
+extern const luaL_Reg lc_metrics_funcs[];
+void lc_metrics_init(lua_State *L, lc_runtime *rt);
+void lc_track_new(lua_State *L, lc_runtime *rt, int idx);
+
+static inline void lc_set_depth(lc_runtime *rt, lc_ctx *c, const lc_ctx *p) {
+  unsigned d = (unsigned)p->depth + 1;
+  c->depth = (uint16_t)(d > 0xffff ? 0xffff : d);
+  if (c->depth > rt->maxdepth) rt->maxdepth = c->depth;
+}
 
 /* l_key.c */
 extern const luaL_Reg lc_key_funcs[];

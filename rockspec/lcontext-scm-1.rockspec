@@ -29,7 +29,7 @@ build = {
       sources = {
         "csrc/core/clock.c", "csrc/core/ctx.c", "csrc/core/tw.c",
         "csrc/l_core.c", "csrc/l_ctx.c", "csrc/l_cancel.c", "csrc/l_key.c",
-        "csrc/l_sched.c",
+        "csrc/l_sched.c", "csrc/l_metrics.c",
       },
       incdirs = { "csrc", "$(LIBEV_INCDIR)" },
       libdirs = { "$(LIBEV_LIBDIR)" },

@@ -44,11 +44,53 @@ static void unlink_parents(ctx_node *n) {
 
 /* }====================================================================== */
 
+/* lifetimes: 1 ms .. 1 h */
+static const int64_t life_bounds[] = {
+  1000000, 10000000, 100000000, 500000000, 1000000000, 5000000000,
+  10000000000, 30000000000, 60000000000, 300000000000, 3600000000000
+};
+
+void ctx_hist_init(ctx_hist *h, const int64_t *bounds, int nb) {
+  int i;
+  h->bounds = bounds;
+  h->nb = nb > CTX_HIST_MAX ? CTX_HIST_MAX : nb;
+  for (i = 0; i <= CTX_HIST_MAX; i++) h->counts[i] = 0;
+  h->count = 0;
+  h->sum_ns = 0;
+}
+
+void ctx_hist_add(ctx_hist *h, int64_t ns) {
+  int i = 0;
+  if (ns < 0) ns = 0;
+  while (i < h->nb && ns > h->bounds[i]) i++;
+  h->counts[i]++;
+  h->count++;
+  h->sum_ns += ns;
+}
+
 void ctx_tree_init(ctx_tree *t) {
+  int i;
   t->on_done = NULL;
   t->ud = NULL;
   t->clock = clk_mono_ns;
-  t->created = t->canceled = t->expired = t->live_linked = 0;
+  t->created = t->canceled = t->expired = 0;
+  for (i = 0; i < 3; i++) t->done[i][0] = t->done[i][1] = 0;
+  t->metrics = 0;
+  ctx_hist_init(&t->lifetime, life_bounds,
+                (int)(sizeof life_bounds / sizeof life_bounds[0]));
+}
+
+/* n becomes done with err, ended by origin: count it, and with metrics on,
+** how long it ran (*now: the clock, read once when first needed) */
+static void record_done(ctx_tree *t, ctx_node *n, int err, ctx_node *origin,
+                        int64_t *now) {
+  if (t->metrics && n->o.born > 0) {
+    if (*now < 0) *now = t->clock();
+    ctx_hist_add(&t->lifetime, *now - n->o.born);
+  }
+  n->err = (uint8_t)err;
+  n->o.origin = origin;
+  t->done[err][origin != n]++;
 }
 
 void ctx_node_init(ctx_node *n) {
@@ -56,7 +98,7 @@ void ctx_node_init(ctx_node *n) {
   n->link.pprev = NULL;
   n->link.parent = 0;
   n->children = NULL;
-  n->origin = NULL;
+  n->o.born = 0;
   n->deadline = CTX_NEVER;
   n->watch = NULL;
   n->nx = 0;
@@ -75,8 +117,8 @@ int ctx_is_linked(const ctx_node *n) {
 
 /* Mark n done without walking (n has no children yet). */
 static void set_done(ctx_tree *t, ctx_node *n, int err, ctx_node *origin) {
-  n->err = (uint8_t)err;
-  n->origin = origin;
+  int64_t now = -1;
+  record_done(t, n, err, origin, &now);
   unlink_parents(n);
   if ((n->flags & CTX_F_WATCHED) && t->on_done != NULL) t->on_done(t, n);
 }
@@ -84,13 +126,14 @@ static void set_done(ctx_tree *t, ctx_node *n, int err, ctx_node *origin) {
 int ctx_attach(ctx_tree *t, ctx_node *n, ctx_node *p, int64_t own_deadline,
                int64_t now) {
   t->created++;
+  if (t->metrics) n->o.born = t->clock();
   if (p != NULL) n->deadline = p->deadline;
   if (own_deadline < n->deadline) {
     n->deadline = own_deadline;
     n->flags |= CTX_F_OWN_DEADLINE;
   }
   if (p != NULL && p->err != CTX_ERR_NONE)
-    set_done(t, n, p->err, p->origin);
+    set_done(t, n, p->err, p->o.origin);
   else if ((n->flags & CTX_F_OWN_DEADLINE) && own_deadline <= now) {
     t->expired++;
     set_done(t, n, CTX_ERR_DEADLINE, n);
@@ -117,7 +160,7 @@ int ctx_attach_extra(ctx_tree *t, ctx_node *n, uint16_t i, ctx_node *p) {
   if (p->deadline < n->deadline) n->deadline = p->deadline;
   if (n->err != CTX_ERR_NONE) return n->err;
   if (p->err != CTX_ERR_NONE) {
-    set_done(t, n, p->err, p->origin);
+    set_done(t, n, p->err, p->o.origin);
     return n->err;
   }
   link_insert(x, p, 1);
@@ -135,8 +178,7 @@ int ctx_cancel(ctx_tree *t, ctx_node *n, int err) {
   ctx_node *top, *cur;
   int64_t now = -1; /* read once, when first needed */
   if (n->err != CTX_ERR_NONE) return 0;
-  n->err = (uint8_t)err;
-  n->origin = n;
+  record_done(t, n, err, n, &now);
   unlink_parents(n);
   if (err == CTX_ERR_DEADLINE) t->expired++; else t->canceled++;
   n->link.parent = 0;
@@ -154,15 +196,11 @@ int ctx_cancel(ctx_tree *t, ctx_node *n, int err) {
         /* a deadline that passed unobserved had ended c before this */
         if (now < 0) now = t->clock();
         if (c->deadline <= now) {
-          c->err = CTX_ERR_DEADLINE;
-          c->origin = c;
+          record_done(t, c, CTX_ERR_DEADLINE, c, &now);
           t->expired++;
         }
       }
-      if (c->err == CTX_ERR_NONE) {
-        c->err = cur->err;
-        c->origin = cur->origin;
-      }
+      if (c->err == CTX_ERR_NONE) record_done(t, c, cur->err, cur->o.origin, &now);
       unlink_parents(c);
       c->link.parent = (uintptr_t)top; /* push */
       top = c;

@@ -63,7 +63,10 @@ typedef struct ctx_xlink {
 struct ctx_node {
   ctx_link link;       /* edge to the (first) parent: must come first */
   ctx_link *children;  /* list of edges to children; NULL when done */
-  ctx_node *origin;    /* once done: the node whose cancel or timer ended it */
+  union {
+    ctx_node *origin;  /* once done: the node whose cancel or timer ended it */
+    int64_t born;      /* while running, with metrics on: when it was made */
+  } o;
   int64_t deadline;    /* effective deadline, monotonic ns, or CTX_NEVER */
   struct ctx_watch *watch; /* the binding's list of what waits on it */
   uint16_t nx;         /* CTX_F_MERGE: number of xlinks */
@@ -75,6 +78,20 @@ struct ctx_node {
 ** memory: the caller allocates sizeof(ctx_node) + nx * sizeof(ctx_xlink). */
 #define ctx_xlinks(n) ((ctx_xlink *)((n) + 1))
 
+/* A histogram of durations (for metrics): counts[i] counts values <=
+** bounds[i] and > bounds[i-1]; counts[nb] those above the last bound. */
+#define CTX_HIST_MAX 16
+typedef struct ctx_hist {
+  const int64_t *bounds; /* nb upper bounds, ns, ascending */
+  int nb;
+  uint64_t counts[CTX_HIST_MAX + 1];
+  uint64_t count;
+  int64_t sum_ns;
+} ctx_hist;
+
+void ctx_hist_init(ctx_hist *h, const int64_t *bounds, int nb);
+void ctx_hist_add(ctx_hist *h, int64_t ns);
+
 typedef struct ctx_tree ctx_tree;
 struct ctx_tree {
   /* Called for each CTX_F_WATCHED node as the cancel walk marks it done.
@@ -83,7 +100,11 @@ struct ctx_tree {
   void *ud;
   int64_t (*clock)(void); /* monotonic ns (clk_mono_ns; tests inject) */
   /* counters (for metrics) */
-  uint64_t created, canceled, expired, live_linked;
+  uint64_t created;      /* nodes attached */
+  uint64_t canceled, expired; /* cancel walks started (by cancel, by a deadline) */
+  uint64_t done[3][2];   /* nodes done, by err and by [0] own / [1] inherited */
+  int metrics;           /* record lifetimes (a clock read per context) */
+  ctx_hist lifetime;     /* how long nodes ran, made to done (metrics on) */
 };
 
 void ctx_tree_init(ctx_tree *t);

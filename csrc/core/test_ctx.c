@@ -65,7 +65,7 @@ static void test_cascade(void) {
   CHECK(ctx_is_linked(&b) && ctx_is_linked(&c));
   CHECK(ctx_cancel(t, &b, CTX_ERR_CANCELED) == 1);
   CHECK(b.err == CTX_ERR_CANCELED && c.err == CTX_ERR_CANCELED);
-  CHECK(b.origin == &b && c.origin == &b);
+  CHECK(b.o.origin == &b && c.o.origin == &b);
   CHECK(a.err == CTX_ERR_NONE && d.err == CTX_ERR_NONE);
   CHECK(!ctx_is_linked(&b) && !ctx_is_linked(&c));
   CHECK(a.children == &d.link); /* b removed itself from a */
@@ -73,8 +73,8 @@ static void test_cascade(void) {
   CHECK(ctx_cancel(t, &b, CTX_ERR_DEADLINE) == 0);
   CHECK(b.err == CTX_ERR_CANCELED);
   ctx_cancel(t, &a, CTX_ERR_DEADLINE);
-  CHECK(d.err == CTX_ERR_DEADLINE && d.origin == &a);
-  CHECK(c.err == CTX_ERR_CANCELED && c.origin == &b);
+  CHECK(d.err == CTX_ERR_DEADLINE && d.o.origin == &a);
+  CHECK(c.err == CTX_ERR_CANCELED && c.o.origin == &b);
 }
 
 static void test_done_parent(void) {
@@ -83,7 +83,7 @@ static void test_done_parent(void) {
   mk(t, &a, NULL, CTX_NEVER, 0);
   ctx_cancel(t, &a, CTX_ERR_CANCELED);
   mk(t, &b, &a, CTX_NEVER, 0);
-  CHECK(b.err == CTX_ERR_CANCELED && b.origin == &a && !ctx_is_linked(&b));
+  CHECK(b.err == CTX_ERR_CANCELED && b.o.origin == &a && !ctx_is_linked(&b));
 }
 
 static void test_deadlines(void) {
@@ -97,12 +97,12 @@ static void test_deadlines(void) {
   CHECK((c.flags & CTX_F_OWN_DEADLINE) && c.deadline == 500);
   CHECK(ctx_deadline_owner(&b) == &a && ctx_deadline_owner(&c) == &c);
   CHECK(ctx_poll(t, &c, 499) == CTX_ERR_NONE); /* never early */
-  CHECK(ctx_poll(t, &c, 500) == CTX_ERR_DEADLINE && c.origin == &c);
+  CHECK(ctx_poll(t, &c, 500) == CTX_ERR_DEADLINE && c.o.origin == &c);
   CHECK(b.err == CTX_ERR_NONE);
-  CHECK(ctx_poll(t, &b, 1000) == CTX_ERR_DEADLINE && b.origin == &a);
+  CHECK(ctx_poll(t, &b, 1000) == CTX_ERR_DEADLINE && b.o.origin == &a);
   CHECK(a.err == CTX_ERR_DEADLINE);
   mk(t, &d, NULL, 10, 20); /* already passed */
-  CHECK(d.err == CTX_ERR_DEADLINE && d.origin == &d);
+  CHECK(d.err == CTX_ERR_DEADLINE && d.o.origin == &d);
 }
 
 static void test_merge(void) {
@@ -118,7 +118,7 @@ static void test_merge(void) {
   ctx_attach(t, &m, &a, CTX_NEVER, 0);
   ctx_attach_extra(t, &m, 0, &b);
   CHECK(m.deadline == 300 && ctx_deadline_owner(&m) == &b);
-  CHECK(ctx_poll(t, &m, 300) == CTX_ERR_DEADLINE && m.origin == &b);
+  CHECK(ctx_poll(t, &m, 300) == CTX_ERR_DEADLINE && m.o.origin == &b);
   CHECK(!ctx_is_linked(&m) && a.children == NULL);
   CHECK(a.err == CTX_ERR_NONE);
 #undef m
@@ -160,9 +160,9 @@ static void test_unobserved_expiry(void) {
   mk(t, &d, &a, 500, 0);
   fake_now = 200;
   ctx_cancel(t, &a, CTX_ERR_CANCELED);
-  CHECK(b.err == CTX_ERR_DEADLINE && b.origin == &b);
-  CHECK(c.err == CTX_ERR_DEADLINE && c.origin == &b);
-  CHECK(d.err == CTX_ERR_CANCELED && d.origin == &a);
+  CHECK(b.err == CTX_ERR_DEADLINE && b.o.origin == &b);
+  CHECK(c.err == CTX_ERR_DEADLINE && c.o.origin == &b);
+  CHECK(d.err == CTX_ERR_CANCELED && d.o.origin == &a);
 }
 
 #define BIG 100000
@@ -177,7 +177,7 @@ static void test_deep_chain(void) {
   for (i = 1; i < BIG; i++) mk(t, &n[i], &n[i - 1], CTX_NEVER, 0);
   ctx_cancel(t, &n[0], CTX_ERR_CANCELED);
   for (i = 0; i < BIG; i++)
-    if (n[i].err != CTX_ERR_CANCELED || n[i].origin != &n[0]) break;
+    if (n[i].err != CTX_ERR_CANCELED || n[i].o.origin != &n[0]) break;
   CHECK(i == BIG);
   free(n);
 }
