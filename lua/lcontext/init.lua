@@ -135,7 +135,7 @@ M.in_task = core._in_task
 
 -- The helpers written in Lua, one module per concern. Each module returns
 -- a function that takes this module and returns what it adds to it.
-for _, name in ipairs({ "group", "retry", "breaker", "hedge", "patterns" }) do
+for _, name in ipairs({ "group", "retry", "breaker", "hedge", "patterns", "observe", "metrics" }) do
   local path = "lcontext." .. name
   if package.searchpath(path, package.path) then
     local exports = require(path)(M)
