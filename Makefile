@@ -27,7 +27,7 @@ BIND_SRC     = $(wildcard csrc/l_*.c)
 HDRS         = $(wildcard csrc/*.h csrc/core/*.h)
 MODULE       = $(BUILD)/lcontext/core.so
 
-DEB_PKGS     = lua5.4 liblua5.4-dev libev-dev lua-busted luarocks lua-socket valgrind
+DEB_PKGS     = lua5.4 liblua5.4-dev libev-dev lua-busted luarocks lua-socket lua-cjson lua-dkjson valgrind prometheus
 BENCH_PKGS   = golang-go
 FUZZ_PKGS    = clang
 

@@ -25,6 +25,37 @@ local function row(name, value, unit, target)
   rows[#rows + 1] = { name, value, unit, target or "" }
 end
 
+-- 0. what metrics and tracking cost when on (they are off by default)
+do
+  local with_cancel = context.with_cancel
+  local function wc()
+    local best = math.huge
+    for _ = 1, 5 do
+      collectgarbage()
+      local n = 500000
+      local t0 = now()
+      for _ = 1, n do
+        local _, cancel = with_cancel(bg)
+        cancel()
+      end
+      best = math.min(best, (now() - t0) / n * 1e9)
+    end
+    return best
+  end
+  local off = wc()
+  context.debug.histograms(true)
+  local hist = wc()
+  context.debug.histograms(false)
+  context.debug.track(true)
+  local track = wc()
+  context.debug.track(false)
+  row("with_cancel+cancel, metrics histograms and tracking off", ("%.0f"):format(off), "ns")
+  row("  with lifetime histograms on", ("%.0f"):format(hist), "ns",
+    ("%.2fx"):format(hist / off))
+  row("  with leak tracking on (traceback per context)", ("%.0f"):format(track), "ns",
+    ("%.2fx"):format(track / off))
+end
+
 -- 1. 100,000 tasks parked on one context
 do
   local N = 100000

@@ -107,13 +107,38 @@ static int l_track(lua_State *L) {
   return 1;
 }
 
+/* [-0, +1, m] a short traceback of the caller: at most 8 Lua frames, in
+** luaL_traceback's format (cheaper: no C frames, no full depth) */
+static void push_site(lua_State *L) {
+  lua_Debug ar;
+  luaL_Buffer b;
+  int level = 1, n = 0;
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "stack traceback:");
+  while (n < 8 && lua_getstack(L, level++, &ar)) {
+    lua_getinfo(L, "Sln", &ar);
+    if (ar.currentline <= 0) continue; /* C functions */
+    lua_pushfstring(L, "\n\t%s:%d: in ", ar.short_src, ar.currentline);
+    luaL_addvalue(&b);
+    if (ar.name != NULL)
+      lua_pushfstring(L, "%s '%s'", *ar.namewhat ? ar.namewhat : "function", ar.name);
+    else if (*ar.what == 'm')
+      lua_pushliteral(L, "main chunk");
+    else
+      lua_pushfstring(L, "function <%s:%d>", ar.short_src, ar.linedefined);
+    luaL_addvalue(&b);
+    n++;
+  }
+  luaL_pushresult(&b);
+}
+
 /* [-0, +0, m] remember where the context at idx was made, and when */
 void lc_track_new(lua_State *L, lc_runtime *rt, int idx) {
   idx = lua_absindex(L, idx);
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_tracked);
   lua_pushvalue(L, idx);
   lua_createtable(L, 0, 3);
-  luaL_traceback(L, L, NULL, 1);
+  push_site(L);
   lua_setfield(L, -2, "site");
   lua_pushnumber(L, (lua_Number)clk_mono_ns() * 1e-9);
   lua_setfield(L, -2, "created");
