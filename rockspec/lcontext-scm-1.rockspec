@@ -25,6 +25,12 @@ build = {
   type = "builtin",
   modules = {
     ["lcontext"] = "lua/lcontext/init.lua",
+    ["lcontext.group"] = "lua/lcontext/group.lua",
+    ["lcontext.retry"] = "lua/lcontext/retry.lua",
+    ["lcontext.breaker"] = "lua/lcontext/breaker.lua",
+    ["lcontext.hedge"] = "lua/lcontext/hedge.lua",
+    ["lcontext.patterns"] = "lua/lcontext/patterns.lua",
+    ["lcontext.metrics"] = "lua/lcontext/metrics.lua",
     ["lcontext.core"] = {
       sources = {
         "csrc/core/clock.c", "csrc/core/ctx.c", "csrc/core/tw.c",

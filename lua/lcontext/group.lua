@@ -1,0 +1,165 @@
+--- lcontext.group: Go's errgroup (API.md §6), with what its users asked for.
+--
+--   local g, gctx = context.group(parent [, limit])
+--   g:go(fn, ...)      -- runs fn(gctx, ...) as a task; false once the group failed
+--   g:try_go(fn, ...)  -- the same, but never waits for a free slot
+--   g:wait()           -- nil, or the first failure; gctx is cancelled when it returns
+--   g:errors()         -- every failure, in completion order (and their tracebacks)
+--
+-- A task fails by raising or by returning nil, err (err ~= nil). The first
+-- failure cancels gctx with the failure as its cause. A raised string error
+-- becomes a failure string that carries its traceback; any other raised value
+-- (a table, context.canceled, ...) is kept as it is, so `==` still works, and
+-- its traceback is in the second list that g:errors() returns.
+return function(context)
+  local go, select_ = context.go, context.select
+  local type, error, tostring, getmetatable = type, error, tostring, getmetatable
+  local traceback = debug.traceback
+  local pack, unpack = table.pack, table.unpack
+
+  local function callable(v)
+    if type(v) == "function" then return true end
+    local mt = getmetatable(v)
+    return type(mt) == "table" and mt.__call ~= nil
+  end
+
+  local Group = {}
+  Group.__index = Group
+  Group.__name = "context.group"
+
+  function Group:__tostring()
+    return ("context.group (%d running%s)"):format(self._running,
+      self._failed and ", failed" or "")
+  end
+
+  local function check_self(g, fname)
+    if getmetatable(g) ~= Group then
+      error(("calling '%s' on bad self (context.group expected, got %s)")
+        :format(fname, type(g)), 3)
+    end
+  end
+
+  -- Record one task's failure: the first one cancels gctx with it as cause.
+  local function fail(g, err, tb)
+    local n = #g._errors + 1
+    g._errors[n] = err
+    g._tracebacks[n] = tb or false
+    if not g._failed then
+      g._failed = true
+      g._first = err
+      g._cancel(err)
+    end
+  end
+
+  local function start(g, fn, ...)
+    local args = pack(...)
+    local me
+    local function body()
+      local tb
+      local res = pack(xpcall(fn, function(e)
+        if type(e) == "string" then
+          tb = traceback(e, 2)
+          return tb
+        end
+        tb = traceback("error object: " .. tostring(e), 2)
+        if e == nil then return tb end -- error(nil): keep something to report
+        return e
+      end, g.ctx, unpack(args, 1, args.n)))
+      g._running = g._running - 1
+      g._tasks[me] = nil
+      if not res[1] then
+        fail(g, res[2], tb)
+      elseif res[2] == nil and res.n >= 3 and res[3] ~= nil then
+        fail(g, res[3], false)
+      end
+    end
+    me = go(body)
+    g._running = g._running + 1
+    g._tasks[me] = true
+    return true
+  end
+
+  --- g:go(fn, ...) -> true | false, first_failure
+  -- With a limit, suspends the caller while `limit` tasks run.
+  function Group:go(fn, ...)
+    check_self(self, "go")
+    if not callable(fn) then
+      error(("bad argument #1 to 'go' (function expected, got %s)"):format(type(fn)), 2)
+    end
+    while true do
+      if self._failed or self._finished then return false, self._first end
+      if not self._limit or self._running < self._limit then break end
+      -- wait for one of the running tasks to end (there are `limit` of them)
+      local waiting, n = {}, 0
+      for t in pairs(self._tasks) do n = n + 1; waiting[n] = t end
+      select_(unpack(waiting, 1, n))
+    end
+    return start(self, fn, ...)
+  end
+
+  --- g:try_go(fn, ...) -> true | false: starts fn only if a slot is free now.
+  function Group:try_go(fn, ...)
+    check_self(self, "try_go")
+    if not callable(fn) then
+      error(("bad argument #1 to 'try_go' (function expected, got %s)"):format(type(fn)), 2)
+    end
+    if self._failed or self._finished then return false, self._first end
+    if self._limit and self._running >= self._limit then return false end
+    return start(self, fn, ...)
+  end
+
+  --- g:wait() -> nil | first failure. Waits for every task (those started
+  -- while waiting too), then cancels gctx (with the first failure as cause).
+  function Group:wait()
+    check_self(self, "wait")
+    while true do
+      local t = next(self._tasks)
+      if not t then break end
+      t:wait()
+      self._tasks[t] = nil -- its body removed it already; be sure
+    end
+    if not self._finished then
+      self._finished = true
+      if self._failed then self._cancel(self._first) else self._cancel() end
+    end
+    return self._first
+  end
+
+  --- g:errors() -> { failure, ... }, { traceback or false, ... }
+  -- Every failure so far, in completion order; the second list holds the
+  -- traceback of each failure that was raised (false for `nil, err` returns).
+  function Group:errors()
+    check_self(self, "errors")
+    return { unpack(self._errors) }, { unpack(self._tracebacks) }
+  end
+
+  --- g:running() -> the number of tasks of the group still running
+  function Group:running()
+    check_self(self, "running")
+    return self._running
+  end
+
+  --- context.group(parent [, limit]) -> g, gctx
+  local function group(parent, limit)
+    if getmetatable(parent) ~= "context" then
+      error(("bad argument #1 to 'group' (context expected, got %s)"):format(type(parent)), 2)
+    end
+    if limit ~= nil then
+      if type(limit) ~= "number" then
+        error(("bad argument #2 to 'group' (number expected, got %s)"):format(type(limit)), 2)
+      elseif limit ~= limit or limit < 1 or limit ~= math.floor(limit) then
+        error("bad argument #2 to 'group' (limit must be a positive integer)", 2)
+      end
+      if limit == math.huge then limit = nil end
+    end
+    local gctx, cancel = context.with_cancel_cause(parent)
+    local g = setmetatable({
+      ctx = gctx, _cancel = cancel, _limit = limit,
+      _running = 0, _tasks = {}, _errors = {}, _tracebacks = {},
+      _failed = false, _finished = false, _first = nil,
+    }, Group)
+    return g, gctx
+  end
+
+  return { group = group }
+end

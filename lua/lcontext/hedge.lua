@@ -1,0 +1,246 @@
+--- lcontext.hedge: hedged requests, "The Tail at Scale" (Dean & Barroso,
+-- 2013) (issue 4 item 4).
+--
+--   context.hedge(ctx, fn, { delay = 0.05 [, attempts = 2] })
+--     -> the first success's results | nil, err
+--
+-- fn(actx, attempt) runs as a task; if it has not succeeded after `delay`
+-- seconds, a second attempt starts beside it (and so on, up to `attempts`).
+-- The first success wins: the other attempts' contexts are cancelled and the
+-- winner's results returned. A failed attempt starts the next one at once.
+-- Every attempt's context is a child of ctx, and the wait is bounded by ctx:
+-- nothing runs past the caller's deadline.
+--
+-- `delay` may be a number, a function returning one (asked once per call),
+-- or an object with :delay() and, optionally, :observe(seconds), which is
+-- told the duration of each winning attempt: context.latency_estimator{}
+-- gives the p95 (or any quantile) of the recent durations.
+return function(context)
+  local type, error, tostring, getmetatable, pcall = type, error, tostring, getmetatable, pcall
+  local min, max, ceil, huge = math.min, math.max, math.ceil, math.huge
+  local pack, unpack, sort = table.pack, table.unpack, table.sort
+  local now = context.now
+
+  local SRC = debug.getinfo(1, "S").source
+  local function argerr(fname, n, msg)
+    local level = 2
+    while true do
+      local info = debug.getinfo(level, "S")
+      if not info or info.source ~= SRC then break end
+      level = level + 1
+    end
+    error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level)
+  end
+
+  local function callable(v)
+    if type(v) == "function" then return true end
+    local mt = getmetatable(v)
+    return type(mt) == "table" and mt.__call ~= nil
+  end
+
+  local function finite(v) return type(v) == "number" and v == v and v ~= huge and v ~= -huge end
+
+  -----------------------------------------------------------------------------
+  -- A latency estimator: a quantile of the last `size` observations.
+  -----------------------------------------------------------------------------
+  local Estimator = {}
+  Estimator.__index = Estimator
+  Estimator.__name = "context.latency_estimator"
+
+  --- est:observe(seconds): record a duration
+  function Estimator:observe(d)
+    if not finite(d) or d < 0 then
+      argerr("observe", 1, ("non-negative finite number expected, got %s"):format(tostring(d)))
+    end
+    self.pos = self.pos % self.size + 1
+    self.samples[self.pos] = d
+    if self.n < self.size then self.n = self.n + 1 end
+    self.cached = nil
+  end
+
+  --- est:count() -> the number of durations held
+  function Estimator:count() return self.n end
+
+  --- est:delay() -> the quantile of the held durations (nearest rank),
+  -- clamped to [min, max]; `initial` until min_samples are held
+  function Estimator:delay()
+    if self.n < self.min_samples then return self.initial end
+    if not self.cached then
+      local s = { unpack(self.samples, 1, self.n) }
+      sort(s)
+      local q = s[max(1, ceil(self.quantile * self.n))]
+      self.cached = min(self.max, max(self.min, q))
+    end
+    return self.cached
+  end
+
+  local function est_num(opts, name, default, lo, hi, allow_inf)
+    local v = opts[name]
+    if v == nil then return default end
+    if type(v) ~= "number" or v ~= v or (not allow_inf and not finite(v)) then
+      argerr("latency_estimator", 1, ("option '%s': finite number expected, got %s")
+        :format(name, tostring(v)))
+    end
+    if v < lo or (hi and v > hi) then
+      argerr("latency_estimator", 1, ("option '%s' out of range"):format(name))
+    end
+    return v
+  end
+
+  --- context.latency_estimator{quantile = 0.95, size = 100, min_samples = 10,
+  ---   initial = 0.05, min = 0, max = math.huge} -> est
+  local function latency_estimator(opts)
+    if opts == nil then opts = {} end
+    if type(opts) ~= "table" then
+      argerr("latency_estimator", 1, ("table expected, got %s"):format(type(opts)))
+    end
+    local e = setmetatable({
+      quantile = est_num(opts, "quantile", 0.95, 0, 1),
+      size = est_num(opts, "size", 100, 1),
+      min_samples = est_num(opts, "min_samples", 10, 0),
+      initial = est_num(opts, "initial", 0.05, 0),
+      min = est_num(opts, "min", 0, 0),
+      max = est_num(opts, "max", huge, 0, nil, true),
+      samples = {}, n = 0, pos = 0,
+    }, Estimator)
+    if e.size ~= math.floor(e.size) then
+      argerr("latency_estimator", 1, "option 'size' must be an integer")
+    end
+    if e.min > e.max then argerr("latency_estimator", 1, "option 'min' exceeds 'max'") end
+    e.min_samples = min(e.min_samples, e.size)
+    return e
+  end
+
+  -----------------------------------------------------------------------------
+  -- hedge
+  -----------------------------------------------------------------------------
+  local function failure_of(r)
+    -- r: pack(pcall(fn, ...)); the error, or nil for a success
+    if not r[1] then
+      if r[2] == nil then return "error (nil) raised by the attempt" end
+      return r[2]
+    end
+    if r[2] == nil and r.n >= 3 and r[3] ~= nil then return r[3] end
+    return nil
+  end
+
+  local function hedge(ctx, fn, opts)
+    if getmetatable(ctx) ~= "context" then
+      argerr("hedge", 1, ("context expected, got %s"):format(type(ctx)))
+    end
+    if not callable(fn) then
+      argerr("hedge", 2, ("function expected, got %s"):format(type(fn)))
+    end
+    if type(opts) ~= "table" then
+      argerr("hedge", 3, ("table expected, got %s"):format(type(opts)))
+    end
+    local d, est = opts.delay, nil
+    if type(d) == "table" and not callable(d) then
+      local ok, f = pcall(function() return d.delay end)
+      if not ok or not callable(f) then
+        argerr("hedge", 3, "option 'delay': an object with a :delay() method expected")
+      end
+      est = d
+      d = est:delay()
+    elseif callable(d) then
+      d = d()
+    end
+    if not finite(d) or d < 0 then
+      argerr("hedge", 3, ("option 'delay': non-negative finite number expected, got %s")
+        :format(tostring(d)))
+    end
+    local attempts = opts.attempts or 2
+    if type(attempts) ~= "number" or attempts < 1 or attempts ~= math.floor(attempts)
+        or attempts == huge then
+      argerr("hedge", 3, "option 'attempts' must be a positive integer")
+    end
+    local on_attempt, retryable = opts.on_attempt, opts.retryable
+    if on_attempt ~= nil and not callable(on_attempt) then
+      argerr("hedge", 3, ("option 'on_attempt': function expected, got %s"):format(type(on_attempt)))
+    end
+    if retryable ~= nil and not callable(retryable) then
+      argerr("hedge", 3, ("option 'retryable': function expected, got %s"):format(type(retryable)))
+    end
+    local observe = est and est.observe
+
+    local e = ctx:err()
+    if e then return nil, e end
+
+    local tasks, cancels, starts, live = {}, {}, {}, {}
+    local started, running, next_at = 0, 0, 0
+    local last_err
+
+    local function launch()
+      started = started + 1
+      local i = started
+      local actx, cancel = context.with_cancel(ctx)
+      cancels[i] = cancel
+      if on_attempt then on_attempt(i) end
+      starts[i] = now()
+      tasks[i] = context.go(function() return pack(pcall(fn, actx, i)) end)
+      live[i] = true
+      running = running + 1
+      next_at = now() + d
+    end
+
+    local function cancel_all()
+      for i = 1, started do cancels[i]() end
+    end
+
+    local function finish(...)
+      cancel_all()
+      return ...
+    end
+
+    local function run()
+      launch()
+      while true do
+        local w, which = { ctx }, {}
+        for i = 1, started do
+          if live[i] then
+            w[#w + 1] = tasks[i]
+            which[#w] = i
+          end
+        end
+        local hedge_slot
+        if started < attempts then
+          w[#w + 1] = max(0, next_at - now())
+          hedge_slot = #w
+        end
+        local k = context.select(unpack(w))
+        if k == 1 or ctx:err() then
+          return finish(nil, ctx:err())
+        elseif k == hedge_slot then
+          launch()
+        else
+          local i = which[k]
+          live[i] = nil
+          running = running - 1
+          local r = tasks[i]:wait()
+          local err = failure_of(r)
+          if err == nil then
+            if observe then observe(est, now() - starts[i]) end
+            return finish(unpack(r, 2, r.n))
+          end
+          last_err = err
+          if retryable and not retryable(err) then return finish(nil, err) end
+          if started < attempts then
+            launch()                     -- a failure: the next attempt at once
+          elseif running == 0 then
+            return finish(nil, last_err) -- every attempt failed
+          end
+        end
+      end
+    end
+
+    -- if a callback raises, no attempt is left running unasked
+    local r = pack(pcall(run))
+    if not r[1] then
+      cancel_all()
+      error(r[2], 0)
+    end
+    return unpack(r, 2, r.n)
+  end
+
+  return { hedge = hedge, latency_estimator = latency_estimator }
+end

@@ -1,0 +1,347 @@
+--- lcontext.retry: retries with exponential backoff and jitter, deadline
+-- aware, with a structured give-up and retry budgets (API.md §7, issue 4
+-- item 2).
+--
+--   context.retry(ctx, fn, opts) -> fn's results | nil, last_err, attempts, reason
+--   context.backoff(opts)        -> b; b:next() gives the successive delays (pure)
+--   context.retry_budget(opts)   -> a budget shared by many retry calls
+--
+-- reason: "exhausted", "not_retryable", "deadline", "canceled" or "budget".
+return function(context)
+  local type, error, tostring, pcall, getmetatable = type, error, tostring, pcall, getmetatable
+  local min, max, floor, huge = math.min, math.max, math.floor, math.huge
+  local pack, unpack = table.pack, table.unpack
+  local canceled, deadline_exceeded = context.canceled, context.deadline_exceeded
+
+  -- Raise "bad argument #n to 'fname' (msg)" at the first caller outside
+  -- this file (the user's code), wherever the check is made.
+  local SRC = debug.getinfo(1, "S").source
+  local function argerr(fname, n, msg)
+    local level = 2
+    while true do
+      local info = debug.getinfo(level, "S")
+      if not info or info.source ~= SRC then break end
+      level = level + 1
+    end
+    error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level)
+  end
+
+  local function callable(v)
+    if type(v) == "function" then return true end
+    local mt = getmetatable(v)
+    return type(mt) == "table" and mt.__call ~= nil
+  end
+
+  -- number_opt(fname, argn, opts, name, default, lo, allow_inf, lo_open):
+  -- one validated numeric option
+  local function number_opt(fname, argn, opts, name, default, lo, allow_inf, lo_open)
+    local v = opts[name]
+    if v == nil then return default end
+    if type(v) ~= "number" then
+      argerr(fname, argn, ("option '%s': number expected, got %s"):format(name, type(v)))
+    end
+    if v ~= v or (not allow_inf and (v == huge or v == -huge)) then
+      argerr(fname, argn, ("option '%s': number is not finite"):format(name))
+    end
+    if lo and (v < lo or (lo_open and v == lo)) then
+      argerr(fname, argn, ("option '%s' must be %s %s"):format(name,
+        lo_open and ">" or ">=", tostring(lo)))
+    end
+    return v
+  end
+
+  local function function_opt(fname, argn, opts, name)
+    local v = opts[name]
+    if v ~= nil and not callable(v) then
+      argerr(fname, argn, ("option '%s': function expected, got %s"):format(name, type(v)))
+    end
+    return v
+  end
+
+  local function table_opts(fname, argn, opts)
+    if opts == nil then return {} end
+    if type(opts) ~= "table" then
+      argerr(fname, argn, ("table expected, got %s"):format(type(opts)))
+    end
+    return opts
+  end
+
+  -----------------------------------------------------------------------------
+  -- Backoff: the delays, as a pure computation (no clock, no sleeping).
+  -- AWS, "Exponential Backoff And Jitter" (2015), with n the retry number
+  -- (1 for the delay after the first failure) and cap = max:
+  --   none:         min(cap, base * factor^(n-1))
+  --   full:         random(0, min(cap, base * factor^(n-1)))
+  --   equal:        t/2 + random(0, t/2), t = min(cap, base * factor^(n-1))
+  --   decorrelated: min(cap, random(base, previous * 3)), previous starting at base
+  -----------------------------------------------------------------------------
+  local jitters = { full = true, equal = true, decorrelated = true, none = true }
+
+  local Backoff = {}
+  Backoff.__index = Backoff
+  Backoff.__name = "context.backoff"
+
+  local function backoff_opts(fname, argn, opts)
+    local o = {
+      base = number_opt(fname, argn, opts, "base", 0.1, 0),
+      factor = number_opt(fname, argn, opts, "factor", 2, 1),
+      max = number_opt(fname, argn, opts, "max", 5, 0),
+      jitter = opts.jitter == nil and "full" or opts.jitter,
+      random = function_opt(fname, argn, opts, "random") or math.random,
+    }
+    if not jitters[o.jitter] then
+      argerr(fname, argn, ("option 'jitter': \"full\", \"equal\", \"decorrelated\" or \"none\" expected, got %s")
+        :format(tostring(o.jitter)))
+    end
+    return o
+  end
+
+  local function new_backoff(o)
+    return setmetatable({ o = o, n = 0, prev = o.base }, Backoff)
+  end
+
+  --- b:next() -> the delay before the next retry (seconds)
+  function Backoff:next()
+    local o = self.o
+    self.n = self.n + 1
+    local rnd = o.random
+    if o.jitter == "decorrelated" then
+      local hi = max(o.base, self.prev * 3)
+      local d = min(o.max, o.base + rnd() * (hi - o.base))
+      self.prev = d
+      return d
+    end
+    local t = min(o.max, o.base * o.factor ^ (self.n - 1))
+    if o.jitter == "none" then return t end
+    if o.jitter == "full" then return rnd() * t end
+    return t / 2 + rnd() * (t / 2) -- equal
+  end
+
+  --- b:reset(): start again from the first delay
+  function Backoff:reset()
+    self.n, self.prev = 0, self.o.base
+    return self
+  end
+
+  --- context.backoff{base, factor, max, jitter, random} -> b
+  local function backoff(opts)
+    opts = table_opts("backoff", 1, opts)
+    return new_backoff(backoff_opts("backoff", 1, opts))
+  end
+
+  -----------------------------------------------------------------------------
+  -- Retry budgets, shared between calls. The interface retry uses (a budget
+  -- of your own may implement it, e.g. over shared memory):
+  --   budget:on_request()  once per retry() call, before the first attempt
+  --   budget:on_success()  after an attempt that succeeded
+  --   budget:on_failure()  after an attempt that failed with a retryable error
+  --   budget:try_retry()   -> boolean: may this call retry? (a retry it allows
+  --                        is counted against the budget)
+  -----------------------------------------------------------------------------
+  local TokenBucket = {}
+  TokenBucket.__index = TokenBucket
+  TokenBucket.__name = "context.retry_budget"
+
+  -- gRPC retry throttling: tokens start at max_tokens; each failure takes 1,
+  -- each success gives back token_ratio (never above max_tokens); retries are
+  -- allowed only while tokens > max_tokens / 2.
+  function TokenBucket:on_request() end
+  function TokenBucket:on_success()
+    self.tokens = min(self.max_tokens, self.tokens + self.token_ratio)
+  end
+  function TokenBucket:on_failure()
+    self.tokens = max(0, self.tokens - 1)
+  end
+  function TokenBucket:try_retry()
+    if self.tokens > self.max_tokens / 2 then
+      self.retries = self.retries + 1
+      return true
+    end
+    self.refused = self.refused + 1
+    return false
+  end
+  function TokenBucket:stats()
+    return { kind = "token_bucket", tokens = self.tokens, max_tokens = self.max_tokens,
+      retries = self.retries, refused = self.refused }
+  end
+
+  -- Ratio budget (Finagle's RetryBudget): over a sliding window of `ttl`
+  -- seconds, retries may be at most `ratio` of the requests, plus
+  -- `min_per_second` retries a second that are always allowed.
+  local Ratio = {}
+  Ratio.__index = Ratio
+  Ratio.__name = "context.retry_budget"
+  local NBUCKETS = 10
+
+  -- the bucket for now, reset if it holds an older period
+  local function ratio_bucket(self)
+    local idx = floor(self.clock() / (self.ttl / NBUCKETS))
+    local slot = idx % NBUCKETS + 1
+    local b = self.buckets[slot]
+    if b.idx ~= idx then b.idx, b.requests, b.retries = idx, 0, 0 end
+    return b, idx
+  end
+
+  local function ratio_sums(self)
+    local _, idx = ratio_bucket(self)
+    local req, ret = 0, 0
+    for _, b in ipairs(self.buckets) do
+      if b.idx and b.idx > idx - NBUCKETS and b.idx <= idx then
+        req, ret = req + b.requests, ret + b.retries
+      end
+    end
+    return req, ret
+  end
+
+  function Ratio:on_request()
+    local b = ratio_bucket(self)
+    b.requests = b.requests + 1
+  end
+  function Ratio:on_success() end
+  function Ratio:on_failure() end
+  function Ratio:try_retry()
+    local req, ret = ratio_sums(self)
+    if ret + 1 <= self.ratio * req + self.min_per_second * self.ttl then
+      local b = ratio_bucket(self)
+      b.retries = b.retries + 1
+      return true
+    end
+    self.refused = self.refused + 1
+    return false
+  end
+  function Ratio:stats()
+    local req, ret = ratio_sums(self)
+    return { kind = "ratio", requests = req, retries = ret, refused = self.refused,
+      ratio = self.ratio, min_per_second = self.min_per_second, ttl = self.ttl }
+  end
+
+  --- context.retry_budget{kind = "token_bucket", max_tokens = 10, token_ratio = 0.1}
+  --- context.retry_budget{kind = "ratio", ratio = 0.2, min_per_second = 10, ttl = 10, clock = fn}
+  local function retry_budget(opts)
+    opts = table_opts("retry_budget", 1, opts)
+    local kind = opts.kind
+    if kind == nil then kind = opts.ratio ~= nil and "ratio" or "token_bucket" end
+    if kind == "token_bucket" then
+      local mt = number_opt("retry_budget", 1, opts, "max_tokens", 10, 0, false, true)
+      local tr = number_opt("retry_budget", 1, opts, "token_ratio", 0.1, 0, false, true)
+      return setmetatable({ max_tokens = mt, token_ratio = tr, tokens = mt,
+        retries = 0, refused = 0 }, TokenBucket)
+    elseif kind == "ratio" then
+      local clock = function_opt("retry_budget", 1, opts, "clock") or context.now
+      local b = setmetatable({
+        ratio = number_opt("retry_budget", 1, opts, "ratio", 0.2, 0),
+        min_per_second = number_opt("retry_budget", 1, opts, "min_per_second", 10, 0),
+        ttl = number_opt("retry_budget", 1, opts, "ttl", 10, 0, false, true),
+        clock = clock, buckets = {}, refused = 0,
+      }, Ratio)
+      for i = 1, NBUCKETS do b.buckets[i] = { requests = 0, retries = 0 } end
+      return b
+    end
+    argerr("retry_budget", 1, ("option 'kind': \"token_bucket\" or \"ratio\" expected, got %s")
+      :format(tostring(kind)))
+  end
+
+  -----------------------------------------------------------------------------
+  -- retry
+  -----------------------------------------------------------------------------
+  local function is_context(v) return getmetatable(v) == "context" end
+
+  -- A retry_after hint: the third value of `nil, err, retry_after`, or the
+  -- field err.retry_after of a table error.
+  local function retry_after_of(err, hint)
+    if type(hint) == "number" and hint == hint and hint >= 0 then return hint end
+    if type(err) == "table" then
+      local ok, v = pcall(function() return err.retry_after end)
+      if ok and type(v) == "number" and v == v and v >= 0 then return v end
+    end
+    return nil
+  end
+
+  local function reason_of_ctx(ctx)
+    local e = ctx:err()
+    if e == canceled then return "canceled" end
+    if e == deadline_exceeded then return "deadline" end
+    return nil
+  end
+
+  --- context.retry(ctx, fn, opts) -> fn's results | nil, last_err, attempts, reason
+  local function retry(ctx, fn, opts)
+    if not is_context(ctx) then
+      argerr("retry", 1, ("context expected, got %s"):format(type(ctx)))
+    end
+    if not callable(fn) then
+      argerr("retry", 2, ("function expected, got %s"):format(type(fn)))
+    end
+    opts = table_opts("retry", 3, opts)
+    local attempts = number_opt("retry", 3, opts, "attempts", 3, 1, true)
+    if attempts ~= huge and attempts ~= floor(attempts) then
+      argerr("retry", 3, "option 'attempts' must be a positive integer or math.huge")
+    end
+    local max_elapsed = number_opt("retry", 3, opts, "max_elapsed", nil, 0, true)
+    local attempt_timeout = number_opt("retry", 3, opts, "attempt_timeout", nil, 0, false, true)
+    local retryable = function_opt("retry", 3, opts, "retryable")
+    local on_retry = function_opt("retry", 3, opts, "on_retry")
+    local budget = opts.budget
+    if budget ~= nil and (type(budget) ~= "table" or not callable(budget.try_retry)) then
+      argerr("retry", 3, "option 'budget': a retry budget expected (see context.retry_budget)")
+    end
+    local bo = new_backoff(backoff_opts("retry", 3, opts))
+    local now = context.now
+    local start = now()
+
+    if budget then budget:on_request() end
+    local n, last_err = 0, nil
+    while true do
+      local why = reason_of_ctx(ctx)
+      if why then return nil, last_err or ctx:err(), n, why end
+      n = n + 1
+      local actx, cancel = ctx, nil
+      if attempt_timeout then actx, cancel = context.with_timeout(ctx, attempt_timeout) end
+      local r = pack(pcall(fn, actx, n))
+      if cancel then cancel() end
+      local err, hint
+      if not r[1] then
+        err = r[2]
+      elseif r[2] == nil and r.n >= 3 and r[3] ~= nil then
+        err, hint = r[3], r[4]
+      else
+        if budget then budget:on_success() end
+        return unpack(r, 2, r.n)
+      end
+      last_err = err
+
+      -- the rules, in order; the first that says stop gives the reason
+      why = reason_of_ctx(ctx)
+      if why then return nil, err, n, why end
+      if err == canceled then return nil, err, n, "canceled" end
+      if retryable then
+        if not retryable(err) then return nil, err, n, "not_retryable" end
+      elseif err ~= nil and rawequal(err, context.breaker_open) then
+        -- by default an open circuit breaker is an answer, not a hiccup
+        return nil, err, n, "not_retryable"
+      end
+      if budget then budget:on_failure() end
+      if n >= attempts then return nil, err, n, "exhausted" end
+      local delay = bo:next()
+      local after = retry_after_of(err, hint)
+      if after then delay = after end
+      if max_elapsed and now() - start + delay > max_elapsed then
+        return nil, err, n, "exhausted"
+      end
+      local left = ctx:remaining()
+      if left then
+        if delay >= left then return nil, err, n, "deadline" end
+        if err == deadline_exceeded and left <= 2 * delay then
+          return nil, err, n, "deadline"
+        end
+      end
+      if budget and not budget:try_retry() then return nil, err, n, "budget" end
+      if on_retry then on_retry(n, err, delay) end
+      if not context.sleep(ctx, delay) then
+        return nil, err, n, reason_of_ctx(ctx)
+      end
+    end
+  end
+
+  return { retry = retry, backoff = backoff, retry_budget = retry_budget }
+end

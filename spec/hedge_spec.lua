@@ -1,0 +1,271 @@
+-- context.hedge and context.latency_estimator (issue 4 item 4): "the tail at
+-- scale" hedged requests — a second attempt after a delay (fixed, or a
+-- quantile of observed durations), the first success wins, the losers'
+-- contexts are cancelled, the caller's deadline is never exceeded.
+--
+-- Timing: delays of a few milliseconds against sleeps of seconds that must be
+-- cut short; upper bounds generous.
+local context = require "lcontext"
+local core = require "lcontext.core"
+local h = require "spec.helpers"
+
+local bg = context.background()
+local now = context.now
+local canceled, deadline_exceeded = context.canceled, context.deadline_exceeded
+
+local reported
+before_each(function()
+  reported = {}
+  context.on_error(function(err, tb) reported[#reported + 1] = tb or tostring(err) end)
+end)
+
+after_each(function()
+  context.run() -- let cancelled losers finish
+  context.on_error(nil)
+  assert.are.same({}, reported, "a task raised to the error handler")
+  local s = core.sched_stats()
+  assert.are.same({ 0, 0, 0 }, { s.tasks, s.timers, s.fd_waits }, "scheduler not idle")
+end)
+
+-- fn whose attempt i sleeps plan[i] seconds (on its context) then returns
+-- plan.results[i] (default: "attempt i"); records what each attempt saw
+local function planned(plan)
+  local log = { started = {}, ended = {} }
+  return function(actx, i)
+    log.started[#log.started + 1] = i
+    local ok, err = context.sleep(actx, plan[i] or 0)
+    log.ended[i] = ok and "slept" or err
+    if not ok then return nil, err end
+    local r = plan.results and plan.results[i]
+    if r then return table.unpack(r, 1, r.n or #r) end
+    return "attempt " .. i
+  end, log
+end
+
+describe("context.hedge", function()
+  it("a fast first attempt wins alone: no hedge is sent", function()
+    local fn, log = planned { 0.001 }
+    local hedged = {}
+    local r = { context.hedge(bg, fn, { delay = 0.2,
+      on_attempt = function(i) hedged[#hedged + 1] = i end }) }
+    assert.are.same({ "attempt 1" }, r)
+    assert.are.same({ 1 }, log.started)
+    assert.are.same({ 1 }, hedged)
+  end)
+
+  it("passes all of the winner's results through, nils included", function()
+    local fn = planned { 0, results = { { 1, nil, "x", nil, n = 4 } } }
+    local r = table.pack(context.hedge(bg, fn, { delay = 1 }))
+    assert.are.equal(4, r.n)
+    assert.are.same({ 1, nil, "x" }, { r[1], r[2], r[3] })
+  end)
+
+  it("sends a second attempt after the delay; the first success wins; the loser is cancelled",
+    function()
+      local fn, log = planned { 5, 0.001 }
+      local t0 = now()
+      local r = { context.hedge(bg, fn, { delay = 0.005 }) }
+      local elapsed = now() - t0
+      assert.are.same({ "attempt 2" }, r)
+      assert.is_true(elapsed >= 0.006 - 1e-6, "the hedge went early: " .. elapsed)
+      assert.is_true(elapsed < 1, "waited for the slow attempt")
+      assert.are.same({ 1, 2 }, log.started)
+      context.run()
+      h.is(log.ended[1], canceled, "the loser's context")
+    end)
+
+  it("if the first attempt finishes first after all, it wins and the hedge is cancelled",
+    function()
+      local fn, log = planned { 0.02, 5 }
+      local r = { context.hedge(bg, fn, { delay = 0.002 }) }
+      assert.are.same({ "attempt 1" }, r)
+      context.run()
+      h.is(log.ended[2], canceled)
+    end)
+
+  it("up to `attempts` attempts, one more after each delay", function()
+    local fn, log = planned { 5, 5, 0.001 }
+    local r = { context.hedge(bg, fn, { delay = 0.003, attempts = 3 }) }
+    assert.are.same({ "attempt 3" }, r)
+    assert.are.same({ 1, 2, 3 }, log.started)
+    context.run()
+    h.is(log.ended[1], canceled); h.is(log.ended[2], canceled)
+  end)
+
+  it("a failed attempt starts the next one at once", function()
+    local n = 0
+    local t0 = now()
+    local r = { context.hedge(bg, function(_, i)
+      n = n + 1
+      if i == 1 then return nil, "refused" end
+      return "second"
+    end, { delay = 5 }) }
+    assert.are.same({ "second" }, r)
+    assert.is_true(now() - t0 < 1, "waited for the delay after a failure")
+  end)
+
+  it("all attempts failed: nil and the last error; raised errors count as failures", function()
+    local r = { context.hedge(bg, function(_, i)
+      if i == 1 then error("crashed") end
+      context.sleep(bg, 0.002)
+      return nil, "refused " .. i
+    end, { delay = 0.001 }) }
+    assert.are.same({ nil, "refused 2" }, r)
+  end)
+
+  it("retryable(err) false ends it at once, cancelling the others", function()
+    local fn = function(actx, i)
+      if i == 2 then return nil, "bad request" end
+      local _, err = context.sleep(actx, 5)
+      return nil, err
+    end
+    local t0 = now()
+    local r = { context.hedge(bg, fn, { delay = 0.001, attempts = 3,
+      retryable = function(err) return err ~= "bad request" end }) }
+    assert.are.same({ nil, "bad request" }, r)
+    assert.is_true(now() - t0 < 1)
+  end)
+
+  it("never runs past the caller's deadline: nil, deadline_exceeded, attempts cancelled",
+    function()
+      local ctx = context.with_timeout(bg, 0.01)
+      local fn, log = planned { 5, 5 }
+      local t0 = now()
+      local r = { context.hedge(ctx, fn, { delay = 0.05 }) }
+      local elapsed = now() - t0
+      assert.are.same({ nil, deadline_exceeded }, r)
+      assert.is_true(elapsed >= 0.01 - 1e-6 and elapsed < 1, "elapsed " .. elapsed)
+      assert.are.same({ 1 }, log.started, "a hedge started after the deadline")
+      context.run()
+      h.is(log.ended[1], deadline_exceeded)
+    end)
+
+  it("stops when the caller cancels", function()
+    local ctx, cancel = context.with_cancel(bg)
+    local fn, log = planned { 5, 5 }
+    context.go(function() context.sleep(bg, 0.003); cancel() end)
+    local r = { context.hedge(ctx, fn, { delay = 0.001 }) }
+    assert.are.same({ nil, canceled }, r)
+    context.run()
+    assert.are.same({ canceled, canceled }, { log.ended[1], log.ended[2] })
+  end)
+
+  it("does not call fn when ctx is already done", function()
+    local ctx, cancel = context.with_cancel(bg)
+    cancel()
+    local called = false
+    assert.are.same({ nil, canceled }, { context.hedge(ctx, function() called = true end,
+      { delay = 0 }) })
+    assert.is_false(called)
+  end)
+
+  it("each attempt has its own child context carrying the caller's values", function()
+    local k = context.key("request")
+    local ctx = context.with_value(bg, k, "req-1")
+    local seen = {}
+    context.hedge(ctx, function(actx, i)
+      seen[i] = { actx, actx:value(k) }
+      if i == 1 then return nil, "fail" end
+      return true
+    end, { delay = 1 })
+    assert.are.equal("req-1", seen[1][2])
+    assert.are.equal("req-1", seen[2][2])
+    assert.are_not.equal(seen[1][1], seen[2][1])
+    assert.are_not.equal(ctx, seen[1][1])
+  end)
+
+  it("works from inside a task too", function()
+    local fn = planned { 5, 0.001 }
+    local t = context.go(function() return context.hedge(bg, fn, { delay = 0.002 }) end)
+    assert.are.same({ "attempt 2" }, { t:wait() })
+  end)
+
+  it("takes the delay from a function", function()
+    local asked = 0
+    local fn = planned { 5, 0 }
+    local r = { context.hedge(bg, fn, { delay = function() asked = asked + 1; return 0.001 end }) }
+    assert.are.same({ "attempt 2" }, r)
+    assert.are.equal(1, asked)
+  end)
+
+  it("takes the delay from an estimator and tells it the winner's duration", function()
+    local est = context.latency_estimator { min_samples = 3, initial = 0.002 }
+    local fn = planned { 0.004, 0.001 }
+    context.hedge(bg, fn, { delay = est }) -- the hedge (2) wins after ~1 ms
+    assert.are.equal(1, est:count())
+    assert.is_true(est:delay() == 0.002, "still the initial delay")
+    for _ = 1, 3 do est:observe(0.5) end
+    assert.are.equal(0.5, est:delay())
+    -- now the slow first attempt is not hedged before 0.5 s
+    local fn2, log = planned { 0.005, 0.001 }
+    assert.are.same({ "attempt 1" }, { context.hedge(bg, fn2, { delay = est }) })
+    assert.are.same({ 1 }, log.started)
+  end)
+
+  it("a raise in on_attempt cancels what was started, and is raised", function()
+    local fn, log = planned { 5, 5 }
+    local ok, err = pcall(context.hedge, bg, fn, { delay = 0.001,
+      on_attempt = function(i) if i == 2 then error("callback broke", 0) end end })
+    assert.is_false(ok)
+    assert.are.equal("callback broke", err)
+    context.run()
+    h.is(log.ended[1], canceled, "attempt 1 left running")
+  end)
+
+  it("names bad arguments", function()
+    local f = function() end
+    h.argerr(1, "hedge", function() context.hedge(nil, f, { delay = 1 }) end)
+    h.argerr(2, "hedge", function() context.hedge(bg, nil, { delay = 1 }) end)
+    h.argerr(3, "hedge", function() context.hedge(bg, f) end)
+    h.argerr(3, "hedge", function() context.hedge(bg, f, {}) end)
+    h.argerr(3, "hedge", function() context.hedge(bg, f, { delay = -1 }) end)
+    h.argerr(3, "hedge", function() context.hedge(bg, f, { delay = 0 / 0 }) end)
+    h.argerr(3, "hedge", function() context.hedge(bg, f, { delay = {} }) end)
+    h.argerr(3, "hedge", function() context.hedge(bg, f, { delay = function() return "x" end }) end)
+    h.argerr(3, "hedge", function() context.hedge(bg, f, { delay = 1, attempts = 0 }) end)
+    h.argerr(3, "hedge", function() context.hedge(bg, f, { delay = 1, attempts = 1.5 }) end)
+    h.argerr(3, "hedge", function() context.hedge(bg, f, { delay = 1, on_attempt = 1 }) end)
+    h.argerr(3, "hedge", function() context.hedge(bg, f, { delay = 1, retryable = 1 }) end)
+  end)
+end)
+
+describe("context.latency_estimator", function()
+  it("gives `initial` until min_samples, then the quantile (nearest rank)", function()
+    local est = context.latency_estimator { quantile = 0.95, min_samples = 5, initial = 0.1 }
+    for i = 1, 4 do est:observe(i / 1000) end
+    assert.are.equal(0.1, est:delay())
+    for i = 5, 100 do est:observe(i / 1000) end
+    assert.are.equal(100, est:count())
+    assert.are.equal(0.095, est:delay())
+    local med = context.latency_estimator { quantile = 0.5, min_samples = 1 }
+    for _, v in ipairs({ 5, 1, 3 }) do med:observe(v) end
+    assert.are.equal(3, med:delay())
+  end)
+
+  it("keeps the last `size` durations", function()
+    local est = context.latency_estimator { quantile = 1, size = 3, min_samples = 1 }
+    for _, v in ipairs({ 9, 1, 2, 3 }) do est:observe(v) end
+    assert.are.equal(3, est:count())
+    assert.are.equal(3, est:delay(), "the 9 should have been forgotten")
+  end)
+
+  it("clamps to [min, max]", function()
+    local est = context.latency_estimator { min_samples = 1, min = 0.01, max = 0.2 }
+    est:observe(0.001)
+    assert.are.equal(0.01, est:delay())
+    est = context.latency_estimator { min_samples = 1, min = 0.01, max = 0.2 }
+    est:observe(3)
+    assert.are.equal(0.2, est:delay())
+  end)
+
+  it("names bad arguments", function()
+    h.argerr(1, "latency_estimator", function() context.latency_estimator(1) end)
+    h.argerr(1, "latency_estimator", function() context.latency_estimator { quantile = 2 } end)
+    h.argerr(1, "latency_estimator", function() context.latency_estimator { size = 0 } end)
+    h.argerr(1, "latency_estimator", function() context.latency_estimator { size = 2.5 } end)
+    h.argerr(1, "latency_estimator", function() context.latency_estimator { min = 2, max = 1 } end)
+    local est = context.latency_estimator()
+    h.argerr(1, "observe", function() est:observe(-1) end)
+    h.argerr(1, "observe", function() est:observe(0 / 0) end)
+  end)
+end)
