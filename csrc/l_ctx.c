@@ -55,8 +55,8 @@ static int64_t deadline_after(int64_t now, lua_Number secs) {
 ** a context with a node of its own below the parent at index 1, and its
 ** cancel object. own: its own deadline (CTX_NEVER for none).
 */
-static lc_ctx *derive(lua_State *L, lc_ctx *p, int kind, int64_t own,
-                      int64_t now) {
+static lc_ctx *derive_f(lua_State *L, lc_ctx *p, int kind, int64_t own,
+                        int64_t now, int nflags) {
   size_t size = kind == LK_TIMER ? sizeof(lc_tctx) : sizeof(lc_cctx);
   lc_runtime *rt = lc_rt(L);
   ctx_node *pn = p->cn;
@@ -72,6 +72,7 @@ static lc_ctx *derive(lua_State *L, lc_ctx *p, int kind, int64_t own,
   c->h.parent = p;
   c->h.kind = (uint8_t)kind;
   ctx_node_init(&c->node);
+  c->node.flags |= (uint8_t)nflags;
   if (kind == LK_TIMER) {
     lc_tctx *t = (lc_tctx *)c;
     tw_entry_init(&t->tm.e);
@@ -92,6 +93,8 @@ static lc_ctx *derive(lua_State *L, lc_ctx *p, int kind, int64_t own,
   lc_new_cancel(L, lua_gettop(L), &c->h);
   return &c->h;
 }
+
+#define derive(L, p, kind, own, now) derive_f(L, p, kind, own, now, 0)
 
 /* context.with_cancel(parent) -> ctx, cancel */
 static int l_with_cancel(lua_State *L) {
@@ -138,6 +141,30 @@ static int l_with_deadline(lua_State *L) {
   lua_Number at = lc_checkduration(L, 2, "with_deadline");
   int64_t now = lc_now();
   return derive_timer(L, p, deadline_after(now, at - clk_real()), now, at);
+}
+
+/* core.detached(parent [, seconds]) -> ctx, cancel
+** A child that keeps the parent's values and ends with the parent's
+** cancellation (at once, inside cancel()), but not with a deadline of the
+** parent or of its ancestors: its deadline is its own (now + seconds), or
+** none. The base of context.with_min_timeout and context.fallback. */
+static int l_detached(lua_State *L) {
+  lc_ctx *p = lc_checkctx(L, 1, "with_min_timeout");
+  int64_t own = CTX_NEVER, now = 0;
+  double epoch = 0;
+  int hasdl = !lua_isnoneornil(L, 2);
+  lc_ctx *c;
+  if (hasdl) {
+    lua_Number secs = lc_checkduration(L, 2, "with_min_timeout");
+    now = lc_now();
+    own = deadline_after(now, secs);
+    epoch = clk_real() + secs;
+  }
+  lua_settop(L, 1);
+  c = derive_f(L, p, hasdl ? LK_TIMER : LK_CANCEL, own, now,
+               CTX_F_NO_PARENT_DEADLINE);
+  if (hasdl) ((lc_tctx *)c)->epoch = epoch;
+  return 2;
 }
 
 /* context.without_cancel(parent) -> ctx   (values only) */
@@ -619,6 +646,7 @@ static int l_gc(lua_State *L) {
 const luaL_Reg lc_ctx_funcs[] = {
   DERIVATIONS,
   {"background", l_background},
+  {"_detached", l_detached},
   {"todo", l_todo},
   {"cause", l_cause},
   {"origin", l_origin},

@@ -127,11 +127,15 @@ int ctx_attach(ctx_tree *t, ctx_node *n, ctx_node *p, int64_t own_deadline,
                int64_t now) {
   t->created++;
   if (t->metrics) n->o.born = t->clock();
-  if (p != NULL) n->deadline = p->deadline;
+  if (p != NULL && !(n->flags & CTX_F_NO_PARENT_DEADLINE))
+    n->deadline = p->deadline;
   if (own_deadline < n->deadline) {
     n->deadline = own_deadline;
     n->flags |= CTX_F_OWN_DEADLINE;
   }
+  if (p != NULL && p->err == CTX_ERR_DEADLINE &&
+      (n->flags & CTX_F_NO_PARENT_DEADLINE))
+    p = NULL; /* its parent ended by a deadline: that does not end it */
   if (p != NULL && p->err != CTX_ERR_NONE)
     set_done(t, n, p->err, p->o.origin);
   else if ((n->flags & CTX_F_OWN_DEADLINE) && own_deadline <= now) {
@@ -192,6 +196,8 @@ int ctx_cancel(ctx_tree *t, ctx_node *n, int err) {
       ctx_node *c = link_child(l);
       link_remove(l);
       if (c->err != CTX_ERR_NONE) continue;
+      if ((c->flags & CTX_F_NO_PARENT_DEADLINE) && cur->err == CTX_ERR_DEADLINE)
+        continue; /* cut loose, still running */
       if (c->flags & CTX_F_OWN_DEADLINE) {
         /* a deadline that passed unobserved had ended c before this */
         if (now < 0) now = t->clock();

@@ -35,7 +35,9 @@ enum ctx_err {
 enum ctx_flag {
   CTX_F_OWN_DEADLINE = 1, /* deadline is this node's own (it has a timer) */
   CTX_F_WATCHED = 2,      /* call tree->on_done when this node becomes done */
-  CTX_F_MERGE = 4         /* node has nx extra parent links (xlinks) */
+  CTX_F_MERGE = 4,        /* node has nx extra parent links (xlinks) */
+  CTX_F_NO_PARENT_DEADLINE = 8 /* ends with its parent's cancel, not with its
+                                  parent's deadline (with_min_timeout) */
 };
 
 typedef struct ctx_node ctx_node;

@@ -147,30 +147,11 @@ return function(context)
   -- with_min_timeout(parent, seconds)
 
   -- A child of `parent` that keeps its values and explicit cancellation but
-  -- none of its deadlines; `seconds` (or nil: no deadline of its own).
-  -- Explicit cancellation travels through after_func, hence one loop
-  -- iteration late -- except when parent is already cancelled: then at once.
-  local function detached(parent, seconds)
-    local base = without_cancel(parent)
-    local child, cancel
-    if seconds then
-      child, cancel = with_timeout(base, seconds)
-    else
-      child, cancel = with_cancel(base)
-    end
-    if parent:err() == CANCELED then
-      cancel(parent:cause())
-      return child, cancel
-    end
-    if child:is_done() then return child, cancel end
-    local stop = after_func(parent, function()
-      if parent:err() == CANCELED then cancel(parent:cause()) end
-    end)
-    -- once the child has ended, stop watching the parent (a long-lived
-    -- parent would otherwise collect one callback per child)
-    after_func(child, stop)
-    return child, cancel
-  end
+  -- none of its deadlines; `seconds` (or nil: no deadline of its own). The
+  -- core links it below the parent for cancellation only, so a cancel of the
+  -- parent (or of an ancestor, while the parent runs) reaches it at once,
+  -- inside cancel(), with the same err and cause; a deadline does not.
+  local detached = require("lcontext.core")._detached
 
   --- context.with_min_timeout(parent, seconds) -> ctx, cancel
   function M.with_min_timeout(parent, seconds)
