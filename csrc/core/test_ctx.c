@@ -165,6 +165,39 @@ static void test_unobserved_expiry(void) {
   CHECK(d.err == CTX_ERR_CANCELED && d.o.origin == &a);
 }
 
+/* a child that ends with its parent's cancel but not its deadline */
+static void test_no_parent_deadline(void) {
+  ctx_tree *t = tree();
+  ctx_node g, p, c, d, e;
+  mk(t, &g, NULL, CTX_NEVER, 0);
+  mk(t, &p, &g, 100, 0);
+  ctx_node_init(&c);
+  c.flags |= CTX_F_NO_PARENT_DEADLINE;
+  ctx_attach(t, &c, &p, 500, 0);
+  CHECK(c.deadline == 500 && (c.flags & CTX_F_OWN_DEADLINE));
+  ctx_node_init(&d);
+  d.flags |= CTX_F_NO_PARENT_DEADLINE;
+  ctx_attach(t, &d, &p, CTX_NEVER, 0);
+  CHECK(d.deadline == CTX_NEVER && ctx_is_linked(&d));
+  CHECK(ctx_poll(t, &p, 100) == CTX_ERR_DEADLINE); /* the parent's deadline */
+  CHECK(c.err == CTX_ERR_NONE && d.err == CTX_ERR_NONE);
+  CHECK(!ctx_is_linked(&c) && !ctx_is_linked(&d)); /* cut loose */
+  ctx_node_init(&e);                                 /* made after: runs */
+  e.flags |= CTX_F_NO_PARENT_DEADLINE;
+  ctx_attach(t, &e, &p, CTX_NEVER, 0);
+  CHECK(e.err == CTX_ERR_NONE);
+  /* a cancel does reach it */
+  {
+    ctx_node q, r;
+    mk(t, &q, &g, CTX_NEVER, 0);
+    ctx_node_init(&r);
+    r.flags |= CTX_F_NO_PARENT_DEADLINE;
+    ctx_attach(t, &r, &q, CTX_NEVER, 0);
+    ctx_cancel(t, &g, CTX_ERR_CANCELED);
+    CHECK(r.err == CTX_ERR_CANCELED && r.o.origin == &g);
+  }
+}
+
 #define BIG 100000
 
 static void test_deep_chain(void) {
@@ -207,6 +240,7 @@ int main(void) {
   RUN(test_detach);
   RUN(test_watched);
   RUN(test_unobserved_expiry);
+  RUN(test_no_parent_deadline);
   RUN(test_deep_chain);
   RUN(test_wide);
   printf("%d passed, %d failed\n", passed, failed);
