@@ -17,6 +17,7 @@ description = {
 }
 dependencies = {
   "lua >= 5.4",
+  -- optional, for context.logger's JSON: lua-cjson, or dkjson
 }
 external_dependencies = {
   LIBEV = { header = "ev.h", library = "ev" },
@@ -31,6 +32,8 @@ build = {
     ["lcontext.hedge"] = "lua/lcontext/hedge.lua",
     ["lcontext.patterns"] = "lua/lcontext/patterns.lua",
     ["lcontext.metrics"] = "lua/lcontext/metrics.lua",
+    ["lcontext.observe"] = "lua/lcontext/observe.lua",
+    ["lcontext.trace"] = "lua/lcontext/trace.lua",
     ["lcontext.core"] = {
       sources = {
         "csrc/core/clock.c", "csrc/core/ctx.c", "csrc/core/tw.c",
