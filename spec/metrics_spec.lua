@@ -120,6 +120,29 @@ describe("context.metrics_text", function()
   end)
 end)
 
+describe("the helpers' figures", function()
+  it("group, retry and breaker show up in metrics_text", function()
+    local text0 = context.metrics_text()
+    local function val(text, pat)
+      return tonumber(text:match(pat .. " (%d+)")) or 0
+    end
+    local g = context.group(bg)
+    g:go(function() return nil, "boom" end)
+    g:wait()
+    context.retry(bg, function() return nil, "flaky" end, { attempts = 2, base = 0.001, jitter = "none" })
+    local br = context.breaker({ name = "spec-db", threshold = 1 })
+    br:call(bg, function() return nil, "down" end)
+    local text = context.metrics_text()
+    assert.are.equal(val(text0, 'lcontext_group_tasks_total{outcome="failed"}') + 1,
+      val(text, 'lcontext_group_tasks_total{outcome="failed"}'))
+    assert.are.equal(val(text0, 'lcontext_retry_gave_up_total{reason="exhausted"}') + 1,
+      val(text, 'lcontext_retry_gave_up_total{reason="exhausted"}'))
+    assert.are.equal(val(text0, "lcontext_retry_attempts_total") + 2,
+      val(text, "lcontext_retry_attempts_total"))
+    assert.matches('lcontext_breaker_state{breaker="spec%-db",state="open"} 1', text)
+  end)
+end)
+
 describe("context.operation", function()
   it("tells finished, timed out, canceled, close calls and generous budgets", function()
     local op = context.operation("spec.outcomes")

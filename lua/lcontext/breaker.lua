@@ -391,6 +391,8 @@ return function(context)
   end
 
   --- context.breaker(opts) -> br
+  local live_breakers = setmetatable({}, { __mode = "k" })
+
   local function breaker(opts)
     if opts == nil then opts = {} end
     if type(opts) ~= "table" then
@@ -438,8 +440,43 @@ return function(context)
     if br.failure_ratio > 1 then
       argerr("breaker", 1, "option 'failure_ratio' must be <= 1")
     end
+    live_breakers[br] = true
     return br
   end
 
-  return { breaker = breaker, breaker_open = breaker_open, breaker_store = breaker_store }
+  -- figures for context.metrics_text (lcontext_breaker_*), per breaker name
+  local function metrics_families()
+    local state, transitions, requests, rejected = {}, {}, {}, {}
+    local list = {}
+    for br in pairs(live_breakers) do list[#list + 1] = br end
+    table.sort(list, function(a, b) return a.name < b.name end)
+    local seen = {}
+    for _, br in ipairs(list) do
+      if not seen[br.name] then -- one series per name (a shared store shares it)
+        seen[br.name] = true
+        local c = br:counts()
+        for _, s in ipairs({ "closed", "open", "half_open" }) do
+          state[#state + 1] = { labels = { breaker = br.name, state = s },
+            value = c.state == s and 1 or 0 }
+        end
+        transitions[#transitions + 1] = { labels = { breaker = br.name }, value = c.generation }
+        requests[#requests + 1] = { labels = { breaker = br.name }, value = c.requests }
+        rejected[#rejected + 1] = { labels = { breaker = br.name }, value = c.rejected }
+      end
+    end
+    if #list == 0 then return {} end
+    return {
+      { name = "lcontext_breaker_state", help = "Circuit breaker state (1 for the current one).",
+        type = "gauge", samples = state },
+      { name = "lcontext_breaker_state_changes_total", help = "Circuit breaker state changes.",
+        type = "counter", samples = transitions },
+      { name = "lcontext_breaker_requests", help = "Calls let through since the last state change.",
+        type = "gauge", samples = requests },
+      { name = "lcontext_breaker_rejected", help = "Calls refused since the last state change.",
+        type = "gauge", samples = rejected },
+    }
+  end
+
+  return { breaker = breaker, breaker_open = breaker_open, breaker_store = breaker_store,
+    _metrics_breaker = metrics_families }
 end

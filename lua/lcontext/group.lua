@@ -39,6 +39,9 @@ return function(context)
     end
   end
 
+  -- figures for context.metrics_text (lcontext_group_*)
+  local stats = { groups = 0, ok = 0, failed = 0 }
+
   -- Record one task's failure: the first one cancels gctx with it as cause.
   local function fail(g, err, tb)
     local n = #g._errors + 1
@@ -68,9 +71,13 @@ return function(context)
       g._running = g._running - 1
       g._tasks[me] = nil
       if not res[1] then
+        stats.failed = stats.failed + 1
         fail(g, res[2], tb)
       elseif res[2] == nil and res.n >= 3 and res[3] ~= nil then
+        stats.failed = stats.failed + 1
         fail(g, res[3], false)
+      else
+        stats.ok = stats.ok + 1
       end
     end
     me = go(body)
@@ -153,6 +160,7 @@ return function(context)
       if limit == math.huge then limit = nil end
     end
     local gctx, cancel = context.with_cancel_cause(parent)
+    stats.groups = stats.groups + 1
     local g = setmetatable({
       ctx = gctx, _cancel = cancel, _limit = limit,
       _running = 0, _tasks = {}, _errors = {}, _tracebacks = {},
@@ -161,5 +169,15 @@ return function(context)
     return g, gctx
   end
 
-  return { group = group }
+  local function metrics_families()
+    return {
+      { name = "lcontext_groups_total", help = "Groups made with context.group.", type = "counter",
+        samples = { { value = stats.groups } } },
+      { name = "lcontext_group_tasks_total", help = "Group tasks finished, by outcome.",
+        type = "counter", samples = { { labels = { outcome = "ok" }, value = stats.ok },
+          { labels = { outcome = "failed" }, value = stats.failed } } },
+    }
+  end
+
+  return { group = group, _metrics_group = metrics_families }
 end

@@ -197,6 +197,14 @@ return function(context)
         "counter", secs)
     end
 
+    -- the helpers' own figures (group, retry, breaker)
+    for _, h in ipairs({ "_metrics_group", "_metrics_retry", "_metrics_breaker" }) do
+      local f = rawget(context, h)
+      if f then
+        for _, fam in ipairs(f()) do family(out, fam.name, fam.help, fam.type, fam.samples) end
+      end
+    end
+
     local snames = {}
     for name in pairs(sources) do snames[#snames + 1] = name end
     sort(snames)

@@ -264,6 +264,13 @@ return function(context)
     return nil
   end
 
+  -- figures for context.metrics_text (lcontext_retry_*)
+  local stats = { calls = 0, attempts = 0, succeeded = 0, gave_up = {} }
+  local function give_up(err, n, why)
+    stats.gave_up[why] = (stats.gave_up[why] or 0) + 1
+    return nil, err, n, why
+  end
+
   --- context.retry(ctx, fn, opts) -> fn's results | nil, last_err, attempts, reason
   local function retry(ctx, fn, opts)
     if not is_context(ctx) then
@@ -289,12 +296,14 @@ return function(context)
     local now = context.now
     local start = now()
 
+    stats.calls = stats.calls + 1
     if budget then budget:on_request() end
     local n, last_err = 0, nil
     while true do
       local why = reason_of_ctx(ctx)
-      if why then return nil, last_err or ctx:err(), n, why end
+      if why then return give_up(last_err or ctx:err(), n, why) end
       n = n + 1
+      stats.attempts = stats.attempts + 1
       local actx, cancel = ctx, nil
       if attempt_timeout then actx, cancel = context.with_timeout(ctx, attempt_timeout) end
       local r = pack(pcall(fn, actx, n))
@@ -306,42 +315,61 @@ return function(context)
         err, hint = r[3], r[4]
       else
         if budget then budget:on_success() end
+        stats.succeeded = stats.succeeded + 1
         return unpack(r, 2, r.n)
       end
       last_err = err
 
       -- the rules, in order; the first that says stop gives the reason
       why = reason_of_ctx(ctx)
-      if why then return nil, err, n, why end
-      if err == canceled then return nil, err, n, "canceled" end
+      if why then return give_up(err, n, why) end
+      if err == canceled then return give_up(err, n, "canceled") end
       if retryable then
-        if not retryable(err) then return nil, err, n, "not_retryable" end
+        if not retryable(err) then return give_up(err, n, "not_retryable") end
       elseif err ~= nil and rawequal(err, context.breaker_open) then
         -- by default an open circuit breaker is an answer, not a hiccup
-        return nil, err, n, "not_retryable"
+        return give_up(err, n, "not_retryable")
       end
       if budget then budget:on_failure() end
-      if n >= attempts then return nil, err, n, "exhausted" end
+      if n >= attempts then return give_up(err, n, "exhausted") end
       local delay = bo:next()
       local after = retry_after_of(err, hint)
       if after then delay = after end
       if max_elapsed and now() - start + delay > max_elapsed then
-        return nil, err, n, "exhausted"
+        return give_up(err, n, "exhausted")
       end
       local left = ctx:remaining()
       if left then
-        if delay >= left then return nil, err, n, "deadline" end
+        if delay >= left then return give_up(err, n, "deadline") end
         if err == deadline_exceeded and left <= 2 * delay then
-          return nil, err, n, "deadline"
+          return give_up(err, n, "deadline")
         end
       end
-      if budget and not budget:try_retry() then return nil, err, n, "budget" end
+      if budget and not budget:try_retry() then return give_up(err, n, "budget") end
       if on_retry then on_retry(n, err, delay) end
       if not context.sleep(ctx, delay) then
-        return nil, err, n, reason_of_ctx(ctx)
+        return give_up(err, n, reason_of_ctx(ctx))
       end
     end
   end
 
-  return { retry = retry, backoff = backoff, retry_budget = retry_budget }
+  local function metrics_families()
+    local gave = {}
+    for _, why in ipairs({ "exhausted", "not_retryable", "deadline", "canceled", "budget" }) do
+      gave[#gave + 1] = { labels = { reason = why }, value = stats.gave_up[why] or 0 }
+    end
+    return {
+      { name = "lcontext_retry_calls_total", help = "context.retry calls.", type = "counter",
+        samples = { { value = stats.calls } } },
+      { name = "lcontext_retry_attempts_total", help = "Attempts made by context.retry (first tries included).",
+        type = "counter", samples = { { value = stats.attempts } } },
+      { name = "lcontext_retry_succeeded_total", help = "context.retry calls that succeeded.",
+        type = "counter", samples = { { value = stats.succeeded } } },
+      { name = "lcontext_retry_gave_up_total", help = "context.retry calls that gave up, by reason.",
+        type = "counter", samples = gave },
+    }
+  end
+
+  return { retry = retry, backoff = backoff, retry_budget = retry_budget,
+    _metrics_retry = metrics_families }
 end
