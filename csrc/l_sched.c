@@ -138,7 +138,7 @@ static void push_anchored(lua_State *L, lc_runtime *rt, void *p) {
 
 static void arm(lc_runtime *rt) {
   int64_t next;
-  if (rt->closed) return;
+  if (rt->closed || rt->loop == NULL) return; /* armed once a loop exists */
   next = tw_next_wakeup(&rt->wheel);
   if (next == rt->wtimer_at) return;
   if (ev_is_active(&rt->wtimer)) ev_timer_stop(rt->loop, &rt->wtimer);
@@ -250,7 +250,8 @@ static void push_ready(lc_runtime *rt, lc_waiter *w) {
   w->rnext = NULL;
   *rt->ready_tail = w;
   rt->ready_tail = &w->rnext;
-  if (!rt->closed && !ev_is_active(&rt->idle)) ev_idle_start(rt->loop, &rt->idle);
+  if (!rt->closed && rt->loop != NULL && !ev_is_active(&rt->idle))
+    ev_idle_start(rt->loop, &rt->idle);
 }
 
 static lc_waiter *pop_ready(lc_runtime *rt) {
@@ -672,7 +673,7 @@ static void drain(lc_runtime *rt) {
   }
   rt->draining = 0;
   if (!rt->closed && rt->ready == NULL && ev_is_active(&rt->idle))
-    ev_idle_stop(rt->loop, &rt->idle);
+    ev_idle_stop(rt->loop, &rt->idle); /* active only with a loop */
   arm(rt);
 }
 
@@ -755,11 +756,21 @@ static void iterate(lc_runtime *rt, int flags) {
   advance(rt);
 }
 
+/* libev's default loop is taken only when first needed: requiring lcontext
+** for contexts alone leaves the process's signals (SIGCHLD) alone */
+static void need_loop(lua_State *L, lc_runtime *rt) {
+  if (rt->loop != NULL) return;
+  rt->loop = ev_default_loop(0);
+  if (rt->loop == NULL) luaL_error(L, "lcontext: cannot initialise libev");
+  if (rt->ready != NULL) ev_idle_start(rt->loop, &rt->idle);
+}
+
 static void check_loop_caller(lua_State *L, lc_runtime *rt, const char *fname) {
   if (rt->current != NULL || rt->draining)
     luaL_error(L, "context.%s: cannot run the loop from inside a task or callback",
                fname);
   if (rt->closed) luaL_error(L, "context.%s: the state is closing", fname);
+  need_loop(L, rt);
 }
 
 /* context.run([mode]) -> more work left (boolean) */
@@ -1189,6 +1200,7 @@ static int l_signal(lua_State *L) {
   const char *name;
   lc_checkctx(L, 1, "signal");
   if (n < 1) lc_argerror(L, 2, "signal", "signal name expected");
+  need_loop(L, rt);
   for (i = 2; i <= n + 1; i++)
     if (signum_of(L, i, &name) == 0)
       lc_argerror(L, i, "signal",
@@ -1280,8 +1292,7 @@ void lc_sched_init(lua_State *L, lc_runtime *rt) {
   lua_getfield(L, LUA_REGISTRYINDEX, LCONTEXT_LOOP_KEY);
   rt->loop = (struct ev_loop *)lua_touserdata(L, -1);
   lua_pop(L, 1);
-  if (rt->loop == NULL) rt->loop = ev_default_loop(0);
-  if (rt->loop == NULL) luaL_error(L, "lcontext: cannot initialise libev");
+  /* NULL: libev's default loop, taken when first needed (need_loop) */
   tw_init(&rt->wheel, clk_mono_ns());
   ev_timer_init(&rt->wtimer, wtimer_cb, 0.0, 0.0);
   rt->wtimer.data = rt;

@@ -70,3 +70,27 @@ describe("regress: scheduler review", function()
     assert.not_matches("lcontext/init%.lua", err)
   end)
 end)
+
+describe("regress: libev's default loop is taken lazily", function()
+  it("contexts alone do not install signal handlers (SIGCHLD)", function()
+    local script = [[
+      package.cpath = "./build/?.so;" .. package.cpath
+      package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
+      local function caught()
+        local f = io.open("/proc/self/status")
+        local s = f:read("a"); f:close()
+        return tonumber(s:match("SigCgt:%s*(%x+)"), 16)
+      end
+      local c = require "lcontext"
+      local ctx, cancel = c.with_timeout(c.background(), 10)
+      cancel()
+      local before = caught()
+      c.with_timeout(c.background(), 0.001):done() -- the loop, now
+      print(before & (1 << 16), caught() & (1 << 16))
+    ]]
+    local p = io.popen("lua5.4 -e '" .. script:gsub("'", "'\\''") .. "' 2>&1")
+    local out = p:read("a")
+    p:close()
+    assert.are.equal("0\t65536", out:match("^(%d+\t%d+)"), out)
+  end)
+end)
