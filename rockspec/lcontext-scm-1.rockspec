@@ -26,6 +26,7 @@ build = {
   type = "builtin",
   modules = {
     ["lcontext"] = "lua/lcontext/init.lua",
+    ["lcontext.check"] = "lua/lcontext/check.lua",
     ["lcontext.group"] = "lua/lcontext/group.lua",
     ["lcontext.retry"] = "lua/lcontext/retry.lua",
     ["lcontext.breaker"] = "lua/lcontext/breaker.lua",

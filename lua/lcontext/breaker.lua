@@ -32,22 +32,10 @@ return function(context)
   local pack, unpack = table.pack, table.unpack
   local canceled = context.canceled
 
-  local SRC = debug.getinfo(1, "S").source
-  local function argerr(fname, n, msg)
-    local level = 2
-    while true do
-      local info = debug.getinfo(level, "S")
-      if not info or info.source ~= SRC then break end
-      level = level + 1
-    end
-    error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level)
-  end
+  local check = require "lcontext.check"
+  local argerr = check.argerr
 
-  local function callable(v)
-    if type(v) == "function" then return true end
-    local mt = getmetatable(v)
-    return type(mt) == "table" and mt.__call ~= nil
-  end
+  local callable = check.callable
 
   -- the sentinel returned while the breaker is open
   local breaker_open = setmetatable({}, {

@@ -17,11 +17,7 @@ return function(context)
   local traceback = debug.traceback
   local pack, unpack = table.pack, table.unpack
 
-  local function callable(v)
-    if type(v) == "function" then return true end
-    local mt = getmetatable(v)
-    return type(mt) == "table" and mt.__call ~= nil
-  end
+  local callable = require("lcontext.check").callable
 
   local Group = {}
   Group.__index = Group

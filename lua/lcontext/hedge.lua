@@ -21,24 +21,12 @@ return function(context)
   local pack, unpack, sort = table.pack, table.unpack, table.sort
   local now = context.now
 
-  local SRC = debug.getinfo(1, "S").source
-  local function argerr(fname, n, msg)
-    local level = 2
-    while true do
-      local info = debug.getinfo(level, "S")
-      if not info or info.source ~= SRC then break end
-      level = level + 1
-    end
-    error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level)
-  end
+  local check = require "lcontext.check"
+  local argerr = check.argerr
 
-  local function callable(v)
-    if type(v) == "function" then return true end
-    local mt = getmetatable(v)
-    return type(mt) == "table" and mt.__call ~= nil
-  end
+  local callable = check.callable
 
-  local function finite(v) return type(v) == "number" and v == v and v ~= huge and v ~= -huge end
+  local finite = check.finite
 
   -----------------------------------------------------------------------------
   -- A latency estimator: a quantile of the last `size` observations.

@@ -15,22 +15,10 @@ return function(context)
 
   -- Raise "bad argument #n to 'fname' (msg)" at the first caller outside
   -- this file (the user's code), wherever the check is made.
-  local SRC = debug.getinfo(1, "S").source
-  local function argerr(fname, n, msg)
-    local level = 2
-    while true do
-      local info = debug.getinfo(level, "S")
-      if not info or info.source ~= SRC then break end
-      level = level + 1
-    end
-    error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level)
-  end
+  local check = require "lcontext.check"
+  local argerr = check.argerr
 
-  local function callable(v)
-    if type(v) == "function" then return true end
-    local mt = getmetatable(v)
-    return type(mt) == "table" and mt.__call ~= nil
-  end
+  local callable = check.callable
 
   -- number_opt(fname, argn, opts, name, default, lo, allow_inf, lo_open):
   -- one validated numeric option

@@ -36,18 +36,10 @@ local function lc()
 end
 
 -- {=== argument errors, reported at the user's call site ===}
-local SRC = debug.getinfo(1, "S").source
-local function argerr(fname, n, msg)
-  local level = 2
-  while true do
-    local info = debug.getinfo(level, "S")
-    if not info or info.source ~= SRC then break end
-    level = level + 1
-  end
-  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level)
-end
+local check = require "lcontext.check"
+local argerr = check.argerr
 
-local function is_ctx(v) return getmetatable(v) == "context" end
+local is_ctx = check.is_ctx
 
 local function check_ctx(v, fname, n)
   if not is_ctx(v) then argerr(fname, n, "context expected, got " .. type(v)) end
