@@ -6,48 +6,15 @@ local context = require "lcontext"
 local core = require "lcontext.core"
 local socket = require "socket"
 
+local H = require "spec.sched_helpers"
+local SLACK, EPS, is, at_least, at_most, matches, idle = H.SLACK, H.EPS, H.is, H.at_least, H.at_most, H.matches, H.idle
+
 local bg = context.background()
 local canceled, deadline_exceeded = context.canceled, context.deadline_exceeded
 
-local SLOW = os.getenv("LCONTEXT_VALGRIND") or os.getenv("LCONTEXT_GC_STRESS")
-local SLACK = SLOW and 5 or 0.5
-local EPS = 1e-6
 local now = context.now
 
-local function is(actual, expected, what)
-  if not rawequal(actual, expected) then
-    error(("%s: expected %s, got %s"):format(what or "value", tostring(expected),
-      tostring(actual)), 2)
-  end
-end
-
-local function at_least(elapsed, lower, what)
-  if not (elapsed >= lower - EPS) then
-    error(("%s: early, after %.6f s (< %.6f s)"):format(what or "wait", elapsed, lower), 2)
-  end
-end
-
-local function at_most(elapsed, upper, what)
-  if not (elapsed <= upper) then
-    error(("%s: took %.6f s (> %.6f s)"):format(what or "wait", elapsed, upper), 2)
-  end
-end
-
-local function matches(s, pat, what)
-  if type(s) ~= "string" or not s:find(pat) then
-    error(("%s: %q does not match %q"):format(what or "message", tostring(s), pat), 2)
-  end
-end
-
 local function fd_waits() return core.sched_stats().fd_waits end
-
-local function idle(what)
-  local s = core.sched_stats()
-  if s.tasks ~= 0 or s.timers ~= 0 or s.fd_waits ~= 0 then
-    error(("%s: scheduler not idle: tasks=%d timers=%d fd_waits=%d"):format(
-      what or "idle", s.tasks, s.timers, s.fd_waits), 2)
-  end
-end
 
 -- A connected pair of TCP sockets on the loopback; closed after the test.
 local open_sockets

@@ -13,67 +13,14 @@ local context = require "lcontext"
 local core = require "lcontext.core"
 local socket = require "socket"
 
+local H = require "spec.sched_helpers"
+local SLACK, EPS, is, at_least, at_most, matches, idle, stats, subprocess =
+  H.SLACK, H.EPS, H.is, H.at_least, H.at_most, H.matches, H.idle, H.stats, H.subprocess
+
 local bg = context.background()
 local canceled, deadline_exceeded = context.canceled, context.deadline_exceeded
 
-local SLOW = os.getenv("LCONTEXT_VALGRIND") or os.getenv("LCONTEXT_GC_STRESS")
-local SLACK = SLOW and 5 or 0.5 -- upper-bound slack, seconds
-local EPS = 1e-6                -- float rounding only: lower bounds are strict
-
 local now = context.now
-
-local function stats() return core.sched_stats() end
-
-local function is(actual, expected, what)
-  if not rawequal(actual, expected) then
-    error(("%s: expected %s, got %s"):format(what or "value", tostring(expected),
-      tostring(actual)), 2)
-  end
-end
-
-local function at_least(elapsed, lower, what)
-  if not (elapsed >= lower - EPS) then
-    error(("%s: fired early, after %.6f s (< %.6f s)"):format(what or "timer",
-      elapsed, lower), 2)
-  end
-end
-
-local function at_most(elapsed, upper, what)
-  if not (elapsed <= upper) then
-    error(("%s: took %.6f s (> %.6f s)"):format(what or "wait", elapsed, upper), 2)
-  end
-end
-
-local function matches(s, pat, what)
-  if type(s) ~= "string" or not s:find(pat) then
-    error(("%s: %q does not match %q"):format(what or "message", tostring(s), pat), 2)
-  end
-end
-
--- Scheduler is idle: no task, no timer, no fd wait.
-local function idle(what)
-  local s = stats()
-  if s.tasks ~= 0 or s.timers ~= 0 or s.fd_waits ~= 0 then
-    error(("%s: scheduler not idle: tasks=%d timers=%d fd_waits=%d"):format(
-      what or "idle", s.tasks, s.timers, s.fd_waits), 2)
-  end
-end
-
--- Run a Lua chunk in a fresh lua5.4 with this suite's module paths.
--- Returns its combined stdout+stderr and its exit status.
-local function subprocess(code)
-  local name = os.tmpname()
-  local f = assert(io.open(name, "w"))
-  f:write(("package.path = %q\npackage.cpath = %q\n"):format(package.path, package.cpath))
-  f:write(code)
-  f:close()
-  local p = assert(io.popen("lua5.4 " .. name .. " 2>&1; echo \"__rc=$?\""))
-  local out = p:read("a")
-  p:close()
-  os.remove(name)
-  local rc = tonumber(out:match("__rc=(%d+)%s*$"))
-  return out:gsub("__rc=%d+%s*$", ""), rc
-end
 
 -- Errors raised in tasks are collected here, so that none goes unnoticed:
 -- a test that expects errors installs its own handler.

@@ -9,11 +9,12 @@
 local context = require "lcontext"
 local core = require "lcontext.core"
 
+local H = require "spec.sched_helpers"
+local SLACK, is, at_most, matches = H.SLACK, H.is, H.at_most, H.matches
+
 local bg = context.background()
 local canceled = context.canceled
 
-local SLOW = os.getenv("LCONTEXT_VALGRIND") or os.getenv("LCONTEXT_GC_STRESS")
-local SLACK = SLOW and 5 or 0.5
 local now = context.now
 
 local PID = io.open("/proc/self/stat"):read("*l"):match("^(%d+)")
@@ -27,25 +28,6 @@ end
 local function kill_later(sig, secs)
   local ok = os.execute(("(sleep %g; kill -%s %s) >/dev/null 2>&1 &"):format(secs, sig, PID))
   assert(ok, "could not start kill")
-end
-
-local function is(actual, expected, what)
-  if not rawequal(actual, expected) then
-    error(("%s: expected %s, got %s"):format(what or "value", tostring(expected),
-      tostring(actual)), 2)
-  end
-end
-
-local function at_most(elapsed, upper, what)
-  if not (elapsed <= upper) then
-    error(("%s: took %.6f s (> %.6f s)"):format(what or "wait", elapsed, upper), 2)
-  end
-end
-
-local function matches(s, pat, what)
-  if type(s) ~= "string" or not s:find(pat) then
-    error(("%s: %q does not match %q"):format(what or "message", tostring(s), pat), 2)
-  end
 end
 
 local function nsig() return core.sched_stats().signal_contexts end
