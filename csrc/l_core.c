@@ -6,6 +6,7 @@
 #define _GNU_SOURCE /* dladdr, RTLD_NODELETE */
 #endif
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 #if defined(__linux__)
 #include <dlfcn.h>
@@ -84,6 +85,36 @@ static void push_upvalues(lua_State *L, int t) {
   for (i = 1; i <= LC_NUP; i++) lua_rawgeti(L, t, i);
 }
 
+/* [-0, +0, m] the metatable at uvt[i]: funcs (with the shared upvalues),
+** a __name and a protected __metatable */
+static void setup_mt(lua_State *L, int uvt, int i, const luaL_Reg *funcs,
+                     const char *name) {
+  lua_rawgeti(L, uvt, i);
+  push_upvalues(L, uvt);
+  luaL_setfuncs(L, funcs, LC_NUP);
+  lua_pushstring(L, name);
+  lua_setfield(L, -2, "__name");
+  lua_pushstring(L, name);
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+}
+
+/* [-0, +1, m] a new table with weak keys ("k") or values ("v") */
+void lc_weak_table(lua_State *L, const char *mode) {
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushstring(L, mode);
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+}
+
+/* [-0, +0, -] write a message about an error value to stderr */
+void lc_report(const char *what, lua_State *L, int idx) {
+  const char *m = lua_tostring(L, idx);
+  fprintf(stderr, "lcontext: %s: %s\n", what, m != NULL ? m : "(not a string)");
+  fflush(stderr);
+}
+
 static void new_root(lua_State *L, int kind) {
   lc_ctx *c = (lc_ctx *)lua_newuserdatauv(L, sizeof(lc_ctx), 0);
   memset(c, 0, sizeof *c);
@@ -128,21 +159,13 @@ LC_EXPORT int luaopen_lcontext_core(lua_State *L) {
   lc_new_sentinels(L);
   lua_rawseti(L, uvt, LC_UV_DEADLINE);
   lua_rawseti(L, uvt, LC_UV_CANCELED);
-  lua_newtable(L); /* causes: weak keys */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  lc_weak_table(L, "k"); /* causes */
   lua_rawseti(L, uvt, LC_UV_CAUSES);
   lua_newtable(L);
   lua_rawseti(L, uvt, LC_UV_KEYMT);
   lua_newtable(L);
   lua_rawseti(L, uvt, LC_UV_TASKMT);
-  lua_newtable(L); /* vmap: weak values */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "v");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  lc_weak_table(L, "v"); /* vmap */
   lua_rawseti(L, uvt, LC_UV_VMAP);
   lua_rawgeti(L, uvt, LC_UV_CTXMT);
   new_root(L, LK_BACKGROUND);
@@ -204,35 +227,14 @@ LC_EXPORT int luaopen_lcontext_core(lua_State *L) {
   luaL_setfuncs(L, lc_ctx_gcmeta, LC_NUP);
   lua_pop(L, 1);
 
-  lua_rawgeti(L, uvt, LC_UV_CANCELMT);
-  push_upvalues(L, uvt);
-  luaL_setfuncs(L, lc_cancel_meta, LC_NUP);
-  lua_pushliteral(L, "context.cancel");
-  lua_setfield(L, -2, "__name");
-  lua_pushliteral(L, "context.cancel");
-  lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 1);
-
-  lua_rawgeti(L, uvt, LC_UV_TASKMT);
-  push_upvalues(L, uvt);
-  luaL_setfuncs(L, lc_task_meta, LC_NUP);
+  setup_mt(L, uvt, LC_UV_CANCELMT, lc_cancel_meta, "context.cancel");
+  setup_mt(L, uvt, LC_UV_TASKMT, lc_task_meta, "context.task");
+  setup_mt(L, uvt, LC_UV_KEYMT, lc_key_meta, "context.key");
+  lua_rawgeti(L, uvt, LC_UV_TASKMT); /* task methods */
   lua_newtable(L);
   push_upvalues(L, uvt);
   luaL_setfuncs(L, lc_task_methods, LC_NUP);
   lua_setfield(L, -2, "__index");
-  lua_pushliteral(L, "context.task");
-  lua_setfield(L, -2, "__name");
-  lua_pushliteral(L, "context.task");
-  lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 1);
-
-  lua_rawgeti(L, uvt, LC_UV_KEYMT);
-  push_upvalues(L, uvt);
-  luaL_setfuncs(L, lc_key_meta, LC_NUP);
-  lua_pushliteral(L, "context.key");
-  lua_setfield(L, -2, "__name");
-  lua_pushliteral(L, "context.key");
-  lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
 
   /* the module: functions, then what Lua-level modules build on */

@@ -21,11 +21,7 @@ static const int64_t late_bounds[] = {
 void lc_metrics_init(lua_State *L, lc_runtime *rt) {
   ctx_hist_init(&rt->lateness, late_bounds,
                 (int)(sizeof late_bounds / sizeof late_bounds[0]));
-  lua_newtable(L); /* tracked: weak keys */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  lc_weak_table(L, "k"); /* tracked */
   rt->ref_tracked = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 

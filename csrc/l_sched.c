@@ -420,12 +420,8 @@ static void report(lua_State *L, lc_runtime *rt, lua_State *co, int taskidx) {
   lua_pushthread(co);
   lua_xmove(co, L, 1);
   lua_pushvalue(L, taskidx);
-  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
-    const char *m = lua_tostring(L, -1);
-    fprintf(stderr, "lcontext: error while reporting an error in a task: %s\n",
-            m != NULL ? m : "(not a string)");
-    fflush(stderr);
-  }
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK)
+    lc_report("error while reporting an error in a task", L, -1);
   lua_settop(L, err);
 }
 
@@ -662,10 +658,7 @@ static void drain(lc_runtime *rt) {
   lua_pushcfunction(L, drain_p);
   lua_pushlightuserdata(L, rt);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-    const char *m = lua_tostring(L, -1);
-    fprintf(stderr, "lcontext: error in the loop: %s\n",
-            m != NULL ? m : "(not a string)");
-    fflush(stderr);
+    lc_report("error in the loop", L, -1);
     lua_pop(L, 1);
     if (rt->current != NULL && rt->current->w.state == WS_RUNNING)
       rt->current->w.state = WS_IDLE;
@@ -1305,17 +1298,9 @@ void lc_sched_init(lua_State *L, lc_runtime *rt) {
   rt->ref_onerror = LUA_NOREF;
   lua_newtable(L);
   rt->ref_anchors = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_newtable(L); /* keep: weak keys (an ephemeron table) */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  lc_weak_table(L, "k"); /* keep: an ephemeron table */
   rt->ref_keep = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_newtable(L); /* weakcb: weak values */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "v");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  lc_weak_table(L, "v"); /* weakcb */
   rt->ref_weakcb = luaL_ref(L, LUA_REGISTRYINDEX);
   rt->to_anchor = NULL;
   lua_createtable(L, 0, 1); /* the metatable of callbacks */

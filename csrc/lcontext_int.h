@@ -180,6 +180,8 @@ int lc_typeerror(lua_State *L, int arg, const char *fname, const char *tname);
 lc_ctx *lc_testctx(lua_State *L, int arg);
 lua_Number lc_checkduration(lua_State *L, int arg, const char *fname);
 int64_t lc_now(void);
+void lc_weak_table(lua_State *L, const char *mode);
+void lc_report(const char *what, lua_State *L, int idx);
 
 #define lc_rt(L) ((lc_runtime *)lua_touserdata(L, lc_uv(LC_UV_RT)))
 
