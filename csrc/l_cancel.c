@@ -51,6 +51,7 @@ static void do_cancel(lua_State *L, lc_ctx *c, int causeidx) {
   }
   ctx_cancel(&rt->tree, n, CTX_ERR_CANCELED);
   lc_anchor_woken(L, rt); /* callbacks it woke now need the loop to keep them */
+  lc_flush_external(L, rt); /* and external watches are told now */
 }
 
 /* cancel([cause])   [-0, +0, m]

@@ -41,7 +41,7 @@
 #endif
 
 /* waiter kinds and states */
-enum { WK_MAIN, WK_TASK, WK_CALLBACK, WK_SIGNAL };
+enum { WK_MAIN, WK_TASK, WK_CALLBACK, WK_SIGNAL, WK_EXTERNAL };
 enum { WS_IDLE, WS_PARKED, WS_READY, WS_RUNNING, WS_DONE };
 /* wait kinds */
 enum { WAIT_CTX = 1, WAIT_SLEEP, WAIT_IO, WAIT_TASK };
@@ -270,6 +270,13 @@ static void wake(lc_runtime *rt, lc_waiter *w, int index) {
   if (w->kind == WK_TASK) rt->nparked--;
   w->fired = (uint16_t)index;
   detach_all(rt, w);
+  if (w->kind == WK_EXTERNAL) { /* told by lc_flush_external, not the loop */
+    lc_callback *cb = (lc_callback *)w;
+    w->state = WS_READY;
+    cb->anext = rt->external;
+    rt->external = cb;
+    return;
+  }
   push_ready(rt, w);
   if (w->kind == WK_CALLBACK) {
     lc_callback *cb = (lc_callback *)w;
@@ -596,6 +603,93 @@ void lc_anchor_woken(lua_State *L, lc_runtime *rt) {
   }
 }
 
+/*
+** External watches (core._watch): a runtime that suspends its own way (the
+** OpenResty backend, on ngx.semaphore) is told that a context is done by a
+** call of its function, made here, after the cancel that ended the context
+** has completed, and never from inside it.
+*/
+void lc_flush_external(lua_State *L, lc_runtime *rt) {
+  while (rt->external != NULL) {
+    lc_callback *cb = rt->external;
+    rt->external = cb->anext;
+    cb->anext = NULL;
+    if (cb->w.state != WS_READY) continue; /* unwatched meanwhile */
+    cb->w.state = WS_DONE;
+    push_anchored(L, rt, cb);
+    lua_getiuservalue(L, -1, 1);
+    lua_insert(L, -2);
+    unanchor(L, rt, cb);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      lc_report("error in a context watch", L, -1);
+      lua_pop(L, 1);
+    }
+  }
+}
+
+/* core._watch(ctx, fn) -> handle, or nil if ctx is done already.
+** fn(handle) is called once ctx is done (see lc_flush_external). */
+static int l_watch(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  lc_ctx *c = lc_checkctx(L, 1, "watch");
+  lc_callback *cb;
+  if (!iscallable(L, 2)) lc_typeerror(L, 2, "watch", "function");
+  if (lc_ctx_err(L, c) != CTX_ERR_NONE) return 0;
+  cb = (lc_callback *)lua_newuserdatauv(L, sizeof(lc_callback), 2);
+  memset(cb, 0, sizeof *cb);
+  cb->w.kind = WK_EXTERNAL;
+  cb->w.waits = &cb->wait;
+  cb->w.nwaits = 1;
+  cb->wait.w = &cb->w;
+  cb->wait.index = 1;
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 2);
+  anchor(L, rt, -1);
+  arm_ctx(L, rt, &cb->wait, c);
+  cb->w.state = WS_PARKED;
+  return 1;
+}
+
+/* core._unwatch(handle) -> true if it stopped a call still to come */
+static int l_unwatch(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  lc_callback *cb = (lc_callback *)lua_touserdata(L, 1);
+  if (cb == NULL || lua_type(L, 1) != LUA_TUSERDATA ||
+      lua_rawlen(L, 1) != sizeof(lc_callback) || cb->w.kind != WK_EXTERNAL)
+    return lc_typeerror(L, 1, "unwatch", "watch handle");
+  if (cb->w.state == WS_PARKED || cb->w.state == WS_READY) {
+    if (cb->w.state == WS_PARKED) detach_all(rt, &cb->w);
+    cb->w.state = WS_DONE;
+    unanchor(L, rt, cb);
+    lua_pushboolean(L, 1);
+  } else
+    lua_pushboolean(L, 0);
+  return 1;
+}
+
+/* core._advance(): move the timer wheel to now (expired deadlines cancel
+** their contexts), then call the watches that became due. For runtimes
+** that drive the wheel themselves. */
+static int l_advance(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  advance(rt);
+  lc_anchor_woken(L, rt);
+  lc_flush_external(L, rt);
+  return 0;
+}
+
+/* core._next_wakeup() -> seconds until the wheel needs _advance, or nil */
+static int l_next_wakeup(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  int64_t next = tw_next_wakeup(&rt->wheel), now;
+  if (next == TW_NEVER) return 0;
+  now = clk_mono_ns();
+  lua_pushnumber(L, next > now ? (lua_Number)(next - now) * 1e-9 : 0.0);
+  return 1;
+}
+
 /* an after_func callback whose context is done: run fn in its own task */
 static void start_callback(lua_State *L, lc_runtime *rt, lc_callback *cb) {
   push_anchored(L, rt, cb);
@@ -629,6 +723,7 @@ static int drain_p(lua_State *L) {
   int top = lua_gettop(L);
   lc_anchor_woken(L, rt);
   advance(rt);
+  lc_flush_external(L, rt);
   while ((w = pop_ready(rt)) != NULL) {
     if (w->state != WS_READY) continue; /* stopped callback */
     switch (w->kind) {
@@ -643,6 +738,7 @@ static int drain_p(lua_State *L) {
     }
     lua_settop(L, top);
     lc_anchor_woken(L, rt);
+    lc_flush_external(L, rt);
     if (rt->ready == NULL) advance(rt);
   }
   return 0;
@@ -1347,6 +1443,10 @@ const luaL_Reg lc_sched_funcs[] = {
   {"on_error", l_on_error},
   {"sched_stats", l_sched_stats},
   {"_park", l_park},
+  {"_watch", l_watch},
+  {"_unwatch", l_unwatch},
+  {"_advance", l_advance},
+  {"_next_wakeup", l_next_wakeup},
   {"_token", l_token},
   {"_in_task", l_in_task},
   {"_results", l_results},

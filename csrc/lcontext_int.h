@@ -69,6 +69,7 @@ typedef struct lc_runtime {
   int ref_weakcb;        /* registry, weak values: address -> callback */
   int ref_cbmt;          /* registry: the metatable of callbacks */
   struct lc_callback *to_anchor; /* woken callbacks not yet anchored */
+  struct lc_callback *external;  /* woken external watches, to call */
   long ntasks;           /* tasks not finished */
   long nio;              /* fd waits armed */
   long nsig;             /* signal contexts watching */
@@ -225,6 +226,7 @@ void lc_sched_init(lua_State *L, lc_runtime *rt);
 int lc_runtime_gc(lua_State *L);
 void lc_timer_gc(lc_runtime *rt, lc_ctx *c);
 void lc_anchor_woken(lua_State *L, lc_runtime *rt);
+void lc_flush_external(lua_State *L, lc_runtime *rt);
 
 /* l_metrics.c */
 extern const luaL_Reg lc_metrics_funcs[];

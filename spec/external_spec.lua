@@ -1,0 +1,69 @@
+-- external_spec.lua — the core's hooks for runtimes that suspend their own
+-- way (the OpenResty backend): core._watch / _unwatch / _advance /
+-- _next_wakeup, used without libev's loop.
+local context = require "lcontext"
+local core = require "lcontext.core"
+local bg = context.background()
+
+local function busy(secs)
+  local t = context.now()
+  while context.now() - t < secs do end
+end
+
+describe("external watches", function()
+  it("are told after a cancel completes, with the handle, once", function()
+    local ctx, cancel = bg:with_cancel()
+    local seen, h = {}, nil
+    h = core._watch(ctx:with_value("k", 1), function(handle)
+      seen[#seen + 1] = handle
+      assert.is_truthy(ctx:err()) -- the cancel is complete when told
+    end)
+    assert.is_truthy(h)
+    cancel()
+    assert.are.same({ h }, seen)
+    cancel()
+    assert.are.equal(1, #seen)
+    assert.is_false(core._unwatch(h))
+  end)
+
+  it("are not made for a context that is done already", function()
+    local ctx, cancel = bg:with_cancel()
+    cancel()
+    assert.is_nil(core._watch(ctx, function() end))
+  end)
+
+  it("put deadlines in the wheel; _advance fires them, never early", function()
+    local ctx = context.with_timeout(bg, 0.02)
+    local told = 0
+    local h = core._watch(ctx, function() told = told + 1 end)
+    local wake = core._next_wakeup()
+    assert.is_true(wake > 0 and wake <= 0.021)
+    core._advance()
+    assert.are.equal(0, told) -- not yet
+    busy(0.025)
+    core._advance()
+    assert.are.equal(1, told)
+    assert.are.equal(context.deadline_exceeded, ctx:err())
+    assert.is_nil(core._next_wakeup())
+    assert.is_false(core._unwatch(h))
+  end)
+
+  it("can be unwatched, which takes the deadline out of the wheel", function()
+    local ctx, cancel = context.with_timeout(bg, 30)
+    local h = core._watch(ctx, function() error("must not be called") end)
+    assert.is_truthy(core._next_wakeup())
+    assert.is_true(core._unwatch(h))
+    assert.is_nil(core._next_wakeup())
+    cancel()
+    assert.has_error(function() core._unwatch({}) end)
+  end)
+
+  it("report an error in the function and go on", function()
+    local ctx, cancel = bg:with_cancel()
+    local other = false
+    core._watch(ctx, function() error("boom") end)
+    core._watch(ctx, function() other = true end)
+    cancel() -- the error goes to stderr; the second watch still runs
+    assert.is_true(other)
+  end)
+end)
