@@ -41,6 +41,24 @@ $(MODULE): $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -shared $(LDFLAGS_MOD) -o $@ $(CORE_LIB_SRC) $(BIND_SRC) $(LIBS)
 
+# The module for the other runtimes (issue: Runtimes): build-5.3, build-5.1,
+# build-jit (LuaJIT 2.1, OpenResty's fork). Same sources, lc_compat.h.
+OTHER_CFLAGS = $(CSTD) $(OPT) -g -fPIC -fvisibility=hidden -Icsrc
+build-5.3/lcontext/core.so: $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(OTHER_CFLAGS) -I/usr/include/lua5.3 -shared $(LDFLAGS_MOD) -o $@ $(CORE_LIB_SRC) $(BIND_SRC) $(LIBS)
+build-5.1/lcontext/core.so: $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(OTHER_CFLAGS) -I/usr/include/lua5.1 -shared $(LDFLAGS_MOD) -o $@ $(CORE_LIB_SRC) $(BIND_SRC) $(LIBS)
+build-jit/lcontext/core.so: $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(OTHER_CFLAGS) -I/usr/include/luajit-2.1 -shared $(LDFLAGS_MOD) -o $@ $(CORE_LIB_SRC) $(BIND_SRC) $(LIBS)
+.PHONY: build-5.3 build-5.1 build-jit runtimes
+build-5.3: build-5.3/lcontext/core.so
+build-5.1: build-5.1/lcontext/core.so
+build-jit: build-jit/lcontext/core.so
+runtimes: build-5.3 build-5.1 build-jit
+
 # deps: install what is missing (Debian, as root); does nothing when all is present.
 deps:
 	@sh tools/deps.sh $(DEB_PKGS)

@@ -36,8 +36,10 @@
 #if LUA_VERSION_NUM >= 504 && defined(LUA_VERSION_RELEASE_NUM) && \
     LUA_VERSION_RELEASE_NUM >= 50406
 #define lc_closethread(co, L) lua_closethread(co, L)
-#else
+#elif LUA_VERSION_NUM >= 504
 #define lc_closethread(co, L) lua_resetthread(co)
+#else
+#define lc_closethread(co, L) ((void)(co), (void)(L)) /* no <close> to run */
 #endif
 
 /* waiter kinds and states */
@@ -1375,9 +1377,7 @@ static int l_sched_stats(lua_State *L) {
 ** ======================================================================= */
 
 void lc_sched_init(lua_State *L, lc_runtime *rt) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  rt->L = lua_tothread(L, -1);
-  lua_pop(L, 1);
+  rt->L = lc_mainthread(L);
   lua_getfield(L, LUA_REGISTRYINDEX, LCONTEXT_LOOP_KEY);
   rt->loop = (struct ev_loop *)lua_touserdata(L, -1);
   lua_pop(L, 1);

@@ -14,6 +14,8 @@
 #include "lua.h"
 #include "lauxlib.h"
 
+#include "lc_compat.h"
+
 #include <ev.h>
 
 #include "core/clock.h"
