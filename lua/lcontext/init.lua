@@ -133,11 +133,25 @@ end
 --- context.in_task() -> is the caller a task run by lcontext?
 M.in_task = core._in_task
 
+-- package.searchpath, or its equivalent where it is missing (Lua 5.1)
+local searchpath = package.searchpath or function(name, path)
+  local file = name:gsub("%.", "/")
+  for template in path:gmatch("[^;]+") do
+    local candidate = template:gsub("%?", file)
+    local f = io.open(candidate)
+    if f then
+      f:close()
+      return candidate
+    end
+  end
+  return nil
+end
+
 -- The helpers written in Lua, one module per concern. Each module returns
 -- a function that takes this module and returns what it adds to it.
 for _, name in ipairs({ "group", "retry", "breaker", "hedge", "patterns", "observe", "metrics" }) do
   local path = "lcontext." .. name
-  if package.searchpath(path, package.path) then
+  if searchpath(path, package.path) then
     local exports = require(path)(M)
     for k, v in pairs(exports) do
       assert(M[k] == nil, "lcontext: " .. path .. " redefines " .. k)
