@@ -159,7 +159,28 @@ static int l_kind(lua_State *L) {
   return 2;
 }
 
+/* core.bench_alloc("ctx" | "cancel") -> what with_cancel(background)
+** allocates for each of its two results, and nothing else: the
+** allocation floor `make bench` compares with_cancel against */
+static int l_bench_alloc(lua_State *L) {
+  const char *what = luaL_checkstring(L, 1);
+  if (strcmp(what, "ctx") == 0) {
+    lc_ctx *c = (lc_ctx *)lua_newuserdatauv(L, sizeof(lc_cctx), 0);
+    memset(c, 0, sizeof(lc_cctx));
+    c->kind = LK_WITHOUT; /* harmless if it escapes: a never-done context */
+    lua_pushvalue(L, lc_uv(LC_UV_CTXMT));
+  } else {
+    lua_newuserdatauv(L, 0, 1);
+    lua_pushliteral(L, "bench");
+    lua_setiuservalue(L, -2, 1);
+    lua_pushvalue(L, lc_uv(LC_UV_KEYMT)); /* a metatable of the same cost */
+  }
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
 const luaL_Reg lc_metrics_funcs[] = {
+  {"bench_alloc", l_bench_alloc},
   {"metrics", l_metrics},
   {"_histograms", l_histograms},
   {"_track", l_track},

@@ -9,9 +9,11 @@ local core = require "lcontext.core"
 
 local M = {}
 for k, v in pairs(core) do
-  if k:sub(1, 1) ~= "_" and k ~= "sched_stats" then M[k] = v end
+  if k:sub(1, 1) ~= "_" and k ~= "sched_stats" and k ~= "bench_alloc" then M[k] = v end
 end
 M._VERSION = "lcontext scm"
+
+local check = require "lcontext.check"
 
 local methods = core._methods
 local task_methods = core._task_methods
@@ -25,14 +27,31 @@ local floor = math.floor
 -- Errors raised by the core (a bad waitable, a deadlock, a coroutine that is
 -- not a task) are re-raised at the caller of the public function: level 3.
 local pcall = pcall
-local function wait(fname, ...)
+
+-- park the running coroutine: true and the index of the wait that fired, or
+-- false and the error the core raised
+local function park_here(fname, ...)
   local ok, i = pcall(park, fname, ...)
+  if ok and i == TOKEN then
+    i = yield(TOKEN)
+  end
+  return ok, i
+end
+
+-- Lua 5.1 only: a wait made inside a check.pcall body (a coroutine of its
+-- own) is parked by the task that runs it (see lcontext/check.lua)
+local outer = check.outer
+
+local function wait(fname, ...)
+  local ok, i
+  if outer then
+    ok, i = outer(park_here, fname, ...)
+  else
+    ok, i = park_here(fname, ...)
+  end
   if not ok then
     if type(i) == "string" then i = i:gsub("^[^:\n]*lcontext[/\\]init%.lua:%d+: ", "") end
     error(i, 3)
-  end
-  if i == TOKEN then
-    i = yield(TOKEN)
   end
   return i
 end
@@ -132,26 +151,16 @@ end
 
 --- context.in_task() -> is the caller a task run by lcontext?
 M.in_task = core._in_task
-
--- package.searchpath, or its equivalent where it is missing (Lua 5.1)
-local searchpath = package.searchpath or function(name, path)
-  local file = name:gsub("%.", "/")
-  for template in path:gmatch("[^;]+") do
-    local candidate = template:gsub("%?", file)
-    local f = io.open(candidate)
-    if f then
-      f:close()
-      return candidate
-    end
-  end
-  return nil
+if outer then -- Lua 5.1: a check.pcall body is part of its task
+  local in_task = core._in_task
+  M.in_task = function() return outer(in_task) end
 end
 
 -- The helpers written in Lua, one module per concern. Each module returns
 -- a function that takes this module and returns what it adds to it.
 for _, name in ipairs({ "group", "retry", "breaker", "hedge", "patterns", "observe", "metrics" }) do
   local path = "lcontext." .. name
-  if searchpath(path, package.path) then
+  if check.searchpath(path, package.path) then
     local exports = require(path)(M)
     for k, v in pairs(exports) do
       assert(M[k] == nil, "lcontext: " .. path .. " redefines " .. k)
