@@ -28,6 +28,9 @@ HDRS         = $(wildcard csrc/*.h csrc/core/*.h)
 MODULE       = $(BUILD)/lcontext/core.so
 
 DEB_PKGS     = lua5.4 liblua5.4-dev libev-dev lua-busted luarocks lua-socket lua-cjson lua-dkjson valgrind prometheus
+# the other runtimes and OpenResty (nginx with ngx_lua on OpenResty's LuaJIT)
+RUNTIME_PKGS = lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit2 libluajit2-5.1-dev \
+               nginx libnginx-mod-http-lua lua-resty-core
 BENCH_PKGS   = golang-go
 FUZZ_PKGS    = clang
 
@@ -61,7 +64,7 @@ runtimes: build-5.3 build-5.1 build-jit
 
 # deps: install what is missing (Debian, as root); does nothing when all is present.
 deps:
-	@sh tools/deps.sh $(DEB_PKGS)
+	@sh tools/deps.sh $(DEB_PKGS) $(RUNTIME_PKGS)
 
 demo: deps build
 	$(LUA) tools/with_paths.lua examples/demo.lua

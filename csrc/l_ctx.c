@@ -38,6 +38,22 @@ int lc_ctx_err(lua_State *L, lc_ctx *c) {
   return ctx_poll(&lc_rt(L)->tree, n, lc_now());
 }
 
+/* The same, for the public questions (err, is_done, ...): a deadline they
+** notice has passed tells the external watches at once, as a fired timer
+** or a cancel would. */
+static int ctx_err_public(lua_State *L, lc_ctx *c) {
+  ctx_node *n = c->cn;
+  lc_runtime *rt;
+  if (n == NULL) return CTX_ERR_NONE;
+  if (n->err != CTX_ERR_NONE || n->deadline == CTX_NEVER) return n->err;
+  rt = lc_rt(L);
+  if (ctx_poll(&rt->tree, n, lc_now()) != CTX_ERR_NONE) {
+    lc_anchor_woken(L, rt);
+    lc_flush_external(L, rt);
+  }
+  return n->err;
+}
+
 /* {======================================================================
 ** Deriving
 ** ======================================================================= */
@@ -407,21 +423,21 @@ static int l_value(lua_State *L) {
 /* ctx:err() -> nil | context.canceled | context.deadline_exceeded */
 static int l_err(lua_State *L) {
   lc_ctx *c = lc_checkctx(L, 1, "err");
-  lc_push_err(L, lc_ctx_err(L, c));
+  lc_push_err(L, ctx_err_public(L, c));
   return 1;
 }
 
 /* ctx:is_done() -> boolean */
 static int l_is_done(lua_State *L) {
   lc_ctx *c = lc_checkctx(L, 1, "is_done");
-  lua_pushboolean(L, lc_ctx_err(L, c) != CTX_ERR_NONE);
+  lua_pushboolean(L, ctx_err_public(L, c) != CTX_ERR_NONE);
   return 1;
 }
 
 /* ctx:check() -> ctx, or raises ctx:err() */
 static int l_check(lua_State *L) {
   lc_ctx *c = lc_checkctx(L, 1, "check");
-  int e = lc_ctx_err(L, c);
+  int e = ctx_err_public(L, c);
   if (e != CTX_ERR_NONE) {
     lc_push_err(L, e);
     return lua_error(L);
@@ -505,7 +521,7 @@ static int l_origin(lua_State *L) {
 /* ctx:cause() / context.cause(ctx) -> nil | the cause | ctx:err() */
 static int l_cause(lua_State *L) {
   lc_ctx *c = lc_checkctx(L, 1, "cause");
-  int e = lc_ctx_err(L, c);
+  int e = ctx_err_public(L, c);
   if (e == CTX_ERR_NONE) {
     lua_pushnil(L);
     return 1;

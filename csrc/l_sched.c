@@ -618,10 +618,20 @@ void lc_flush_external(lua_State *L, lc_runtime *rt) {
     cb->anext = NULL;
     if (cb->w.state != WS_READY) continue; /* unwatched meanwhile */
     cb->w.state = WS_DONE;
-    push_anchored(L, rt, cb);
+    if (cb->weak) { /* kept by its contexts until now (see l_watch) */
+      lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_weakcb);
+      lua_rawgetp(L, -1, cb);
+      lua_remove(L, -2);
+      lua_getiuservalue(L, -1, 2);
+      keep_chain(L, rt, -1, -2, 0);
+      lua_pop(L, 1);
+      cb->weak = 0;
+    } else {
+      push_anchored(L, rt, cb);
+      unanchor(L, rt, cb);
+    }
     lua_getiuservalue(L, -1, 1);
     lua_insert(L, -2);
-    unanchor(L, rt, cb);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
       lc_report("error in a context watch", L, -1);
       lua_pop(L, 1);
@@ -629,8 +639,12 @@ void lc_flush_external(lua_State *L, lc_runtime *rt) {
   }
 }
 
-/* core._watch(ctx, fn) -> handle, or nil if ctx is done already.
-** fn(handle) is called once ctx is done (see lc_flush_external). */
+/* core._watch(ctx, fn [, "weak"]) -> handle, or nil if ctx is done already.
+** fn(handle) is called once ctx is done (see lc_flush_external). A watch
+** lives until it is called or unwatched; a "weak" one on a context with no
+** deadline lives only while something could still cancel the context (as
+** after_func's callbacks do), so a context nothing can end is collected
+** with its watch. */
 static int l_watch(lua_State *L) {
   lc_runtime *rt = lc_rt(L);
   lc_ctx *c = lc_checkctx(L, 1, "watch");
@@ -648,9 +662,18 @@ static int l_watch(lua_State *L) {
   lua_setiuservalue(L, -2, 1);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 2);
-  anchor(L, rt, -1);
   arm_ctx(L, rt, &cb->wait, c);
   cb->w.state = WS_PARKED;
+  if (lua_type(L, 3) == LUA_TSTRING && strcmp(lua_tostring(L, 3), "weak") == 0 &&
+      (c->cn == NULL || c->cn->deadline == CTX_NEVER)) {
+    keep_chain(L, rt, 1, -1, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_weakcb);
+    lua_pushvalue(L, -2);
+    lua_rawsetp(L, -2, cb);
+    lua_pop(L, 1);
+    cb->weak = 1;
+  } else
+    anchor(L, rt, -1);
   return 1;
 }
 
@@ -664,7 +687,13 @@ static int l_unwatch(lua_State *L) {
   if (cb->w.state == WS_PARKED || cb->w.state == WS_READY) {
     if (cb->w.state == WS_PARKED) detach_all(rt, &cb->w);
     cb->w.state = WS_DONE;
-    unanchor(L, rt, cb);
+    if (cb->weak) {
+      lua_getiuservalue(L, 1, 2);
+      keep_chain(L, rt, -1, 1, 0);
+      lua_pop(L, 1);
+      cb->weak = 0;
+    } else
+      unanchor(L, rt, cb);
     lua_pushboolean(L, 1);
   } else
     lua_pushboolean(L, 0);

@@ -33,6 +33,7 @@ build = {
     ["lcontext.hedge"] = "lua/lcontext/hedge.lua",
     ["lcontext.patterns"] = "lua/lcontext/patterns.lua",
     ["lcontext.metrics"] = "lua/lcontext/metrics.lua",
+    ["lcontext.ngx"] = "lua/lcontext/ngx.lua",
     ["lcontext.observe"] = "lua/lcontext/observe.lua",
     ["lcontext.trace"] = "lua/lcontext/trace.lua",
     ["lcontext.core"] = {

@@ -66,4 +66,35 @@ describe("external watches", function()
     cancel() -- the error goes to stderr; the second watch still runs
     assert.is_true(other)
   end)
+
+  it("weak ones live only while something could cancel their context", function()
+    local function round()
+      for _ = 1, 5000 do
+        local c = bg:with_cancel() -- its cancel is dropped at once
+        core._watch(c, function() end, "weak")
+      end
+      collectgarbage(); collectgarbage()
+      return collectgarbage("count")
+    end
+    local first = round()
+    local third = (round() and round())
+    assert.is_true(third - first < 300, ("retained %.0f KB"):format(third - first))
+    -- and a weak one still fires when an ancestor's cancel is kept
+    local root, cancel = bg:with_cancel()
+    local told = 0
+    for _ = 1, 50 do core._watch(root:with_cancel():with_value("k", 1), function() told = told + 1 end, "weak") end
+    collectgarbage(); collectgarbage()
+    cancel()
+    assert.are.equal(50, told)
+  end)
+
+  it("are told when err() notices a passed deadline", function()
+    local ctx = context.with_timeout(bg, 0.005)
+    local told = 0
+    core._watch(ctx, function() told = told + 1 end)
+    busy(0.01)
+    assert.are.equal(0, told) -- nobody has looked yet
+    assert.are.equal(context.deadline_exceeded, ctx:err())
+    assert.are.equal(1, told)
+  end)
 end)

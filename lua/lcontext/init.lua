@@ -5,6 +5,12 @@
 -- registers what a task waits for and hands back a token, and the task
 -- yields that token to the loop. No C yield is involved, so the same code
 -- runs where lua_yieldk does not exist (LuaJIT).
+-- Inside OpenResty the backend that suspends light threads on ngx.semaphore
+-- is the one to use (lua/lcontext/ngx.lua; it never requires this file).
+if type(ngx) == "table" and type(ngx.config) == "table" and ngx.config.ngx_lua_version then
+  return require "lcontext.ngx"
+end
+
 local core = require "lcontext.core"
 
 local M = {}
@@ -46,8 +52,11 @@ local function wait(fname, ...)
   local ok, i
   if outer then
     ok, i = outer(park_here, fname, ...)
-  else
-    ok, i = park_here(fname, ...)
+  else -- park_here(fname, ...), inline
+    ok, i = pcall(park, fname, ...)
+    if ok and i == TOKEN then
+      i = yield(TOKEN)
+    end
   end
   if not ok then
     if type(i) == "string" then i = i:gsub("^[^:\n]*lcontext[/\\]init%.lua:%d+: ", "") end

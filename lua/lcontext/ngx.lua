@@ -1,0 +1,786 @@
+--- lcontext.ngx: lcontext for OpenResty (ngx_lua on LuaJIT).
+--
+--   local context = require "lcontext.ngx"
+--
+-- The same API as `require "lcontext"` (contexts, values, causes, the
+-- helpers), with waiting reimplemented for nginx, whose event loop lcontext
+-- must never replace: libev is not touched.
+--
+--   * ctx:done(), context.sleep, context.select, task:wait() and every helper
+--     that waits (group, retry, hedge, breaker, ...) suspend the current
+--     light thread on an ngx.semaphore. The C core tells the semaphore when a
+--     context is done (core._watch); every wait is also bounded by the
+--     deadlines it depends on, so it ends on time even without the driver.
+--   * Deadlines fire through ONE driver per worker: a timer (ngx.timer.at)
+--     that advances the core's timer wheel at core._next_wakeup() and is
+--     woken when an earlier deadline is watched. It runs only while some
+--     deadline is watched, and stops when the worker exits.
+--   * context.go(fn, ...) runs fn in a light thread (ngx.thread.spawn),
+--     started once go has returned; task:wait() works from any light thread.
+--   * context.after_func runs its function in a light thread of its own,
+--     started from one runner timer (ngx.timer.at(0)) for all that are due.
+--   * context.from_request([opts]) makes the request context: the incoming
+--     deadline from the headers (lcontext.trace), cancelled with cause
+--     "client aborted" when the client goes away (lua_check_client_abort on).
+--   * context.shared_breaker(dict, opts): a circuit breaker whose state is in
+--     an ngx.shared.DICT, shared by every worker.
+--   * Not available (they raise, saying why): context.wait_fd and context.fd
+--     (use cosockets, with timeouts from ctx:remaining()), context.signal,
+--     context.run and context.step (nginx runs the loop).
+--
+-- Written for Lua 5.1 / LuaJIT (it also runs on 5.2+, for the specs).
+local ngx = ngx
+if type(ngx) ~= "table" or type(ngx.thread) ~= "table" or type(ngx.timer) ~= "table" then
+  error("lcontext.ngx needs ngx_lua (OpenResty); outside nginx use require \"lcontext\"", 2)
+end
+
+local core = require "lcontext.core"
+local semaphore = require "ngx.semaphore"
+
+local type, error, tostring, pcall, xpcall, select = type, error, tostring, pcall, xpcall, select
+local pairs, ipairs, getmetatable, setmetatable = pairs, ipairs, getmetatable, setmetatable
+local rawget = rawget
+local ceil, huge = math.ceil, math.huge
+local unpack = table.unpack or unpack
+local traceback = debug.traceback
+local newproxy = newproxy -- LuaJIT / 5.1: userdata with a __gc
+
+local function pack(...) return { n = select("#", ...), ... } end
+
+local watch, unwatch = core._watch, core._unwatch
+local advance, next_wakeup = core._advance, core._next_wakeup
+local now = core.now
+local methods = core._methods
+
+local spawn, timer_at = ngx.thread.spawn, ngx.timer.at
+local get_phase, log = ngx.get_phase, ngx.log
+local ERR, WARN = ngx.ERR, ngx.WARN
+local function exiting() return ngx.worker.exiting() end
+
+local M = {}
+for k, v in pairs(core) do
+  if k:sub(1, 1) ~= "_" and k ~= "sched_stats" then M[k] = v end
+end
+M._VERSION = "lcontext scm (ngx)"
+M.backend = "ngx"
+
+-- figures for context.metrics() (tasks, waits, ...) and metrics_text
+local stats = {
+  tasks = 0,            -- light threads started by go and not finished
+  tasks_started = 0,
+  waits = 0,            -- light threads suspended in a wait of lcontext
+  wakeups = 0,          -- waits ended
+  callbacks = 0,        -- after_func callbacks armed (not run, not stopped)
+  driver_starts = 0,    -- driver timers started
+  driver_failures = 0,  -- ngx.timer.at refused to start the driver
+}
+
+-------------------------------------------------------------------------------
+-- Argument checks, in luaL_argerror's words
+-------------------------------------------------------------------------------
+local function tname(v)
+  local mt = getmetatable(v)
+  if type(mt) == "string" then return mt end
+  return type(v)
+end
+
+local function check_ctx(v, fname, argn)
+  if getmetatable(v) ~= "context" then
+    error(("bad argument #%d to '%s' (context expected, got %s)"):format(
+      argn, fname, tname(v)), 3)
+  end
+end
+
+local function check_seconds(v, fname, argn)
+  if type(v) ~= "number" then
+    error(("bad argument #%d to '%s' (number expected, got %s)"):format(
+      argn, fname, type(v)), 3)
+  elseif v ~= v or v == huge or v == -huge then
+    error(("bad argument #%d to '%s' (number is not finite)"):format(argn, fname), 3)
+  end
+end
+
+local function callable(v)
+  if type(v) == "function" then return true end
+  local mt = getmetatable(v)
+  return type(mt) == "table" and mt.__call ~= nil
+end
+
+-- Phases whose code runs in a light thread that may yield.
+local YIELDABLE = {
+  rewrite = true, access = true, content = true, timer = true,
+  ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true,
+  preread = true, -- stream
+}
+
+-- raise at the caller of the API function (level 3 from here, unless told)
+-- when the current phase cannot suspend
+local function need_yieldable(fname, what, level)
+  local phase = get_phase()
+  if not YIELDABLE[phase] then
+    error(("lcontext.ngx: %s cannot %s in the '%s' phase (only in rewrite, access, "
+      .. "content, timer and ssl handlers, whose light threads can yield)")
+      :format(fname, what or "wait", tostring(phase)), level or 3)
+  end
+end
+
+-------------------------------------------------------------------------------
+-- Errors in tasks and callbacks
+-------------------------------------------------------------------------------
+local handler -- context.on_error's
+
+local function is_outcome(err)
+  return err == M.canceled or err == M.deadline_exceeded
+end
+
+local function report(err, tb, task, what)
+  if is_outcome(err) then return end
+  if handler then
+    local ok, e = pcall(handler, err, tb, task)
+    if ok then return end
+    log(ERR, "lcontext: error while reporting an error in a ", what, ": ", tostring(e))
+  end
+  log(ERR, "lcontext: error in a ", what, ": ", tb or tostring(err))
+end
+
+--- context.on_error(fn) -> the previous handler. fn(err, traceback, task)
+-- is told of errors raised in tasks and after_func callbacks (not of
+-- context.canceled / deadline_exceeded); nil restores the default, which
+-- writes them to nginx's error log.
+function M.on_error(fn)
+  if fn ~= nil and not callable(fn) then
+    error(("bad argument #1 to 'on_error' (function expected, got %s)"):format(type(fn)), 2)
+  end
+  local prev = handler
+  handler = fn
+  return prev
+end
+
+-------------------------------------------------------------------------------
+-- The driver: one light thread per worker, in a timer, that moves the
+-- core's timer wheel (expired deadlines cancel their contexts, watches are
+-- told). It runs while some deadline is watched; it sleeps on a semaphore
+-- until the next wake-up, in slices of at most DRIVER_SLICE seconds so that
+-- a graceful stop (nginx -s quit) never waits long for it.
+-------------------------------------------------------------------------------
+local DRIVER_SLICE = 1
+local MAX_WAIT = 3600 -- longest single semaphore wait (its ms are a C int)
+
+local drv = {
+  running = false, -- a driver timer is scheduled or running
+  sema = nil,      -- what it sleeps on (made in the worker, on first use)
+  until_ = nil,    -- while it sleeps: when it wakes up by itself
+  posted = false,  -- it was woken and has not slept again since
+}
+
+-- seconds, rounded up to ngx.semaphore's milliseconds (at least 1)
+local function ms_seconds(s)
+  if s > MAX_WAIT then s = MAX_WAIT end
+  local ms = ceil(s * 1000 - 1e-6)
+  if ms < 1 then ms = 1 end
+  return (ms + 0.5) / 1000 -- wait() multiplies by 1000 and truncates
+end
+
+local function drive_loop()
+  local sema = drv.sema
+  if not sema then
+    sema = semaphore.new()
+    drv.sema = sema
+  end
+  while true do
+    advance()
+    local w = next_wakeup()
+    if not w or exiting() then return end
+    if w > DRIVER_SLICE then w = DRIVER_SLICE end
+    drv.until_ = now() + w
+    drv.posted = false
+    sema:wait(ms_seconds(w))
+    drv.until_ = nil
+  end
+end
+
+local function drive(premature)
+  if not premature then
+    local ok, err = pcall(drive_loop)
+    if not ok then log(ERR, "lcontext: error in the deadline driver: ", tostring(err)) end
+  else
+    pcall(advance)
+  end
+  drv.running, drv.until_ = false, nil
+end
+
+-- Called after a deadline may have entered the wheel: start the driver, or
+-- wake it if the wheel now needs it earlier than it planned.
+local function kick()
+  local w = next_wakeup()
+  if not w then return end
+  if drv.running then
+    local u = drv.until_
+    if u and not drv.posted and now() + w < u - 0.0005 then
+      drv.posted = true
+      drv.sema:post(1)
+    end
+    return
+  end
+  if exiting() then return end -- waits still end on time: they bound themselves
+  local ok, started, err = pcall(timer_at, 0, drive)
+  if ok and started then
+    drv.running = true
+    stats.driver_starts = stats.driver_starts + 1
+  else
+    stats.driver_failures = stats.driver_failures + 1
+    log(WARN, "lcontext: cannot start the deadline driver: ", tostring(ok and err or started))
+  end
+end
+
+-- Called after watches were removed: if the wheel is empty now, let the
+-- driver end at once rather than at the end of its slice (a graceful stop
+-- of an idle worker then waits for nothing).
+local function settle()
+  if drv.until_ and not drv.posted and not next_wakeup() then
+    drv.posted = true
+    drv.sema:post(1)
+  end
+end
+
+-------------------------------------------------------------------------------
+-- Tasks: light threads
+-------------------------------------------------------------------------------
+local Task = {}
+local task_mt = {
+  __index = Task,
+  __metatable = "context.task",
+  __tostring = function(t) return ("context.task (%s): %s"):format(t._status, t._id) end,
+}
+local is_task = setmetatable({}, { __mode = "k" })
+
+-- tell the waits on task t that it ended
+local function task_ended(t)
+  local waiters = t._waiters
+  t._waiters = nil
+  for rec, i in pairs(waiters) do
+    if not rec.fired then rec.fired = i end
+    rec.sema:post(1)
+  end
+end
+
+-- new_gc_guard(fn): an object whose collection calls fn (a userdata with
+-- __gc on LuaJIT / 5.1, a table with __gc on 5.2+)
+local function new_gc_guard(fn)
+  if newproxy then
+    local p = newproxy(true)
+    getmetatable(p).__gc = fn
+    return p
+  end
+  return setmetatable({}, { __gc = fn })
+end
+
+local KILLED = "task's light thread was killed"
+
+local function task_body(t, fn, args, start)
+  -- if the light thread is killed (ngx.exit, ngx.thread.kill) and collected,
+  -- the task ends as failed, and its waiters hear of it
+  local guard = new_gc_guard(function()
+    if t._status ~= "running" then return end
+    stats.tasks = stats.tasks - 1
+    t._res = { false, KILLED, n = 2 }
+    t._status = "failed"
+    pcall(task_ended, t)
+  end)
+  -- start once go has returned, as context.go does: go posts `start` after
+  -- spawn returns, and a post resumes its waiter later, from nginx's loop
+  -- (ngx.sleep(0) would do, but it logs a warning on nginx builds without
+  -- OpenResty's delayed-events patch, Debian's among them)
+  start:wait(MAX_WAIT)
+  local tb
+  local r = pack(xpcall(function() return fn(unpack(args, 1, args.n)) end, function(e)
+    tb = traceback(tostring(e), 2)
+    return e
+  end))
+  stats.tasks = stats.tasks - 1
+  t._res = r
+  t._status = r[1] and "ok" or "failed"
+  t._guard = guard -- (keeps it alive until here)
+  task_ended(t)
+  if not r[1] then report(r[2], tb, t, "task") end
+end
+
+local task_count = 0
+
+--- context.go(fn, ...) -> task: fn(...) in a light thread of the current
+-- request (or timer), started once go has returned.
+function M.go(fn, ...)
+  if not callable(fn) then
+    error(("bad argument #1 to 'go' (function expected, got %s)"):format(type(fn)), 2)
+  end
+  need_yieldable("go", "start a light thread")
+  task_count = task_count + 1
+  local t = setmetatable({ _status = "running", _waiters = {}, _id = task_count }, task_mt)
+  is_task[t] = true
+  local start = semaphore.new()
+  local co, err = spawn(task_body, t, fn, pack(...), start)
+  if not co then error("lcontext.ngx: go: " .. tostring(err), 2) end
+  start:post(1)
+  t._thread = co
+  stats.tasks = stats.tasks + 1
+  stats.tasks_started = stats.tasks_started + 1
+  return t
+end
+
+--- task:status() -> "running", "ok" or "failed"
+function Task:status()
+  if not is_task[self] then
+    error(("calling 'status' on bad self (context.task expected, got %s)"):format(tname(self)), 2)
+  end
+  return self._status
+end
+
+--- task:thread() -> the ngx light thread (for ngx.thread.kill by its parent)
+function Task:thread() return self._thread end
+
+-------------------------------------------------------------------------------
+-- Waiting: one engine for done, sleep, select and task:wait
+-------------------------------------------------------------------------------
+
+-- Make something that unwatches the handles if the waiting light thread is
+-- killed (ngx.exit, ngx.thread.kill) and collected mid-wait.
+local function new_guard(rec)
+  return new_gc_guard(function()
+    if rec.closed then return end
+    rec.closed = true
+    stats.waits = stats.waits - 1
+    for _, h in ipairs(rec.handles) do pcall(unwatch, h) end
+  end)
+end
+
+local function finish(rec, ws, kinds, n)
+  rec.closed = true
+  stats.waits = stats.waits - 1
+  stats.wakeups = stats.wakeups + 1
+  for _, h in ipairs(rec.handles) do unwatch(h) end
+  if rec.handles[1] then settle() end
+  for i = 1, n do
+    if kinds[i] == "task" then
+      local w = ws[i]._waiters
+      if w then w[rec] = nil end
+    end
+  end
+end
+
+-- ws[1..n], kinds[1..n] ("ctx", "task", "sleep" with ws[i] the absolute time)
+-- -> the index of the first to fire. Nothing is ready yet (checked before).
+local function wait_on(fname, ws, kinds, n)
+  need_yieldable(fname, "wait", 4)
+  local sema = semaphore.new()
+  local rec = { sema = sema, fired = nil, handles = {}, closed = false }
+  local sleep_at, sleep_i
+  for i = 1, n do
+    local k = kinds[i]
+    if k == "ctx" then
+      local h = watch(ws[i], function()
+        if not rec.fired then rec.fired = i end
+        sema:post(1)
+      end)
+      if h then
+        rec.handles[#rec.handles + 1] = h
+      elseif not rec.fired then
+        rec.fired = i -- done meanwhile (cannot happen: no yield since the check)
+      end
+    elseif k == "task" then
+      ws[i]._waiters[rec] = i
+    elseif not sleep_at or ws[i] < sleep_at then
+      sleep_at, sleep_i = ws[i], i
+    end
+  end
+  local guard = new_guard(rec)
+  if #rec.handles > 0 then kick() end
+  stats.waits = stats.waits + 1
+  local ok, err = pcall(function()
+    while not rec.fired do
+      local t = sleep_at and sleep_at - now()
+      if t and t <= 0 then
+        rec.fired = sleep_i
+        break
+      end
+      for i = 1, n do -- bounded by the deadlines waited on
+        if kinds[i] == "ctx" then
+          local r = ws[i]:remaining()
+          if r and (not t or r < t) then t = r end
+        end
+      end
+      local posted, werr = sema:wait(ms_seconds(t or MAX_WAIT))
+      if not posted then
+        if werr ~= "timeout" then error(werr, 0) end
+        advance() -- a deadline due: fires it, the watches are told
+      end
+      if not rec.fired then -- contexts ended unannounced (noticed lazily)
+        for i = 1, n do
+          if kinds[i] == "ctx" and ws[i]:is_done() then
+            rec.fired = i
+            break
+          end
+        end
+      end
+    end
+  end)
+  finish(rec, ws, kinds, n)
+  rec.guard = guard -- keeps the guard alive until here
+  if not ok then error(("lcontext.ngx: %s: %s"):format(fname, tostring(err)), 3) end
+  return rec.fired
+end
+
+--- ctx:done() -> ctx:err(), once ctx is done.
+function methods.done(ctx)
+  check_ctx(ctx, "done", 1)
+  if not ctx:is_done() then wait_on("done", { ctx }, { "ctx" }, 1) end
+  return ctx:err()
+end
+
+--- context.sleep(ctx, seconds) -> true | nil, ctx:err()
+function M.sleep(ctx, seconds)
+  check_ctx(ctx, "sleep", 1)
+  check_seconds(seconds, "sleep", 2)
+  if ctx:is_done() then return nil, ctx:err() end
+  if seconds <= 0 then return true end
+  if wait_on("sleep", { ctx, now() + seconds }, { "ctx", "sleep" }, 2) == 2 then return true end
+  return nil, ctx:err()
+end
+
+--- context.select(w1, w2, ...) -> index, waitable
+-- Waitables: a context (fires when done), a task (when it ends), a number
+-- (a sleep of that many seconds). The first one ready, in argument order,
+-- wins; the others leave nothing behind.
+function M.select(...)
+  local n = select("#", ...)
+  if n == 0 then
+    error("bad argument #1 to 'select' (waitable expected, got no value)", 2)
+  end
+  local ws, kinds, ready = { ... }, {}, nil
+  local t0 = now()
+  for i = 1, n do
+    local w = ws[i]
+    if type(w) == "number" then
+      if w ~= w then
+        error(("bad argument #%d to 'select' (number is NaN)"):format(i), 2)
+      elseif w == huge or w == -huge then
+        error(("bad argument #%d to 'select' (number is not finite)"):format(i), 2)
+      end
+      kinds[i] = "sleep"
+      if w <= 0 then
+        ready = ready or i
+      else
+        ws[i] = t0 + w
+      end
+    elseif getmetatable(w) == "context" then
+      kinds[i] = "ctx"
+      if not ready and w:is_done() then ready = i end
+    elseif is_task[w] then
+      kinds[i] = "task"
+      if not ready and w._status ~= "running" then ready = i end
+    elseif type(w) == "table" and rawget(w, "fd") ~= nil then
+      error(("bad argument #%d to 'select' (fd waits are not available in OpenResty: "
+        .. "use cosockets, with timeouts from ctx:remaining())"):format(i), 2)
+    else
+      error(("bad argument #%d to 'select' (context, task or number of seconds expected, got %s)")
+        :format(i, tname(w)), 2)
+    end
+  end
+  local i = ready or wait_on("select", ws, kinds, n)
+  return i, (select(i, ...))
+end
+
+--- task:wait() -> what the task's function returned, or nil, err
+function Task:wait()
+  if not is_task[self] then
+    error(("calling 'wait' on bad self (context.task expected, got %s)"):format(tname(self)), 2)
+  end
+  if self._status == "running" then wait_on("wait", { self }, { "task" }, 1) end
+  local r = self._res
+  if r[1] then return unpack(r, 2, r.n) end
+  return nil, r[2]
+end
+
+--- context.in_task() -> can the caller wait (a light thread that may yield)?
+function M.in_task()
+  return YIELDABLE[get_phase()] == true
+end
+
+-------------------------------------------------------------------------------
+-- after_func
+-------------------------------------------------------------------------------
+
+-- Callbacks whose context is done wait in a queue; ONE runner timer at a
+-- time (ngx.timer.at(0)) starts each in a light thread of its own, so that
+-- many contexts ending at once do not take many pending timers.
+local cb_queue, cb_n, cb_scheduled = {}, 0, false
+
+local function run_callback(fn)
+  local tb
+  local ok, err = xpcall(fn, function(e)
+    tb = traceback(tostring(e), 2)
+    return e
+  end)
+  if not ok then report(err, tb, nil, "callback") end
+end
+
+local function run_callbacks()
+  cb_scheduled = false
+  while cb_n > 0 do
+    local q, n = cb_queue, cb_n
+    cb_queue, cb_n = {}, 0
+    for i = 1, n do
+      local ok = pcall(spawn, run_callback, q[i])
+      if not ok then run_callback(q[i]) end
+    end
+  end
+end
+
+local function queue_callback(fn)
+  cb_n = cb_n + 1
+  cb_queue[cb_n] = fn
+  if cb_scheduled then return end
+  local ok, started, err = pcall(timer_at, 0, run_callbacks)
+  if ok and started then
+    cb_scheduled = true
+  else
+    -- no timer (the worker exits, too many pending timers): run them here
+    log(WARN, "lcontext: after_func: no timer (", tostring(ok and err or started),
+      "), running callbacks in place")
+    local q, n = cb_queue, cb_n
+    cb_queue, cb_n = {}, 0
+    for i = 1, n do run_callback(q[i]) end
+  end
+end
+
+--- context.after_func(ctx, fn) -> stop
+-- Once ctx is done, fn() runs once, in a light thread of its own, in a
+-- timer (never inside cancel()). stop() returns true if it prevented the run.
+function M.after_func(ctx, fn)
+  check_ctx(ctx, "after_func", 1)
+  if not callable(fn) then
+    error(("bad argument #2 to 'after_func' (function expected, got %s)"):format(type(fn)), 2)
+  end
+  local armed = true
+  local function fire()
+    if armed then
+      armed = false
+      stats.callbacks = stats.callbacks - 1
+    end
+    queue_callback(fn)
+  end
+  stats.callbacks = stats.callbacks + 1
+  local h = watch(ctx, fire, "weak") -- lives while something can cancel ctx
+  if not h then
+    fire()
+    return function() return false end
+  end
+  kick()
+  return function()
+    if not armed then return false end
+    if unwatch(h) then
+      armed = false
+      stats.callbacks = stats.callbacks - 1
+      settle()
+      return true
+    end
+    return false
+  end
+end
+
+-------------------------------------------------------------------------------
+-- What nginx does not allow
+-------------------------------------------------------------------------------
+local function unavailable(name, why)
+  return function()
+    error(("lcontext.ngx: context.%s is not available in OpenResty: %s"):format(name, why), 2)
+  end
+end
+
+local NO_FD = "nginx owns the file descriptors; use cosockets (ngx.socket.tcp/udp), "
+  .. "with timeouts from ctx:remaining() (context.timeout_ms(ctx))"
+M.wait_fd = unavailable("wait_fd", NO_FD)
+M.fd = unavailable("fd", NO_FD)
+M.signal = unavailable("signal", "nginx owns the signals; check ngx.worker.exiting(), "
+  .. "or the premature flag of a timer")
+M.run = unavailable("run", "nginx runs the event loop; waits suspend the current light thread")
+M.step = unavailable("step", "nginx runs the event loop; waits suspend the current light thread")
+
+--- context.timeout_ms(ctx [, max_seconds]) -> milliseconds for a cosocket's
+-- settimeout: what is left of ctx (at least 1), capped by max_seconds; or
+-- nil, ctx:err() when ctx is done. Without a deadline: max_seconds, or nil.
+function M.timeout_ms(ctx, max_seconds)
+  check_ctx(ctx, "timeout_ms", 1)
+  if max_seconds ~= nil then check_seconds(max_seconds, "timeout_ms", 2) end
+  if ctx:is_done() then return nil, ctx:err() end
+  local r = ctx:remaining()
+  if max_seconds and (not r or max_seconds < r) then r = max_seconds end
+  if not r then return nil end
+  local ms = ceil(r * 1000)
+  if ms < 1 then ms = 1 end
+  return ms
+end
+
+-------------------------------------------------------------------------------
+-- Metrics: the core's figures, with the tasks and waits of this backend
+-------------------------------------------------------------------------------
+local core_metrics = core.metrics
+function M.metrics()
+  local m = core_metrics()
+  m.tasks = stats.tasks
+  m.tasks_waiting = stats.waits
+  m.tasks_resumed = stats.wakeups
+  m.callbacks_pending = stats.callbacks
+  m.ngx_tasks_started = stats.tasks_started
+  m.ngx_driver_running = drv.running
+  m.ngx_driver_starts = stats.driver_starts
+  m.ngx_driver_failures = stats.driver_failures
+  return m
+end
+
+-------------------------------------------------------------------------------
+-- The helpers (the same files init.lua loads), built on this module
+-------------------------------------------------------------------------------
+local HELPERS = { "group", "retry", "breaker", "hedge", "patterns", "observe", "metrics" }
+local searchpath = package.searchpath
+for _, name in ipairs(HELPERS) do
+  local path = "lcontext." .. name
+  local found = true
+  if searchpath then found = searchpath(path, package.path) ~= nil end
+  if found then
+    local exports = require(path)(M)
+    for k, v in pairs(exports) do
+      assert(M[k] == nil, "lcontext.ngx: " .. path .. " redefines " .. k)
+      M[k] = v
+    end
+  end
+end
+
+if M.metrics_source then
+  M.metrics_source("ngx", function()
+    return {
+      { name = "lcontext_ngx_tasks_started_total", help = "Light threads started by context.go.",
+        type = "counter", samples = { { value = stats.tasks_started } } },
+      { name = "lcontext_ngx_driver_starts_total",
+        help = "Deadline driver timers started (one runs per worker while deadlines are watched).",
+        type = "counter", samples = { { value = stats.driver_starts } } },
+      { name = "lcontext_ngx_driver_failures_total",
+        help = "Deadline driver timers ngx.timer.at refused.",
+        type = "counter", samples = { { value = stats.driver_failures } } },
+    }
+  end)
+end
+
+-------------------------------------------------------------------------------
+-- Requests
+-------------------------------------------------------------------------------
+local REQ_KEY = "lcontext.request"
+local REQUEST_PHASES = { rewrite = true, access = true, content = true }
+
+--- context.from_request([opts]) -> ctx, cancel, info
+-- The context of the current request, made on the first call (the same one
+-- is returned by later calls in the request, in any phase): the deadline
+-- the headers carry (grpc-timeout, x-request-timeout-ms; see
+-- lcontext.trace's extract, which also reads traceparent, tracestate and
+-- x-request-id), at most opts.timeout seconds (the server's own budget),
+-- cancelled with cause "client aborted" when the client goes away (needs
+-- `lua_check_client_abort on`; info.abort tells whether it is watched).
+-- opts: parent, timeout, reserve, max_timeout, new_trace, sampled,
+-- request_id (see trace.extract), abort (false: do not register
+-- ngx.on_abort), max_headers (100).
+-- cancel(cause) ends it; context.finish_request() does it from any phase
+-- (log_by_lua), so that nothing outlives the request.
+function M.from_request(opts)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then
+    error(("bad argument #1 to 'from_request' (table expected, got %s)"):format(type(opts)), 2)
+  end
+  local phase = get_phase()
+  if not REQUEST_PHASES[phase] then
+    error(("lcontext.ngx: from_request needs a request (rewrite, access or content phase), "
+      .. "not the '%s' phase"):format(tostring(phase)), 2)
+  end
+  local nctx = ngx.ctx
+  local req = nctx[REQ_KEY]
+  if not req then
+    local parent = opts.parent
+    if parent == nil then parent = M.background() else check_ctx(parent, "from_request", 1) end
+    local tcancel
+    if opts.timeout ~= nil then
+      check_seconds(opts.timeout, "from_request", 1)
+      parent, tcancel = M.with_timeout(parent, opts.timeout)
+    end
+    local trace = require "lcontext.trace"
+    local headers = ngx.req.get_headers(opts.max_headers or 100)
+    local ctx, xcancel, info = trace.extract(headers, parent, {
+      reserve = opts.reserve, max_timeout = opts.max_timeout, new_trace = opts.new_trace,
+      sampled = opts.sampled, request_id = opts.request_id,
+    })
+    local function cancel(cause)
+      xcancel(cause)
+      if tcancel then tcancel(cause) end
+    end
+    info = info or {}
+    info.abort = false
+    req = { ctx = ctx, cancel = cancel, info = info, abort_phase = nil }
+    nctx[REQ_KEY] = req
+  end
+  -- ngx.on_abort lasts for the phase it is registered in: once per phase
+  if opts.abort ~= false and req.abort_phase ~= phase and not req.ctx:is_done() then
+    req.abort_phase = phase
+    local cancel = req.cancel
+    local ok, err = ngx.on_abort(function() cancel("client aborted") end)
+    req.info.abort = ok and true or false
+    req.info.abort_error = (not ok) and err or nil
+  end
+  return req.ctx, req.cancel, req.info
+end
+
+--- context.request_context() -> the request's context (from_request), or nil
+function M.request_context()
+  local known = ngx.ctx[REQ_KEY]
+  return known and known.ctx
+end
+
+--- context.finish_request([cause]): cancel the request's context, if made
+-- (log_by_lua: once the response is sent, whatever still waits ends).
+function M.finish_request(cause)
+  local known = ngx.ctx[REQ_KEY]
+  if known then known.cancel(cause) end
+end
+
+-------------------------------------------------------------------------------
+-- A breaker shared by the workers
+-------------------------------------------------------------------------------
+
+--- context.shared_breaker(dict, opts) -> br
+-- context.breaker(opts) with its state in the ngx.shared.DICT `dict` (a
+-- name, or the dict itself), under keys prefixed with opts.name
+-- ("breaker"): every worker that makes a breaker of that name on that dict
+-- shares its state. Its clock is ngx.now unless opts.clock says otherwise.
+-- on_state_change is called in the worker that makes the change.
+function M.shared_breaker(dict, opts)
+  local store = dict
+  if type(dict) == "string" then
+    store = ngx.shared[dict]
+    if not store then
+      error(("bad argument #1 to 'shared_breaker' (no lua_shared_dict named '%s')"):format(dict), 2)
+    end
+  elseif type(dict) ~= "table" and type(dict) ~= "userdata" then
+    error(("bad argument #1 to 'shared_breaker' (dict name or ngx.shared.DICT expected, got %s)")
+      :format(type(dict)), 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("bad argument #2 to 'shared_breaker' (table expected, got %s)"):format(type(opts)), 2)
+  end
+  local o = {}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  o.store = store
+  -- the clock the dict's ttls run on (docs/resilience.md, the state store)
+  if o.clock == nil then o.clock = ngx.now end
+  return M.breaker(o)
+end
+
+-- In nginx, `require "lcontext"` gives this module too, once it is loaded.
+if package.loaded["lcontext"] == nil then package.loaded["lcontext"] = M end
+
+return M

@@ -1,0 +1,372 @@
+-- backend_spec.lua — lcontext.ngx, the OpenResty backend, on a stand-in for
+-- ngx_lua (spec/ngx/mock_ngx.lua): the logic of its waits, its deadline
+-- driver, tasks, after_func, requests and the shared breaker, on every
+-- runtime that can yield across pcall (ngx_lua's LuaJIT can; PUC Lua 5.1
+-- cannot, so there this file has nothing to test). The real nginx test is
+-- spec/ngx/run.sh.
+local core = require "lcontext.core"
+
+if _VERSION == "Lua 5.1" and not jit then
+  describe("lcontext.ngx (mock ngx_lua)", function()
+    pending("needs yields across pcall (LuaJIT, Lua 5.2+); PUC Lua 5.1 has none")
+  end)
+  return
+end
+
+-- lcontext.ngx installs its ctx:done() in the contexts' methods (shared by
+-- every module) and becomes `require "lcontext"`: undo both at the end, for
+-- the other spec files
+local saved_done, saved_lcontext = core._methods.done, package.loaded["lcontext"]
+local saved_ngx = rawget(_G, "ngx")
+
+local mock = require("spec.ngx.mock_ngx").install(core.now)
+local context = require "lcontext.ngx"
+local bg = context.background()
+local S = mock.state
+
+local function close_to(v, want, slack)
+  return v >= want - 0.001 and v <= want + (slack or 0.08)
+end
+
+describe("lcontext.ngx (mock ngx_lua)", function()
+  teardown(function()
+    core._methods.done = saved_done
+    package.loaded["lcontext"] = saved_lcontext
+    package.loaded["lcontext.ngx"] = nil
+    _G.ngx = saved_ngx
+  end)
+
+  after_each(function()
+    -- nothing of a test outlives it: the driver stops with the wheel empty
+    mock.spin(0.002)
+    if os.getenv("DBG") then io.stderr:write(("[tasks=%d waits=%d t=%.2f]\n"):format(context.metrics().tasks, context.metrics().tasks_waiting, os.clock())) end
+  end)
+
+  it("has the API of lcontext, with the helpers", function()
+    for _, k in ipairs({ "with_cancel", "with_timeout", "with_value", "merge", "key", "go",
+      "sleep", "select", "after_func", "group", "retry", "hedge", "breaker", "split",
+      "metrics_text", "from_request", "shared_breaker", "on_error" }) do
+      assert.is_not_nil(context[k], k)
+    end
+    assert.are.equal("ngx", context.backend)
+  end)
+
+  it("ctx:done() suspends the light thread until a cancel elsewhere", function()
+    local ctx, cancel = bg:with_cancel()
+    local order = {}
+    mock.run(function()
+      context.go(function()
+        order[#order + 1] = "canceller"
+        cancel("why")
+      end)
+      order[#order + 1] = "waiting"
+      assert.are.equal(context.canceled, ctx:done())
+      order[#order + 1] = "woke"
+    end)
+    assert.are.same({ "waiting", "canceller", "woke" }, order)
+    assert.are.equal("why", ctx:cause())
+  end)
+
+  it("ctx:done() ends at the deadline, never early", function()
+    mock.run(function()
+      local ctx = context.with_timeout(bg, 0.05)
+      local t0 = context.now()
+      assert.are.equal(context.deadline_exceeded, ctx:done())
+      assert.is_true(close_to(context.now() - t0, 0.05))
+    end)
+  end)
+
+  it("sleep: true after the time, or nil, err as soon as ctx is done", function()
+    mock.run(function()
+      local t0 = context.now()
+      assert.is_true(context.sleep(bg, 0.03))
+      assert.is_true(close_to(context.now() - t0, 0.03))
+      local ctx = context.with_timeout(bg, 0.02)
+      t0 = context.now()
+      local ok, err = context.sleep(ctx, 5)
+      assert.is_nil(ok)
+      assert.are.equal(context.deadline_exceeded, err)
+      assert.is_true(close_to(context.now() - t0, 0.02))
+      assert.is_true(context.sleep(bg, 0))
+    end)
+  end)
+
+  it("select: the first of contexts, tasks and sleeps; argument order breaks ties", function()
+    mock.run(function()
+      local ctx, cancel = bg:with_cancel()
+      local t = context.go(function() context.sleep(bg, 0.02); return "t" end)
+      assert.are.equal(2, (context.select(ctx, t, 1)))
+      assert.are.equal(3, (context.select(ctx, 1, 0.01)))
+      context.go(function() cancel() end)
+      local i, w = context.select(5, ctx)
+      assert.are.equal(2, i)
+      assert.are.equal(ctx, w)
+      assert.are.equal(1, (context.select(ctx, 0)))
+      assert.are.equal(1, (context.select(0, ctx)))
+    end)
+  end)
+
+  it("select checks its arguments and refuses fd waits, saying why", function()
+    mock.run(function()
+      assert.has_error(function() context.select() end,
+        "bad argument #1 to 'select' (waitable expected, got no value)")
+      assert.has_error(function() context.select(bg, "x") end,
+        "bad argument #2 to 'select' (context, task or number of seconds expected, got string)")
+      local ok, err = pcall(context.select, { fd = 3 })
+      assert.is_false(ok)
+      assert.matches("not available in OpenResty", err)
+    end)
+  end)
+
+  it("go runs a light thread after go returns; wait gives its results or nil, err", function()
+    local errors_seen = {}
+    local prev = context.on_error(function(err) errors_seen[#errors_seen + 1] = err end)
+    mock.run(function()
+      local started = false
+      local t = context.go(function(a, b) started = true; context.sleep(bg, 0.01); return a + b, "x" end, 1, 2)
+      assert.is_false(started)
+      assert.are.equal("running", t:status())
+      local s, x = t:wait()
+      assert.are.equal(3, s)
+      assert.are.equal("x", x)
+      assert.are.equal("ok", t:status())
+      local bad = context.go(function() error({ code = 7 }) end)
+      local r, e = bad:wait()
+      assert.is_nil(r)
+      assert.are.same({ code = 7 }, e)
+      assert.are.equal("failed", bad:status())
+      -- cancellations are outcomes, not errors to report
+      local c = context.go(function() error(context.canceled) end)
+      assert.are.same({ nil, context.canceled }, { c:wait() })
+    end)
+    context.on_error(prev)
+    assert.are.equal(1, #errors_seen)
+  end)
+
+  it("task:wait works from a light thread that is not the parent", function()
+    mock.run(function()
+      local t = context.go(function() context.sleep(bg, 0.01); return "done" end)
+      local other = context.go(function() return t:wait() end)
+      assert.are.equal("done", other:wait())
+    end)
+  end)
+
+  it("fires deadlines with ONE driver timer, not one per context", function()
+    local made = S.timers_made
+    S.max_pending = 0
+    local n = 100
+    mock.run(function()
+      local tasks = {}
+      for i = 1, n do
+        local ctx = context.with_timeout(bg, 0.02 + (i % 10) * 0.003)
+        -- after_func: only the driver can fire these deadlines
+        context.after_func(ctx, function() end)
+        tasks[i] = context.go(function() return ctx:done() end)
+      end
+      for i = 1, n do assert.are.equal(context.deadline_exceeded, tasks[i]:wait()) end
+    end)
+    mock.spin(0.01)
+    -- the driver, and the callbacks' runner (once per batch of deadlines):
+    -- never more than these two pending at once
+    local timers = S.timers_made - made
+    assert.is_true(timers >= 2 and timers <= n / 2, "timers made: " .. timers)
+    assert.is_true(S.max_pending <= 2, "timers pending at once: " .. S.max_pending)
+    assert.is_false(context.metrics().ngx_driver_running)
+    assert.is_nil(core._next_wakeup())
+  end)
+
+  it("wakes the driver when an earlier deadline is watched", function()
+    local fired_at
+    mock.run(function()
+      local far = context.with_timeout(bg, 3)
+      local stop_far = context.after_func(far, function() end) -- the driver sleeps
+      local t0 = context.now()
+      local near = context.with_timeout(bg, 0.05)
+      context.after_func(near, function() fired_at = context.now() - t0 end)
+      context.sleep(bg, 0.2)
+      assert.is_true(stop_far())
+    end)
+    assert.is_truthy(fired_at)
+    assert.is_true(close_to(fired_at, 0.05), "fired after " .. tostring(fired_at))
+  end)
+
+  it("after_func runs its function in a timer once ctx is done; stop prevents it", function()
+    local ran, ran2 = 0, 0
+    mock.run(function()
+      local ctx, cancel = bg:with_cancel()
+      context.after_func(ctx, function() ran = ran + 1 end)
+      local stop = context.after_func(ctx, function() ran2 = ran2 + 1 end)
+      assert.is_true(stop())
+      assert.is_false(stop())
+      cancel()
+      assert.are.equal(0, ran) -- never inside cancel()
+      context.sleep(bg, 0.01)
+      assert.are.equal(1, ran)
+      local done_ctx, c2 = bg:with_cancel()
+      c2()
+      local stop2 = context.after_func(done_ctx, function() ran = ran + 1 end)
+      assert.is_false(stop2())
+      context.sleep(bg, 0.01)
+      assert.are.equal(2, ran)
+    end)
+    assert.are.equal(0, ran2)
+  end)
+
+  it("the helpers wait through this backend: group, retry, hedge", function()
+    mock.run(function()
+      local g, gctx = context.group(bg)
+      g:go(function(c) return c:done() end)
+      g:go(function() context.sleep(bg, 0.01); return nil, "boom" end)
+      assert.are.equal("boom", g:wait())
+      assert.are.equal("boom", gctx:cause())
+
+      local attempts, t0 = 0, context.now()
+      local v = context.retry(bg, function(_, n)
+        attempts = n
+        if n < 3 then return nil, "flaky" end
+        return "ok"
+      end, { base = 0.01, jitter = "none", attempts = 5 })
+      assert.are.equal("ok", v)
+      assert.are.equal(3, attempts)
+      assert.is_true(context.now() - t0 >= 0.03 - 0.001) -- slept 0.01 + 0.02
+
+      local r = context.hedge(bg, function(actx, i)
+        if i == 1 then actx:done(); return nil, "slow one cancelled" end
+        return "second"
+      end, { delay = 0.01 })
+      assert.are.equal("second", r)
+    end)
+  end)
+
+  it("parallel light threads under one context all stop when it is cancelled", function()
+    mock.run(function()
+      local ctx, cancel = bg:with_cancel()
+      local tasks = {}
+      for i = 1, 5 do
+        tasks[i] = context.go(function() return context.sleep(ctx, 10) end)
+      end
+      context.sleep(bg, 0.01)
+      local t0 = context.now()
+      cancel()
+      for i = 1, 5 do
+        local ok, err = tasks[i]:wait()
+        assert.is_nil(ok)
+        assert.are.equal(context.canceled, err)
+      end
+      assert.is_true(context.now() - t0 < 0.05)
+    end)
+  end)
+
+  it("a light thread killed mid-wait leaves no watch behind", function()
+    mock.run(function()
+      local ctx = context.with_timeout(bg, 30)
+      local t = context.go(function() return ctx:done() end)
+      context.sleep(bg, 0.005)
+      assert.is_truthy(core._next_wakeup())
+      mock.ngx.thread.kill(t:thread())
+    end)
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(core._next_wakeup())
+  end)
+
+  it("raises clear errors for what nginx does not allow", function()
+    for _, name in ipairs({ "wait_fd", "fd", "signal", "run", "step" }) do
+      local ok, err = pcall(context[name], bg)
+      assert.is_false(ok)
+      assert.matches("not available in OpenResty", err)
+    end
+    local ctx = bg:with_cancel()
+    mock.in_phase("log", function()
+      local ok, err = pcall(ctx.done, ctx)
+      assert.is_false(ok)
+      assert.matches("cannot wait in the 'log' phase", err)
+      assert.is_false(context.in_task())
+    end)
+    mock.run(function() assert.is_true(context.in_task()) end)
+  end)
+
+  it("from_request: the deadline from the headers, cancelled when the client aborts", function()
+    mock.new_request({ ["x-request-timeout-ms"] = "2000" })
+    mock.run(function()
+      local ctx, cancel, info = context.from_request()
+      assert.is_true(info.abort)
+      local r = ctx:remaining()
+      assert.is_true(r > 1.9 and r <= 2)
+      assert.are.equal(ctx, (context.from_request())) -- the same for the request
+      assert.are.equal(ctx, context.request_context())
+      context.go(function() mock.abort() end)
+      assert.are.equal(context.canceled, ctx:done())
+      assert.are.equal("client aborted", ctx:cause())
+      assert.is_function(cancel)
+    end)
+    -- a server budget caps the headers'
+    mock.new_request({ ["grpc-timeout"] = "10S" })
+    mock.run(function()
+      local ctx = context.from_request({ timeout = 0.5 })
+      assert.is_true(ctx:remaining() <= 0.5)
+      context.finish_request("done")
+      assert.are.equal("done", ctx:cause())
+    end)
+    -- without lua_check_client_abort
+    mock.new_request({})
+    S.check_abort = false
+    mock.run(function()
+      local ctx, _, info = context.from_request()
+      assert.is_false(info.abort)
+      assert.matches("lua_check_client_abort", info.abort_error)
+      assert.is_nil(ctx:deadline())
+    end)
+    S.check_abort = true
+    mock.in_phase("log", function()
+      assert.has_error(function() context.from_request() end)
+    end)
+  end)
+
+  it("shared_breaker: workers sharing a dict share the breaker", function()
+    mock.dict("breakers")
+    local a = context.shared_breaker("breakers", { name = "up", threshold = 2, cooldown = 60 })
+    local b = context.shared_breaker("breakers", { name = "up", threshold = 2, cooldown = 60 })
+    mock.run(function()
+      local fail = function() return nil, "down" end
+      a:call(bg, fail)
+      b:call(bg, fail)
+      assert.are.equal("open", a:state())
+      assert.are.equal("open", b:state())
+      local r, err = b:call(bg, function() return "never" end)
+      assert.is_nil(r)
+      assert.are.equal(context.breaker_open, err)
+    end)
+    assert.has_error(function() context.shared_breaker("nope") end,
+      "bad argument #1 to 'shared_breaker' (no lua_shared_dict named 'nope')")
+  end)
+
+  it("metrics count the backend's tasks and waits", function()
+    mock.run(function()
+      local t = context.go(function() context.sleep(bg, 0.01) end)
+      context.sleep(bg, 0.002)
+      local m = context.metrics()
+      assert.are.equal(1, m.tasks)
+      assert.are.equal(1, m.tasks_waiting)
+      t:wait()
+    end)
+    local m = context.metrics()
+    assert.are.equal(0, m.tasks)
+    assert.are.equal(0, m.tasks_waiting)
+    assert.matches("lcontext_ngx_driver_starts_total", context.metrics_text())
+  end)
+
+  it("stops the driver when the worker exits; waits still end on time", function()
+    mock.run(function()
+      local ctx = context.with_timeout(bg, 0.03)
+      local t = context.go(function() return ctx:done() end)
+      context.sleep(bg, 0.005)
+      mock.quit()
+      local t0 = context.now()
+      assert.are.equal(context.deadline_exceeded, t:wait())
+      assert.is_true(context.now() - t0 < 0.1)
+    end)
+    S.exiting = false
+    assert.are.same({}, mock.errors())
+  end)
+end)

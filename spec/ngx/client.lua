@@ -1,0 +1,197 @@
+-- client.lua PORT — the HTTP side of spec/ngx/run.sh: checks the handlers
+-- of examples/openresty/ in a running nginx on 127.0.0.1:PORT. Lua 5.4 +
+-- LuaSocket; loopback only; every wait bounded. Prints `ok - ...` /
+-- `not ok - ...` lines, then `N passed, N failed`; exits non-zero on a
+-- failure.
+local socket = require "socket"
+
+local PORT = assert(tonumber(arg[1]), "usage: client.lua PORT")
+local now = socket.gettime
+local passed, failed = 0, 0
+
+local function check(name, ok, detail)
+  if ok then
+    passed = passed + 1
+    print("ok - " .. name .. (detail and ("  (" .. detail .. ")") or ""))
+  else
+    failed = failed + 1
+    print("not ok - " .. name .. (detail and ("  (" .. detail .. ")") or ""))
+  end
+end
+
+local function connect(timeout)
+  local c = socket.tcp()
+  c:settimeout(timeout or 5)
+  local ok, err = c:connect("127.0.0.1", PORT)
+  if not ok then return nil, err end
+  return c
+end
+
+local function send_get(c, path, headers)
+  local lines = { "GET " .. path .. " HTTP/1.0", "Host: lcontext-test" }
+  for k, v in pairs(headers or {}) do lines[#lines + 1] = k .. ": " .. v end
+  return c:send(table.concat(lines, "\r\n") .. "\r\n\r\n")
+end
+
+-- GET path -> status, body, seconds (nil, err on a transport error)
+local function get(path, headers, timeout)
+  local t0 = now()
+  local c, err = connect(timeout)
+  if not c then return nil, err end
+  send_get(c, path, headers)
+  local data, rerr, partial = c:receive("*a")
+  c:close()
+  data = data or partial
+  if not data or data == "" then return nil, rerr end
+  local status = tonumber(data:match("^HTTP/%d%.%d (%d+)"))
+  local body = (data:match("\r\n\r\n(.*)$") or ""):gsub("%s+$", "")
+  return status, body, now() - t0
+end
+
+local function sleep(s) socket.sleep(s) end
+
+-- poll /api/status?key=K until it says `want` (or `timeout` seconds pass)
+local function wait_status(key, want, timeout)
+  local stop = now() + (timeout or 2)
+  local last
+  repeat
+    local _, body = get("/api/status?key=" .. key)
+    last = body
+    if body == want then return true, body end
+    sleep(0.01)
+  until now() > stop
+  return false, last
+end
+
+local run_id = tostring(os.time()) .. tostring(math.random(1e6))
+
+-------------------------------------------------------------------------------
+-- 1. the request deadline wins over a slow upstream: 504 within the deadline
+-------------------------------------------------------------------------------
+local BUDGET = 0.3
+local SLACK = 0.15 -- scheduling noise on a loaded machine
+
+do
+  local status, body, secs = get("/api/deadline?delay=1", { ["x-request-timeout-ms"] = ("%d"):format(BUDGET * 1000) })
+  check("deadline propagated to the upstream: 504 within the request deadline",
+    status == 504 and secs and secs < BUDGET + SLACK and secs > BUDGET - 0.05,
+    ("status %s in %.3f s: %s"):format(tostring(status), secs or -1, tostring(body)))
+
+  status, body, secs = get("/api/deadline?delay=1&propagate=0", { ["x-request-timeout-ms"] = ("%d"):format(BUDGET * 1000) })
+  check("deadline not propagated: our own wait ends it, 504 within the request deadline",
+    status == 504 and secs and secs < BUDGET + SLACK and secs > BUDGET - 0.05
+      and body == "deadline: context deadline exceeded",
+    ("status %s in %.3f s: %s"):format(tostring(status), secs or -1, tostring(body)))
+
+  local ok, cause = wait_status("slow_last_cause", "client aborted", 2)
+  check("the abandoned upstream request is cancelled when we hang up", ok,
+    "its cause: " .. tostring(cause))
+
+  status, body, secs = get("/api/deadline?delay=0.05", { ["x-request-timeout-ms"] = ("%d"):format(BUDGET * 1000) })
+  check("a fast upstream answers inside the deadline: 200",
+    status == 200 and body == "upstream: slow reply",
+    ("status %s in %.3f s: %s"):format(tostring(status), secs or -1, tostring(body)))
+end
+
+-------------------------------------------------------------------------------
+-- 2. a client that disconnects cancels the request context
+-------------------------------------------------------------------------------
+do
+  local id = run_id .. "a"
+  local c = assert(connect())
+  send_get(c, "/api/abortable?id=" .. id)
+  local started = wait_status("started:" .. id, "true", 2)
+  local t0 = now()
+  c:close()
+  local ok, cause = wait_status("done:" .. id, "client aborted", 2)
+  check("a client that disconnects cancels the request context (cause \"client aborted\")",
+    started and ok, ("started %s, cause %s, %.3f s after the close"):format(
+      tostring(started), tostring(cause), now() - t0))
+end
+
+-------------------------------------------------------------------------------
+-- 3. parallel light threads under one context all stop when it is cancelled
+-------------------------------------------------------------------------------
+do
+  local status, body, secs = get("/api/fanout?n=12")
+  local n, total, cause, last = (body or ""):match("^stopped (%d+) of (%d+), cause (%S+), last ([%d.]+) s")
+  check("parallel light threads under one context all stop when it is cancelled",
+    status == 200 and n == "12" and total == "12" and cause == "enough"
+      and tonumber(last) < 0.05 and secs < 0.1 + SLACK + 0.2,
+    ("status %s in %.3f s: %s"):format(tostring(status), secs or -1, tostring(body)))
+end
+
+-------------------------------------------------------------------------------
+-- 4. retry with backoff inside a request
+-------------------------------------------------------------------------------
+do
+  local status, body = get("/api/retry?key=" .. run_id .. "r&fail=2")
+  local elapsed = tonumber((body or ""):match("elapsed ([%d.]+)"))
+  check("retry with backoff inside a request: 3 attempts, delays 0.05 then 0.10",
+    status == 200 and (body or ""):find("^attempts 3, result ok on call 3, delays 0.05,0.10,")
+      and elapsed and elapsed >= 0.15 - 0.002,
+    tostring(body))
+
+  status, body = get("/api/retry?key=" .. run_id .. "d&fail=99", { ["x-request-timeout-ms"] = "250" })
+  elapsed = tonumber((body or ""):match("elapsed ([%d.]+)"))
+  check("retry gives up when the next backoff would pass the request deadline",
+    status == 200 and (body or ""):find("result nil %(status 503, deadline%)")
+      and elapsed and elapsed < 0.25,
+    tostring(body))
+end
+
+-------------------------------------------------------------------------------
+-- 5. a breaker shared by two workers opens for both
+-------------------------------------------------------------------------------
+do
+  local states = {}
+  for _ = 1, 3 do
+    local _, body = get("/api/breaker?fail=1")
+    states[#states + 1] = body
+  end
+  local opened = (states[3] or ""):find("breaker open$") ~= nil
+  local w0 = wait_status("breaker:0", "open", 2)
+  local w1 = wait_status("breaker:1", "open", 2)
+  -- and calls on new connections, whichever worker takes them, are refused
+  local workers, refused, calls = {}, 0, 20
+  for _ = 1, calls do
+    local _, body = get("/api/breaker")
+    local w = (body or ""):match("^worker (%d+): circuit breaker is open, breaker open$")
+    if w then
+      refused = refused + 1
+      workers[w] = true
+    end
+  end
+  local seen = {}
+  for w in pairs(workers) do seen[#seen + 1] = w end
+  table.sort(seen)
+  check("a breaker shared by two workers opens for both",
+    opened and w0 and w1 and refused == calls,
+    ("after 3 failures: %s; worker 0 sees open: %s, worker 1: %s; %d/%d calls refused, by workers %s")
+      :format(tostring(states[3]), tostring(w0), tostring(w1), refused, calls, table.concat(seen, ",")))
+end
+
+-------------------------------------------------------------------------------
+-- 6. many deadlines, one driver timer per worker (lua_max_pending_timers 64)
+-------------------------------------------------------------------------------
+do
+  local status, body = get("/api/many?n=300")
+  local d, n, cb, starts = (body or ""):match("^deadlines (%d+) of (%d+), callbacks (%d+), driver starts (%d+)")
+  check("300 deadlines and after_funcs fire with lua_max_pending_timers 64",
+    status == 200 and d == "300" and n == "300" and cb == "300",
+    tostring(body))
+  local _, metrics = get("/metrics")
+  metrics = "\n" .. (metrics or "") .. "\n"
+  -- (waits and tasks of light threads that ngx.exit killed are counted
+  -- until the garbage collector takes them: not checked here)
+  check("/metrics: the lcontext_ngx_* families, no driver failure",
+    metrics:find("\nlcontext_ngx_driver_failures_total 0\n") ~= nil
+      and metrics:find("\nlcontext_ngx_driver_starts_total %d+\n") ~= nil,
+    (metrics:match("\n(lcontext_ngx_driver_failures_total [^\n]*)") or "?") .. ", "
+      .. (metrics:match("\n(lcontext_tasks_waiting [^\n]*)") or "?") .. ", "
+      .. (metrics:match("\n(lcontext_tasks [^\n]*)") or "?"))
+  local _ = starts
+end
+
+print(("%d passed, %d failed"):format(passed, failed))
+os.exit(failed == 0 and 0 or 1)

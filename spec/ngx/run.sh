@@ -1,0 +1,180 @@
+#!/bin/sh
+# spec/ngx/run.sh — lcontext in a real nginx (ngx_lua on OpenResty's LuaJIT).
+#
+# Builds a prefix in a temporary directory from examples/openresty/ (its
+# nginx.conf on a free loopback port, its handlers.lua, this checkout's lua/
+# and build-jit/), starts nginx with 2 workers, runs spec/ngx/client.lua
+# against it over HTTP, stops nginx with `nginx -s quit` and reads its error
+# log. Bounded in time; loopback only. Needs nginx, libnginx-mod-http-lua,
+# lua-resty-core, lua5.4 + LuaSocket, and build-jit/lcontext/core.so
+# (make build-jit). The last line is `N passed, N failed`; the exit status
+# is non-zero if anything failed. KEEP=1 keeps the directory.
+set -u
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+NGINX=${NGINX:-nginx}
+LUA=${LUA:-lua5.4}
+MODULES=${NGX_MODULES:-/usr/lib/nginx/modules}
+BUILD=${LCONTEXT_JIT_BUILD:-$ROOT/build-jit}
+
+P=0; F=0
+pass() { P=$((P + 1)); echo "ok - $*"; }
+fail() { F=$((F + 1)); echo "not ok - $*"; }
+
+DIR=
+MASTER=
+cleanup() {
+  if [ -n "$MASTER" ] && kill -0 "$MASTER" 2>/dev/null; then
+    kill -TERM "$MASTER" 2>/dev/null      # the master we started, by its pid
+    sleep 1
+    kill -0 "$MASTER" 2>/dev/null && kill -KILL "$MASTER" 2>/dev/null
+  fi
+  if [ -n "$DIR" ] && [ "${KEEP:-0}" != 1 ]; then rm -rf "$DIR"; fi
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+finish() {
+  echo "$P passed, $F failed"
+  [ "$F" = 0 ]
+  exit $?
+}
+
+# {=== what it needs ===}
+command -v "$NGINX" >/dev/null 2>&1 || { fail "nginx is not installed"; finish; }
+[ -f "$MODULES/ngx_http_lua_module.so" ] || { fail "no $MODULES/ngx_http_lua_module.so (libnginx-mod-http-lua)"; finish; }
+[ -f "$MODULES/ndk_http_module.so" ] || { fail "no $MODULES/ndk_http_module.so (libnginx-mod-http-ndk)"; finish; }
+[ -f "$BUILD/lcontext/core.so" ] || { fail "no $BUILD/lcontext/core.so (make build-jit)"; finish; }
+"$LUA" -e 'require "socket"' 2>/dev/null || { fail "$LUA with LuaSocket is needed for the client"; finish; }
+
+# {=== the prefix ===}
+DIR=$(mktemp -d "${TMPDIR:-/tmp}/lcontext-ngx.XXXXXX")
+mkdir -p "$DIR/logs" "$DIR/tmp"
+ln -s "$ROOT/lua" "$DIR/lua"
+ln -s "$BUILD" "$DIR/lib"
+cp "$ROOT/examples/openresty/handlers.lua" "$DIR/"
+
+PORT=$("$LUA" -e '
+  local s = require "socket"
+  local t = assert(s.bind("127.0.0.1", 0))
+  local _, p = t:getsockname()
+  t:close()
+  print(p)')
+[ -n "$PORT" ] || { fail "no free port"; finish; }
+
+{
+  # as root the workers run as an unprivileged user: www-data on Debian
+  if [ "$(id -u)" = 0 ]; then
+    if id www-data >/dev/null 2>&1; then echo "user www-data;"; else echo "user nobody;"; fi
+  fi
+  sed -e "s|127\.0\.0\.1:8080|127.0.0.1:$PORT|" \
+      -e "s|/usr/lib/nginx/modules/|$MODULES/|" "$ROOT/examples/openresty/nginx.conf"
+} > "$DIR/nginx.conf"
+# the workers (www-data) read the prefix and what its links point to
+chmod -R a+rX "$DIR"
+chmod 1777 "$DIR/tmp"
+
+# {=== start ===}
+if "$NGINX" -p "$DIR/" -c nginx.conf -t > "$DIR/config-test.log" 2>&1; then
+  pass "nginx -t accepts examples/openresty/nginx.conf"
+else
+  cat "$DIR/config-test.log"
+  fail "nginx -t accepts examples/openresty/nginx.conf"
+  finish
+fi
+if ! "$NGINX" -p "$DIR/" -c nginx.conf > "$DIR/start.log" 2>&1; then
+  cat "$DIR/start.log"
+  fail "nginx starts"
+  finish
+fi
+i=0
+while [ ! -s "$DIR/logs/nginx.pid" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+MASTER=$(cat "$DIR/logs/nginx.pid" 2>/dev/null)
+# ready once it answers on the port
+"$LUA" -e "PORT = $PORT" -e '
+  local s = require "socket"
+  for _ = 1, 100 do
+    local c = s.tcp()
+    c:settimeout(0.2)
+    if c:connect("127.0.0.1", PORT) then c:close() os.exit(0) end
+    c:close()
+    s.sleep(0.05)
+  end
+  os.exit(1)'
+if [ $? = 0 ] && [ -n "$MASTER" ]; then
+  pass "nginx starts with 2 workers on 127.0.0.1:$PORT"
+else
+  cat "$DIR/start.log" "$DIR/logs/error.log" 2>/dev/null
+  fail "nginx starts"
+  finish
+fi
+
+# {=== the checks over HTTP ===}
+timeout 120 "$LUA" "$ROOT/spec/ngx/client.lua" "$PORT" > "$DIR/client.log" 2>&1
+rc=$?
+cat "$DIR/client.log"
+line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$DIR/client.log" | tail -1)
+if [ -n "$line" ]; then
+  P=$((P + $(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')))
+  F=$((F + $(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed$/\1/')))
+  [ $rc = 0 ] || [ "$(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed$/\1/')" != 0 ] \
+    || fail "client.lua exited with status $rc"
+else
+  fail "client.lua ended without its counts (status $rc)"
+fi
+
+# {=== libev untouched: a worker has nginx's own epoll fd, and no second
+# one (libev's default loop makes one when lcontext's scheduler is used) ===}
+workers=
+for d in /proc/[0-9]*; do
+  [ "$(awk '{ print $4 }' "$d/stat" 2>/dev/null)" = "$MASTER" ] && workers="$workers ${d#/proc/}"
+done
+nw=0; bad=
+for w in $workers; do
+  n=$(ls -l "/proc/$w/fd" 2>/dev/null | grep -c 'anon_inode:\[eventpoll\]')
+  nw=$((nw + 1))
+  [ "$n" = 1 ] || bad="$bad $w:$n"
+done
+if [ $nw = 2 ] && [ -z "$bad" ]; then
+  pass "2 workers, each with nginx's epoll only: lcontext never took libev's loop"
+else
+  fail "2 workers, each with nginx's epoll only (workers:$workers; epoll fds:$bad)"
+fi
+
+# {=== stop ===}
+"$NGINX" -p "$DIR/" -c nginx.conf -s quit > "$DIR/quit.log" 2>&1
+# gone once its pid file is (a daemon's exit may leave a zombie behind
+# where nothing reaps orphans)
+i=0
+while [ -e "$DIR/logs/nginx.pid" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+if [ -e "$DIR/logs/nginx.pid" ]; then
+  fail "nginx -s quit stops nginx within 10 s"
+else
+  pass "nginx -s quit stops nginx cleanly ($(awk "BEGIN { printf \"%.1f\", $i / 10 }") s)"
+  MASTER=
+fi
+
+# {=== the error log ===}
+LOG="$DIR/logs/error.log"
+bad=$(grep -E '\[(error|alert|crit|emerg)\]' "$LOG")
+if [ -z "$bad" ]; then
+  pass "the error log has no [error], [alert], [crit] or [emerg] line"
+else
+  echo "$bad" | head -20
+  fail "the error log has no [error], [alert], [crit] or [emerg] line"
+fi
+bad=$(grep -E '\[warn\]' "$LOG" | grep -iE 'lcontext|lua')
+if [ -z "$bad" ]; then
+  pass "the error log has no warning from lcontext or ngx_lua"
+else
+  echo "$bad" | head -20
+  fail "the error log has no warning from lcontext or ngx_lua"
+fi
+if grep -q 'worker process .* exited with code 0' "$LOG" && ! grep -qE 'exited on signal|exited with code [1-9]' "$LOG"; then
+  pass "every worker exited with code 0"
+else
+  grep -E 'exited' "$LOG" | head
+  fail "every worker exited with code 0"
+fi
+
+finish
