@@ -36,8 +36,10 @@ describe("external watches", function()
     local ctx = context.with_timeout(bg, 0.02)
     local told = 0
     local h = core._watch(ctx, function() told = told + 1 end)
+    -- never later than the deadline; it may be earlier (a wake-up the wheel
+    -- needs to move timers, or at once when its clock lags behind)
     local wake = core._next_wakeup()
-    assert.is_true(wake > 0 and wake <= 0.021)
+    assert.is_true(wake >= 0 and wake <= 0.021)
     core._advance()
     assert.are.equal(0, told) -- not yet
     busy(0.025)
@@ -68,6 +70,11 @@ describe("external watches", function()
   end)
 
   it("weak ones live only while something could cancel their context", function()
+    if not require("spec.helpers").EPHEMERONS then
+      pending("needs ephemeron tables (Lua 5.2+): on 5.1 and LuaJIT a weak watch "
+        .. "lives until it is called or unwatched")
+      return
+    end
     local function round()
       for _ = 1, 5000 do
         local c = bg:with_cancel() -- its cancel is dropped at once

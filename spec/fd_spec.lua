@@ -7,6 +7,7 @@ local core = require "lcontext.core"
 local socket = require "socket"
 
 local H = require "spec.sched_helpers"
+local h = require "spec.helpers"
 local SLACK, EPS, is, at_least, at_most, matches, idle = H.SLACK, H.EPS, H.is, H.at_least, H.at_most, H.matches, H.idle
 
 local bg = context.background()
@@ -30,7 +31,7 @@ local function tcp_pair()
 end
 
 local function intfd(sock)
-  local n = math.tointeger(sock:getfd())
+  local n = h.tointeger(sock:getfd())
   assert(n and n >= 0, "no fd")
   return n
 end
@@ -254,9 +255,11 @@ describe("context.wait_fd", function()
       return c:receive("*l")
     end)
     assert.is_true(context.run("nowait"))
-    assert(os.execute("lua5.4 -e \"require 'socket'\" >/dev/null 2>&1"),
-      "cannot start lua5.4 with LuaSocket")
-    local child = ("lua5.4 -e \"local s = require 'socket'; s.sleep(0.05); " ..
+    -- the child: the interpreter running the suite (LuaSocket is installed
+    -- for every runtime the suite runs on)
+    assert(h.execute(h.LUA .. " -e \"require 'socket'\" >/dev/null 2>&1"),
+      "cannot start " .. h.LUA .. " with LuaSocket")
+    local child = (h.LUA .. " -e \"local s = require 'socket'; s.sleep(0.05); " ..
       "local c = assert(s.connect('127.0.0.1', %d)); c:send('from child\\n'); " ..
       "s.sleep(0.5); c:close()\" >/dev/null 2>&1 &"):format(port)
     os.execute(child)

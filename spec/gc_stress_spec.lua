@@ -16,6 +16,30 @@ local C, DE = context.canceled, context.deadline_exceeded
 
 local OPS = tonumber(os.getenv("STRESS_OPS")) or 2000
 
+-- A with_cancel child whose cancel is a <close> variable, collected before
+-- the block ends; returns the child. `<close>` exists from Lua 5.4 on (it
+-- would not parse elsewhere: compiled from a string there); on the other
+-- runtimes the block calls cancel at its end, so that the operation (and the
+-- workload's random sequence) stays the same.
+local closed_block
+if h.LUA54 then
+  closed_block = assert(load([[
+    local with_cancel, parent = ...
+    local ctx, cancel <close> = with_cancel(parent)
+    collectgarbage()
+    return ctx
+  ]], "=closed_block"))
+  local f = closed_block
+  closed_block = function(parent) return f(context.with_cancel, parent) end
+else
+  closed_block = function(parent)
+    local ctx, cancel = context.with_cancel(parent)
+    collectgarbage()
+    cancel()
+    return ctx
+  end
+end
+
 local function run_workload(seed)
   math.randomseed(seed)
   local rand = math.random
@@ -294,17 +318,12 @@ local function run_workload(seed)
       n.deadline = model_deadline(ins)
       add(n, ctx, cancel, false)
     end,
-    function() -- with_cancel whose cancel is a <close> variable
+    function() -- with_cancel whose cancel is a <close> variable (5.4)
       local p = pick_parent()
-      local kept
       local n = new_node("closed", { p.node })
       inherit(n, n.parents)
       n.deadline = p.node.deadline
-      do
-        local ctx, cancel <close> = context.with_cancel(p.ctx)
-        kept = ctx
-        collectgarbage()
-      end
+      local kept = closed_block(p.ctx)
       model_cancel(n, C, C)
       add(n, kept, nil)
     end,
@@ -370,6 +389,11 @@ local function run_workload(seed)
   for _, e in ipairs(cancels) do e.cancel(); model_cancel(e.node, C, C) end
   collectgarbage()
   for _, e in ipairs(live) do verify(e.node, e.ctx, "final") end
+  -- drop it all: empty the lists that hold the real objects (returning
+  -- would drop them too, but LuaJIT's compiled traces may keep the
+  -- closures of this function, and so these lists, alive a while)
+  for i = #live, 1, -1 do live[i] = nil end
+  for i = #cancels, 1, -1 do cancels[i] = nil end
   return reg, creg, #nodes
 end
 

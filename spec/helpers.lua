@@ -108,4 +108,71 @@ function M.count(t)
   return n
 end
 
+-- {=== the runtime running the suite: Lua 5.4, 5.3, 5.1 or LuaJIT 2.1 ===
+-- (busted loads Penlight, which adds table.pack, table.unpack and
+-- package.searchpath where they are missing: the specs may use them; the
+-- modules may not, spec/runtime_spec.lua checks it)
+
+M.JIT = rawget(_G, "jit") ~= nil
+--- "5.4", "5.3", "5.1" (PUC-Rio) or "luajit"
+M.RUNTIME = M.JIT and "luajit" or _VERSION:match("%d+%.%d+")
+M.LUA54 = M.RUNTIME == "5.4"
+--- weak-keyed tables are ephemerons (5.2+): a value that refers back to its
+-- key does not keep the key alive. Not on 5.1 and LuaJIT.
+M.EPHEMERONS = M.RUNTIME == "5.4" or M.RUNTIME == "5.3"
+
+--- the interpreter running the suite, for subprocesses: the command that
+-- started it (arg[-1] under `lua5.1 /usr/bin/busted`), else by version
+M.LUA = (function()
+  local a = rawget(_G, "arg")
+  if type(a) == "table" then
+    local i = -1
+    while a[i - 1] ~= nil do i = i - 1 end -- the lowest index: the interpreter
+    if type(a[i]) == "string" and a[i]:find("^[%w_./-]+$") then return a[i] end
+  end
+  return ({ ["5.4"] = "lua5.4", ["5.3"] = "lua5.3", ["5.1"] = "lua5.1", luajit = "luajit" })[M.RUNTIME]
+end)()
+
+--- the largest and smallest integers (5.3+); before 5.3, numbers are
+-- doubles and 2^53 is where they stop being exact
+M.maxinteger = math.maxinteger or 2 ^ 53
+M.mininteger = math.mininteger or -2 ^ 53
+
+--- math_type(v): math.type (5.3+); before, "integer" for an integral
+-- number (there every number is a double)
+M.math_type = math.type or function(v)
+  if type(v) ~= "number" then return nil end
+  return (v == math.floor(v) and v - v == 0) and "integer" or "float"
+end
+
+--- tointeger(v): math.tointeger (5.3+); before, v itself when integral
+M.tointeger = math.tointeger or function(v)
+  if type(v) == "number" and v == math.floor(v) and v - v == 0 then return v end
+  return nil
+end
+
+--- load(source [, name]): load a chunk from a string (loadstring on 5.1)
+M.load = (M.RUNTIME == "5.1") and loadstring or load
+
+--- execute(cmd) -> true when the command exited with status 0 (os.execute
+-- returns a status number before 5.2 and in LuaJIT, true/nil after)
+function M.execute(cmd)
+  local a = os.execute(cmd)
+  if type(a) == "number" then return a == 0 end
+  return a == true
+end
+
+--- a table whose finaliser runs fn (tables have no __gc before 5.2: a
+-- userdata from newproxy stands in there). Returns the object.
+function M.gc_object(fn)
+  if M.RUNTIME == "5.1" or M.RUNTIME == "luajit" then
+    local u = newproxy(true)
+    getmetatable(u).__gc = function() fn() end
+    return u
+  end
+  return setmetatable({}, { __gc = function() fn() end })
+end
+
+-- ===}
+
 return M

@@ -103,16 +103,7 @@ describe("context.merge", function()
     assert.has_no.errors(function() cancel() end)
   end)
 
-  it("supports <close> on its cancel", function()
-    local a = context.with_cancel(bg)
-    local saved
-    do
-      local m, cancel <close> = context.merge(a, bg)
-      saved = m
-    end
-    h.is(saved:err(), context.canceled)
-    assert.is_nil(a:err())
-  end)
+  -- "supports <close> on its cancel": spec/close_54_spec.lua (Lua 5.4 only)
 
   it("keeps its err once done, whatever the inputs do later", function()
     local a, ca = context.with_cancel_cause(bg)

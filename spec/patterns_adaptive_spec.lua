@@ -126,15 +126,7 @@ describe("context.adaptive_timeout", function()
     assert.are.equal(0, s.timeouts)
   end)
 
-  it("records on <close> as well", function()
-    local clock, set = P.fake_clock(0)
-    local at = context.adaptive_timeout { base = 1, max = 10, clock = clock, min_samples = 1, multiplier = 10 }
-    do
-      local _, cancel <close> = at:with_timeout(bg)
-      set(0.25)
-    end
-    h.near(at:timeout(), 2.5, 1e-12, "learned from the closed one")
-  end)
+  -- "records on <close> as well": spec/close_54_spec.lua (Lua 5.4 only)
 
   it("records a timeout of its own as a sample at the timeout value", function()
     local clock, set = P.fake_clock(0)

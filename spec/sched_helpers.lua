@@ -3,6 +3,7 @@
 -- never fires early), upper bounds generous (a noisy 2-core box, valgrind,
 -- the GC-stress run).
 local core = require "lcontext.core"
+local h = require "spec.helpers"
 
 local H = {}
 
@@ -47,7 +48,8 @@ function H.idle(what)
   end
 end
 
--- Run a Lua chunk in a fresh lua5.4 with this suite's module paths.
+-- Run a Lua chunk in a fresh interpreter of the runtime running the suite
+-- (lua5.4, lua5.3, lua5.1 or luajit), with this suite's module paths.
 -- Returns its combined stdout+stderr and its exit status.
 function H.subprocess(code)
   local name = os.tmpname()
@@ -55,8 +57,8 @@ function H.subprocess(code)
   f:write(("package.path = %q\npackage.cpath = %q\n"):format(package.path, package.cpath))
   f:write(code)
   f:close()
-  local p = assert(io.popen("lua5.4 " .. name .. " 2>&1; echo \"__rc=$?\""))
-  local out = p:read("a")
+  local p = assert(io.popen(h.LUA .. " " .. name .. " 2>&1; echo \"__rc=$?\""))
+  local out = p:read("*a")
   p:close()
   os.remove(name)
   local rc = tonumber(out:match("__rc=(%d+)%s*$"))

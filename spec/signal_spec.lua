@@ -205,15 +205,8 @@ describe("context.signal", function()
     assert.are.equal("signal SIGUSR2", ctx:cause())
   end)
 
-  it("returns a cancel function usable with <close>", function()
-    local ctx
-    do
-      local c, cancel <close> = context.signal(bg, "USR1")
-      ctx = c
-    end
-    is(ctx:err(), canceled, "err() after the block")
-    context.run()
-  end)
+  -- "returns a cancel function usable with <close>": spec/close_54_spec.lua
+  -- (Lua 5.4 only)
 
   it("rejects unknown signal names and a missing name", function()
     local function raises(pat, ...)

@@ -100,7 +100,7 @@ describe("tostring(ctx)", function()
       context.with_value(bg, {}, {}),
       context.with_value(bg, weird, weird),
       context.with_value(bg, 1.5, true),
-      context.with_value(bg, print, coroutine.create(print)),
+      context.with_value(bg, print, coroutine.create(function() end)),
       context.with_value(bg, "k", string.rep("v", 10000)),
       context.with_value(bg, "k", bg),
       context.without_cancel(bg),

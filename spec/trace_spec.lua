@@ -4,6 +4,7 @@
 -- restated here as tables.
 local context = require "lcontext"
 local trace = require "lcontext.trace"
+local helpers = require "spec.helpers"
 
 local bg = context.background()
 -- fewer random rounds under valgrind and the GC-stress run (same checks)
@@ -593,7 +594,7 @@ describe("lcontext.trace", function()
       assert.truthy(h["grpc-timeout"]:match("^%d+u$"))
       assert.is_true(g >= after and g <= before + 1e-6, ("%s not in [%s, %s]"):format(g, after, before))
       local ms = tonumber(h["x-request-timeout-ms"])
-      assert.are.equal(math.type(ms), "integer")
+      assert.are.equal(helpers.math_type(ms), "integer")
       assert.is_true(ms / 1000 >= after and ms / 1000 <= before + 0.001)
       cancel()
     end)

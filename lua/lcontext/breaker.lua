@@ -29,10 +29,11 @@
 return function(context)
   local type, error, tostring, pcall, getmetatable = type, error, tostring, pcall, getmetatable
   local floor, huge = math.floor, math.huge
-  local pack, unpack = table.pack, table.unpack
   local canceled = context.canceled
 
   local check = require "lcontext.check"
+  -- fn may wait: check.pcall lets it on Lua 5.1 too
+  local pack, unpack, wpcall = check.pack, check.unpack, check.pcall
   local argerr = check.argerr
 
   local callable = check.callable
@@ -294,7 +295,7 @@ return function(context)
     if not done then return nil, err end
     local cctx, cancel = ctx, nil
     if self.timeout then cctx, cancel = context.with_timeout(ctx, self.timeout) end
-    local r = pack(pcall(fn, cctx, ...))
+    local r = pack(wpcall(fn, cctx, ...))
     if cancel then cancel() end
     local ferr
     if not r[1] then

@@ -1,6 +1,9 @@
 --- lcontext.check: argument checks shared by the Lua helpers, in
--- luaL_argerror's words, reported at the user's call site.
+-- luaL_argerror's words, reported at the user's call site; and the few
+-- shims that let the helpers run unchanged on Lua 5.4, 5.3, 5.1 and LuaJIT
+-- 2.1 (each is the runtime's own function where it has one).
 local type, getmetatable, error, huge = type, getmetatable, error, math.huge
+local select, floor, setmetatable = select, math.floor, setmetatable
 local getinfo = debug.getinfo
 
 local M = {}
@@ -37,5 +40,177 @@ function M.is_ctx(v) return getmetatable(v) == "context" end
 function M.finite(v)
   return type(v) == "number" and v == v and v ~= huge and v ~= -huge
 end
+
+-- {=== runtime shims (Lua 5.1, LuaJIT 2.1, 5.3, 5.4) ===
+-- Where the runtime has the function, the shim is that very function. The
+-- shims are reached through this module's __index, not stored in it: Lua
+-- 5.3+ names a C function in a traceback by the first loaded module found
+-- holding it, and a pcall frame must still read "in function 'pcall'", not
+-- 'lcontext.check.pcall'.
+local S = {}
+setmetatable(M, { __index = S })
+
+--- unpack(t, i, j), pack(...) -> { n = select("#", ...), ... }
+S.unpack = table.unpack or unpack
+S.pack = table.pack or function(...) return { n = select("#", ...), ... } end
+
+--- math_type(v) -> "integer" | "float" | nil, as math.type. Before 5.3
+-- every number is a double: an integral one in the 64-bit range counts as
+-- an integer (1.0 and 1 cannot be told apart there).
+S.math_type = math.type or function(v)
+  if type(v) ~= "number" then return nil end
+  if v == floor(v) and v >= -2 ^ 63 and v < 2 ^ 63 then return "integer" end
+  return "float"
+end
+
+--- searchpath(name, path) -> the file name, or nil and the places tried,
+-- as package.searchpath (5.2+ and LuaJIT; written out for 5.1)
+S.searchpath = package.searchpath or function(name, path)
+  name = name:gsub("%.", "/")
+  local tried = {}
+  for template in path:gmatch("[^;]+") do
+    local file = template:gsub("%?", name)
+    local f = io.open(file, "r")
+    if f then
+      f:close()
+      return file
+    end
+    tried[#tried + 1] = "\n\tno file '" .. file .. "'"
+  end
+  return nil, table.concat(tried)
+end
+
+-- {=== pcall and xpcall that let a task wait inside them ===
+-- The helpers run user functions that may wait (suspend the task) under
+-- pcall. From 5.2 on, and in LuaJIT, a coroutine may yield across pcall and
+-- xpcall: check.pcall and check.xpcall are the native ones. Lua 5.1's
+-- cannot: there they run the function in a coroutine of its own (a proxy),
+-- and pass what it yields through to the caller's coroutine. lcontext's
+-- waits are not plain yields: the core parks the running task, and a proxy
+-- is not the task; so a wait made in a proxy asks the coroutine that called
+-- check.pcall to park instead (check.outer), up to the task itself.
+
+-- can a coroutine yield across pcall here?
+local yieldable_pcall = (function()
+  local co = coroutine.create(function() return pcall(coroutine.yield, true) end)
+  local ok, yielded = coroutine.resume(co)
+  return ok and yielded == true
+end)()
+
+--- native_pcall: true where check.pcall and check.xpcall are the runtime's
+-- own (everywhere but Lua 5.1)
+S.native_pcall = yieldable_pcall
+
+-- does xpcall pass extra arguments to the function (5.2+, LuaJIT)?
+local xpcall_args = select(2, xpcall(function(a) return a end, tostring, true)) == true
+
+if yieldable_pcall then
+  S.pcall = pcall
+  if xpcall_args then
+    S.xpcall = xpcall
+  else -- not met in the runtimes lcontext supports; kept for completeness
+    local unpack_ = S.unpack
+    function S.xpcall(f, handler, ...)
+      local args = S.pack(...)
+      return xpcall(function() return f(unpack_(args, 1, args.n)) end, handler)
+    end
+  end
+  S.traceback = debug.traceback
+  return M
+end
+
+-- Lua 5.1 from here on.
+local create, resume, status, yield, running =
+  coroutine.create, coroutine.resume, coroutine.status, coroutine.yield, coroutine.running
+local pack, unpack = S.pack, S.unpack
+local traceback = debug.traceback
+
+-- the proxies running now (coroutine -> true)
+local proxies = setmetatable({}, { __mode = "k" })
+-- what a proxy yields to have a function run by the coroutine that called
+-- check.pcall (see check.outer)
+local CALL = setmetatable({}, { __tostring = function() return "lcontext.check.CALL" end })
+
+--- outer(fn, ...) -> fn(...), called in the coroutine where the current
+-- check.pcall (or xpcall) was called, through every level of them: in the
+-- task, for a wait. fn must not raise. Outside a proxy: fn(...) here.
+-- (Lua 5.1 only: elsewhere check.outer is nil.)
+function S.outer(fn, ...)
+  local co = running()
+  if co and proxies[co] then return yield(CALL, fn, ...) end
+  return fn(...)
+end
+
+-- the coroutine whose error a check.xpcall handler is being given (5.1),
+-- for check.traceback
+local handling = nil
+
+--- traceback(msg [, level]) -> debug.traceback(msg, level) as seen from a
+-- check.xpcall message handler: on 5.1, that of the proxy that raised.
+function S.traceback(msg, level)
+  level = level or 1
+  if handling then
+    -- a native handler runs on top of the raising frames: its level 2 is
+    -- the frame that raised, the proxy's level 0
+    return traceback(handling, msg, level >= 2 and level - 2 or 0)
+  end
+  local tb = traceback(msg, level + 1) -- (not a tail call: the level counts this frame)
+  return tb
+end
+
+-- run f(...) in a proxy, until it returns or raises; on a raise, handler
+-- (if any) makes the error value. Called from a coroutine only (on the main
+-- thread nothing can yield: the native pcall serves).
+local function proxied(handler, f, ...)
+  if type(f) ~= "function" or getinfo(f, "S").what == "C" then
+    -- a callable object, or a C function: 5.1 makes coroutines of Lua functions only
+    local g = f
+    f = function(...) return g(...) end
+  end
+  local co = create(f)
+  proxies[co] = true
+  local r = pack(resume(co, ...))
+  while true do
+    if not r[1] then
+      proxies[co] = nil
+      local err = r[2]
+      if handler then
+        local outer_handling = handling
+        handling = co
+        local _, e = pcall(handler, err) -- a failing handler: its error
+        handling = outer_handling
+        err = e
+      end
+      return false, err
+    end
+    if status(co) == "dead" then
+      proxies[co] = nil
+      return unpack(r, 1, r.n)
+    end
+    if r[2] == CALL then
+      r = pack(resume(co, S.outer(unpack(r, 3, r.n))))
+    else
+      -- a plain yield (a bare coroutine.yield() in a task lets others run)
+      r = pack(resume(co, yield(unpack(r, 2, r.n))))
+    end
+  end
+end
+
+--- pcall(f, ...): as pcall, and f may wait (suspend the task) on 5.1 too
+function S.pcall(f, ...)
+  if running() == nil then return pcall(f, ...) end -- the main thread: waits run the loop
+  return proxied(nil, f, ...)
+end
+
+--- xpcall(f, handler, ...): as xpcall with arguments (5.2+), and f may wait
+function S.xpcall(f, handler, ...)
+  if running() == nil then
+    local args = pack(...)
+    return xpcall(function() return f(unpack(args, 1, args.n)) end, handler)
+  end
+  return proxied(handler, f, ...)
+end
+
+-- ===}
 
 return M

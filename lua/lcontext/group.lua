@@ -14,10 +14,12 @@
 return function(context)
   local go, select_ = context.go, context.select
   local type, error, tostring, getmetatable = type, error, tostring, getmetatable
-  local traceback = debug.traceback
-  local pack, unpack = table.pack, table.unpack
+  local check = require "lcontext.check"
+  -- check.*: the runtime shims (Lua 5.1: an xpcall fn may wait in, and the
+  -- traceback of the raise as seen from its message handler)
+  local pack, unpack, xpcall, traceback = check.pack, check.unpack, check.xpcall, check.traceback
 
-  local callable = require("lcontext.check").callable
+  local callable = check.callable
 
   local Group = {}
   Group.__index = Group

@@ -18,10 +18,12 @@
 return function(context)
   local type, error, tostring, getmetatable, pcall = type, error, tostring, getmetatable, pcall
   local min, max, ceil, huge = math.min, math.max, math.ceil, math.huge
-  local pack, unpack, sort = table.pack, table.unpack, table.sort
+  local sort = table.sort
   local now = context.now
 
   local check = require "lcontext.check"
+  -- attempts may wait: check.pcall lets them on Lua 5.1 too
+  local pack, unpack, wpcall = check.pack, check.unpack, check.pcall
   local argerr = check.argerr
 
   local callable = check.callable
@@ -165,7 +167,7 @@ return function(context)
       cancels[i] = cancel
       if on_attempt then on_attempt(i) end
       starts[i] = now()
-      tasks[i] = context.go(function() return pack(pcall(fn, actx, i)) end)
+      tasks[i] = context.go(function() return pack(wpcall(fn, actx, i)) end)
       live[i] = true
       running = running + 1
       next_at = now() + d
@@ -222,7 +224,7 @@ return function(context)
     end
 
     -- if a callback raises, no attempt is left running unasked
-    local r = pack(pcall(run))
+    local r = pack(wpcall(run))
     if not r[1] then
       cancel_all()
       error(r[2], 0)

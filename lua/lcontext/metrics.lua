@@ -5,6 +5,7 @@ return function(context)
   local core = require "lcontext.core"
   local now = context.now
   local fmt, concat, sort = string.format, table.concat, table.sort
+  local mtype = math.type -- compat: nil before 5.3, where "%.17g" writes integral values exactly
 
   local M = {}
 
@@ -97,7 +98,7 @@ return function(context)
 
   local function num(v)
     if v == math.huge then return "+Inf" end
-    if math.type(v) == "integer" then return tostring(v) end
+    if mtype and mtype(v) == "integer" then return tostring(v) end
     return fmt("%.17g", v)
   end
 

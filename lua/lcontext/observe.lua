@@ -15,7 +15,7 @@ return function(context)
 
   local type, tostring, error, pairs, ipairs, pcall = type, tostring, error, pairs, ipairs, pcall
   local getmetatable, setmetatable = getmetatable, setmetatable
-  local floor, huge, mtype = math.floor, math.huge, math.type
+  local floor, huge = math.floor, math.huge
   local sfmt, sfind = string.format, string.find
 
   local E = {}
@@ -23,6 +23,7 @@ return function(context)
   -- {=== argument errors, reported at the user's call site ===}
   local check = require "lcontext.check"
   local argerr = check.argerr
+  local mtype = check.math_type -- before 5.3: integral numbers count as integers
 
   local is_ctx = check.is_ctx
   local function check_ctx(v, fname, n)
@@ -51,6 +52,16 @@ return function(context)
   local function id_value(v) -- a string of visible ASCII, or an integer
     if mtype(v) == "integer" then return true end
     return type(v) == "string" and #v >= 1 and #v <= MAX_ID and not sfind(v, "[^\33-\126]")
+  end
+
+  -- an id as text: an integer's digits (before 5.3 numbers are doubles,
+  -- which tostring writes with 14 significant digits: "%.0f" writes them all)
+  local id_string = tostring
+  if not math.type then -- compat: Lua 5.1, LuaJIT
+    id_string = function(v)
+      if type(v) == "number" then return sfmt("%.0f", v) end
+      return tostring(v)
+    end
   end
 
   local INFO_FIELDS = {
@@ -98,7 +109,7 @@ return function(context)
     made[merged] = true
     local ctx = context.with_value(parent, REQUEST_INFO, merged)
     if info.request_id ~= nil then
-      ctx = context.with_value(ctx, trace.REQUEST_ID, tostring(info.request_id))
+      ctx = context.with_value(ctx, trace.REQUEST_ID, id_string(info.request_id))
     end
     return ctx
   end

@@ -18,7 +18,10 @@ return function(context)
   local error, pcall, pairs, ipairs, tostring = error, pcall, pairs, ipairs, tostring
   local huge, ceil, floor = math.huge, math.ceil, math.floor
   local max, min = math.max, math.min
-  local pack, unpack, sort, fmt = table.pack, table.unpack, table.sort, string.format
+  local sort, fmt = table.sort, string.format
+  local check = require "lcontext.check"
+  -- primary and fallback may wait: check.pcall lets them on Lua 5.1 too
+  local pack, unpack, wpcall = check.pack, check.unpack, check.pcall
 
   ---------------------------------------------------------------------------
   -- Argument checking, in luaL_argerror's words. `level` 3 points at the
@@ -613,7 +616,7 @@ return function(context)
   -- fn's outcome under the group/retry convention: failure is raising or
   -- returning nil, err. Returns ok, results (packed) or false, err.
   local function outcome(fn, ...)
-    local r = pack(pcall(fn, ...))
+    local r = pack(wpcall(fn, ...))
     if not r[1] then return false, r[2] end
     if r[2] == nil and r[3] ~= nil then return false, r[3] end
     return true, r

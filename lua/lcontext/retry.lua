@@ -10,12 +10,13 @@
 return function(context)
   local type, error, tostring, pcall, getmetatable = type, error, tostring, pcall, getmetatable
   local min, max, floor, huge = math.min, math.max, math.floor, math.huge
-  local pack, unpack = table.pack, table.unpack
   local canceled, deadline_exceeded = context.canceled, context.deadline_exceeded
 
   -- Raise "bad argument #n to 'fname' (msg)" at the first caller outside
   -- this file (the user's code), wherever the check is made.
   local check = require "lcontext.check"
+  -- fn may wait: check.pcall lets it on Lua 5.1 too
+  local pack, unpack, wpcall = check.pack, check.unpack, check.pcall
   local argerr = check.argerr
 
   local callable = check.callable
@@ -294,7 +295,7 @@ return function(context)
       stats.attempts = stats.attempts + 1
       local actx, cancel = ctx, nil
       if attempt_timeout then actx, cancel = context.with_timeout(ctx, attempt_timeout) end
-      local r = pack(pcall(fn, actx, n))
+      local r = pack(wpcall(fn, actx, n))
       if cancel then cancel() end
       local err, hint
       if not r[1] then

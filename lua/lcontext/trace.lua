@@ -21,7 +21,7 @@ local type, tostring, tonumber, error, pairs, ipairs = type, tostring, tonumber,
 local getmetatable = getmetatable
 local sfmt, sfind, ssub, slower = string.format, string.find, string.sub, string.lower
 local concat, sort = table.concat, table.sort
-local floor, ceil, huge, mtype = math.floor, math.ceil, math.huge, math.type
+local floor, ceil, huge = math.floor, math.ceil, math.huge
 
 local T = {}
 
@@ -38,6 +38,7 @@ end
 -- {=== argument errors, reported at the user's call site ===}
 local check = require "lcontext.check"
 local argerr = check.argerr
+local mtype = check.math_type
 
 local is_ctx = check.is_ctx
 
@@ -142,7 +143,20 @@ end)
 
 T.FLAG_SAMPLED = 0x01
 
--- {=== ids: xoshiro256** seeded once from /dev/urandom ===}
+-- flags & FLAG_SAMPLED, for flags an integer from 0 to 255 (Lua 5.1 and
+-- LuaJIT have no & operator)
+local function sampled_bit(flags) return flags % 2 end
+
+-- {=== ids ===}
+-- new_hex64() -> 16 lowercase hex digits, random.
+local new_hex64
+
+if math.type then -- compat: 64-bit integers (5.3+)
+  -- Lua 5.3+: xoshiro256** on 64-bit integers, seeded once from
+  -- /dev/urandom. Compiled from a string: its operators (~ >> << | and
+  -- string.unpack) do not parse on Lua 5.1 and LuaJIT.
+  new_hex64 = assert(load([==[
+local sfmt, floor = string.format, math.floor
 local s0, s1, s2, s3
 
 local function splitmix(x)
@@ -162,8 +176,13 @@ local function seed()
     if bytes and #bytes == 16 then a, b = string.unpack("<i8i8", bytes) end
   end
   if not a then -- no /dev/urandom: Lua's own generator (randomly seeded at startup)
-    a = math.random(0)
-    b = math.random(0) ~ floor(os.time()) ~ floor(os.clock() * 1e9)
+    if pcall(math.random, 0) then -- 5.4: math.random(0) is a random integer
+      a = math.random(0)
+      b = math.random(0) ~ floor(os.time()) ~ floor(os.clock() * 1e9)
+    else -- 5.3
+      a = math.random(0, 0x7fffffff) << 32 | math.random(0, 0x7fffffff)
+      b = math.random(0, 0x7fffffff) ~ floor(os.time()) ~ floor(os.clock() * 1e9)
+    end
   end
   local x = a
   x, s0 = splitmix(x)
@@ -188,18 +207,46 @@ local function next64()
   return result
 end
 
+return function() return sfmt("%016x", next64()) end
+]==], "=lcontext/trace.lua (ids)"))()
+else
+  -- Lua 5.1 and LuaJIT (no 64-bit integers): bytes from /dev/urandom, read
+  -- 4 KiB at a time; Lua's generator where /dev/urandom is missing.
+  local buf, pos = "", 1
+  local function refill()
+    local f = io.open("/dev/urandom", "rb")
+    local b = f and f:read(4096)
+    if f then f:close() end
+    if not b or #b < 8 then
+      local t = {}
+      for i = 1, 4096 do t[i] = string.char(math.random(0, 255)) end
+      b = concat(t)
+    end
+    buf, pos = b, 1
+  end
+  local function hexbyte(c) return sfmt("%02x", c:byte()) end
+  new_hex64 = function()
+    if pos + 7 > #buf then refill() end
+    local s = ssub(buf, pos, pos + 7)
+    pos = pos + 8
+    return (s:gsub(".", hexbyte))
+  end
+end
+
+local ZERO64 = "0000000000000000"
+
 --- trace.new_trace_id() -> 32 lowercase hex digits, random, never all zero
 function T.new_trace_id()
   local a, b
-  repeat a, b = next64(), next64() until a ~= 0 or b ~= 0
-  return sfmt("%016x%016x", a, b)
+  repeat a, b = new_hex64(), new_hex64() until a ~= ZERO64 or b ~= ZERO64
+  return a .. b
 end
 
 --- trace.new_span_id() -> 16 lowercase hex digits, random, never all zero
 function T.new_span_id()
   local a
-  repeat a = next64() until a ~= 0
-  return sfmt("%016x", a)
+  repeat a = new_hex64() until a ~= ZERO64
+  return a
 end
 
 -- {=== grpc-timeout ===}
@@ -399,7 +446,7 @@ function T.extract(headers, parent, opts)
   if tp then
     ctx = with_value(ctx, T.TRACE_ID, tp.trace_id)
     ctx = with_value(ctx, T.SPAN_ID, tp.parent_id)
-    ctx = with_value(ctx, T.TRACE_FLAGS, tp.flags & T.FLAG_SAMPLED)
+    ctx = with_value(ctx, T.TRACE_FLAGS, sampled_bit(tp.flags))
     if found[H_TRACESTATE] then
       local members, swhy = parse_tracestate(concat(found[H_TRACESTATE], ","))
       if not members then
@@ -473,7 +520,7 @@ function T.inject(ctx, headers)
   local trace_id = ctx:value(T.TRACE_ID)
   local flags = T.FLAG_SAMPLED
   if trace_id then
-    flags = (ctx:value(T.TRACE_FLAGS) or 0) & T.FLAG_SAMPLED
+    flags = sampled_bit(ctx:value(T.TRACE_FLAGS) or 0)
     local state = ctx:value(T.TRACESTATE)
     if state and state ~= "" then headers[H_TRACESTATE] = state end
   else
@@ -499,7 +546,7 @@ function T.info(ctx)
   if not trace_id and not rid then return nil end
   local flags = ctx:value(T.TRACE_FLAGS)
   local sampled
-  if flags then sampled = (flags & T.FLAG_SAMPLED) ~= 0 end
+  if flags then sampled = sampled_bit(flags) ~= 0 end
   return {
     trace_id = trace_id,
     span_id = ctx:value(T.SPAN_ID),
