@@ -169,7 +169,9 @@ describe("lcontext.ngx (mock ngx_lua)", function()
     -- the driver, and the callbacks' runner (once per batch of deadlines):
     -- never more than these two pending at once
     local timers = S.timers_made - made
-    assert.is_true(timers >= 2 and timers <= n / 2, "timers made: " .. timers)
+    -- (one per context would make at least n; batches depend on timing, so
+    -- slow runs, under ASan or valgrind, make more)
+    assert.is_true(timers >= 2 and timers < n, "timers made: " .. timers)
     assert.is_true(S.max_pending <= 2, "timers pending at once: " .. S.max_pending)
     assert.is_false(context.metrics().ngx_driver_running)
     assert.is_nil(core._next_wakeup())
