@@ -7,7 +7,7 @@
 # module under ASan+UBSan, busted under valgrind, busted with an aggressive
 # GC hook. SUITES="c lua asan valgrind gc" selects some of them.
 
-SUITES=${SUITES:-"c lua asan valgrind gc"}
+SUITES=${SUITES:-"c lua asan valgrind gc lua5.3 lua5.1 luajit ngx"}
 MAKE=${MAKE:-make}
 LUA=${LUA:-lua5.4}
 BUSTED="$LUA /usr/bin/busted"
