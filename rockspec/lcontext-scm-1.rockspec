@@ -16,7 +16,7 @@ description = {
   labels = { "context", "cancellation", "deadline", "timeout", "libev", "coroutines" },
 }
 dependencies = {
-  "lua >= 5.4",
+  "lua >= 5.1",
   -- optional, for context.logger's JSON: lua-cjson, or dkjson
 }
 external_dependencies = {
