@@ -18,11 +18,12 @@ void lc_new_cancel(lua_State *L, int ctxidx, lc_ctx *c) {
 }
 
 /* [-0, +1, v] check the cancel object at 1; push its context, return it */
-static lc_ctx *check_cancel(lua_State *L, const char *fname) {
+static lc_ctx *check_cancel(lua_State *L, const lc_runtime *rt,
+                            const char *fname) {
   if (lua_getmetatable(L, 1)) {
     const void *mt = lua_topointer(L, -1);
     lua_pop(L, 1);
-    if (mt == lc_rt(L)->cancelmt && lua_type(L, 1) == LUA_TUSERDATA) {
+    if (mt == rt->cancelmt && lua_type(L, 1) == LUA_TUSERDATA) {
       lua_getiuservalue(L, 1, 1);
       return (lc_ctx *)lua_touserdata(L, -1);
     }
@@ -35,8 +36,7 @@ static lc_ctx *check_cancel(lua_State *L, const char *fname) {
 ** Cancel with an optional cause (nil: none). A deadline that has already
 ** passed wins over the cancel, as it would have had its timer fired.
 */
-static void do_cancel(lua_State *L, lc_ctx *c, int causeidx) {
-  lc_runtime *rt = lc_rt(L);
+static void do_cancel(lua_State *L, lc_runtime *rt, lc_ctx *c, int causeidx) {
   ctx_node *n = lc_node(c);
   if (n->err != CTX_ERR_NONE) return;
   if (n->deadline != CTX_NEVER && ctx_poll(&rt->tree, n, lc_now()))
@@ -57,27 +57,29 @@ static void do_cancel(lua_State *L, lc_ctx *c, int causeidx) {
 /* cancel([cause])   [-0, +0, m]
 ** With a cause (any non-nil value) the context's cause() reports it. */
 static int l_cancel_call(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
   int hascause;
   lc_ctx *c;
   lua_settop(L, 2);
   hascause = !lua_isnil(L, 2);
-  c = check_cancel(L, "cancel");
-  do_cancel(L, c, hascause ? 2 : 0);
+  c = check_cancel(L, rt, "cancel");
+  do_cancel(L, rt, c, hascause ? 2 : 0);
   return 0;
 }
 
 /* __close: cancel without cause (the error that closes the scope, if any,
 ** is not a cancellation cause). */
 static int l_cancel_close(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
   lc_ctx *c;
   lua_settop(L, 2);
-  c = check_cancel(L, "cancel");
-  do_cancel(L, c, 0);
+  c = check_cancel(L, rt, "cancel");
+  do_cancel(L, rt, c, 0);
   return 0;
 }
 
 static int l_cancel_tostring(lua_State *L) {
-  check_cancel(L, "cancel");
+  check_cancel(L, lc_rt(L), "cancel");
   lua_pushfstring(L, "context.cancel: %p", lua_topointer(L, 1));
   return 1;
 }

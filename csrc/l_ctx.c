@@ -71,10 +71,9 @@ static int64_t deadline_after(int64_t now, lua_Number secs) {
 ** a context with a node of its own below the parent at index 1, and its
 ** cancel object. own: its own deadline (CTX_NEVER for none).
 */
-static lc_ctx *derive_f(lua_State *L, lc_ctx *p, int kind, int64_t own,
-                        int64_t now, int nflags) {
+static lc_ctx *derive_rt(lua_State *L, lc_runtime *rt, lc_ctx *p, int kind,
+                         int64_t own, int64_t now, int nflags) {
   size_t size = kind == LK_TIMER ? sizeof(lc_tctx) : sizeof(lc_cctx);
-  lc_runtime *rt = lc_rt(L);
   ctx_node *pn = p->cn;
   int anchored = !isroot(p);
   lc_cctx *c;
@@ -110,12 +109,15 @@ static lc_ctx *derive_f(lua_State *L, lc_ctx *p, int kind, int64_t own,
   return &c->h;
 }
 
+#define derive_f(L, p, kind, own, now, nflags) \
+  derive_rt(L, lc_rt(L), p, kind, own, now, nflags)
 #define derive(L, p, kind, own, now) derive_f(L, p, kind, own, now, 0)
 
 /* context.with_cancel(parent) -> ctx, cancel */
 static int l_with_cancel(lua_State *L) {
-  lc_ctx *p = lc_checkctx(L, 1, "with_cancel");
-  derive(L, p, LK_CANCEL, CTX_NEVER, 0);
+  lc_runtime *rt = lc_rt(L);
+  lc_ctx *p = lc_checkctx_rt(L, 1, "with_cancel", rt);
+  derive_rt(L, rt, p, LK_CANCEL, CTX_NEVER, 0, 0);
   return 2;
 }
 
@@ -127,12 +129,12 @@ static int l_with_cancel_cause(lua_State *L) {
 }
 
 /* [-0, +2, m] with_timeout / with_deadline, once the deadline is known */
-static int derive_timer(lua_State *L, lc_ctx *p, int64_t own, int64_t now,
-                        double epoch) {
+static int derive_timer(lua_State *L, lc_runtime *rt, lc_ctx *p, int64_t own,
+                        int64_t now, double epoch) {
   lc_ctx *c;
   int hascause = !lua_isnoneornil(L, 3);
   lua_settop(L, 3);
-  c = derive(L, p, LK_TIMER, own, now);
+  c = derive_rt(L, rt, p, LK_TIMER, own, now, 0);
   ((lc_tctx *)c)->epoch = epoch;
   if (hascause) {
     c->flags |= LCF_TCAUSE;
@@ -145,10 +147,12 @@ static int derive_timer(lua_State *L, lc_ctx *p, int64_t own, int64_t now,
 
 /* context.with_timeout(parent, seconds [, cause]) -> ctx, cancel */
 static int l_with_timeout(lua_State *L) {
-  lc_ctx *p = lc_checkctx(L, 1, "with_timeout");
+  lc_runtime *rt = lc_rt(L);
+  lc_ctx *p = lc_checkctx_rt(L, 1, "with_timeout", rt);
   lua_Number secs = lc_checkduration(L, 2, "with_timeout");
   int64_t now = lc_now();
-  return derive_timer(L, p, deadline_after(now, secs), now, clk_real() + secs);
+  return derive_timer(L, rt, p, deadline_after(now, secs), now,
+                      clk_real() + secs);
 }
 
 /* context.with_deadline(parent, epoch_seconds [, cause]) -> ctx, cancel */
@@ -156,7 +160,8 @@ static int l_with_deadline(lua_State *L) {
   lc_ctx *p = lc_checkctx(L, 1, "with_deadline");
   lua_Number at = lc_checkduration(L, 2, "with_deadline");
   int64_t now = lc_now();
-  return derive_timer(L, p, deadline_after(now, at - clk_real()), now, at);
+  return derive_timer(L, lc_rt(L), p, deadline_after(now, at - clk_real()),
+                      now, at);
 }
 
 /* core.detached(parent [, seconds]) -> ctx, cancel
@@ -422,7 +427,7 @@ static int l_value(lua_State *L) {
 
 /* ctx:err() -> nil | context.canceled | context.deadline_exceeded */
 static int l_err(lua_State *L) {
-  lc_ctx *c = lc_checkctx(L, 1, "err");
+  lc_ctx *c = lc_checkctx(L, 1, "err"); /* (the runtime only if needed) */
   lc_push_err(L, ctx_err_public(L, c));
   return 1;
 }

@@ -189,6 +189,17 @@ void lc_report(const char *what, lua_State *L, int idx);
 #define lc_rt(L) ((lc_runtime *)lua_touserdata(L, lc_uv(LC_UV_RT)))
 
 /* [-0, +0, -] the context at arg, or NULL: its metatable is one of ours */
+static inline lc_ctx *lc_testctx_rt(lua_State *L, int arg,
+                                     const lc_runtime *rt) {
+  lc_ctx *c = (lc_ctx *)lua_touserdata(L, arg);
+  if (c != NULL && lua_getmetatable(L, arg)) {
+    const void *mt = lua_topointer(L, -1);
+    lua_settop(L, -2);
+    if (mt == rt->mt[0] || mt == rt->mt[1]) return c;
+  }
+  return NULL;
+}
+
 static inline lc_ctx *lc_testctx_(lua_State *L, int arg) {
   lc_ctx *c = (lc_ctx *)lua_touserdata(L, arg);
   if (c != NULL && lua_getmetatable(L, arg)) {
@@ -203,6 +214,14 @@ static inline lc_ctx *lc_testctx_(lua_State *L, int arg) {
 /* [-0, +0, v] the context at arg, or an argument error */
 static inline lc_ctx *lc_checkctx(lua_State *L, int arg, const char *fname) {
   lc_ctx *c = lc_testctx_(L, arg);
+  if (c == NULL) lc_typeerror(L, arg, fname, "context");
+  return c;
+}
+
+/* the same, with the runtime at hand (one lookup less on hot paths) */
+static inline lc_ctx *lc_checkctx_rt(lua_State *L, int arg, const char *fname,
+                                     const lc_runtime *rt) {
+  lc_ctx *c = lc_testctx_rt(L, arg, rt);
   if (c == NULL) lc_typeerror(L, arg, fname, "context");
   return c;
 }
