@@ -20,6 +20,18 @@ local function pct(sorted, p)
   return sorted[math.max(1, math.ceil(#sorted * p))]
 end
 
+-- the best of 5 runs of n calls of body(), in ns per call (after a full GC)
+local function best_of(n, body)
+  local best = math.huge
+  for _ = 1, 5 do
+    collectgarbage()
+    local t0 = now()
+    for _ = 1, n do body() end
+    best = math.min(best, (now() - t0) / n * 1e9)
+  end
+  return best
+end
+
 local rows = {}
 local function row(name, value, unit, target)
   rows[#rows + 1] = { name, value, unit, target or "" }
@@ -28,36 +40,17 @@ end
 -- 0. what metrics and tracking cost when on (they are off by default)
 do
   local with_cancel = context.with_cancel
-  local function wc()
-    local best = math.huge
-    for _ = 1, 5 do
-      collectgarbage()
-      local n = 500000
-      local t0 = now()
-      for _ = 1, n do
-        local _, cancel = with_cancel(bg)
-        cancel()
-      end
-      best = math.min(best, (now() - t0) / n * 1e9)
-    end
-    return best
-  end
-  local off = wc()
-  -- the same below a cancellable parent: linked, so with a finaliser (what
-  -- every context would pay if the core pooled nodes: see README)
-  local parent = context.with_cancel(bg)
-  local best = math.huge
-  for _ = 1, 5 do
-    collectgarbage()
-    local n = 500000
-    local t0 = now()
-    for _ = 1, n do
+  local function below(parent)
+    return function()
       local _, cancel = with_cancel(parent)
       cancel()
     end
-    best = math.min(best, (now() - t0) / n * 1e9)
   end
-  local linked = best
+  local function wc() return best_of(500000, below(bg)) end
+  local off = wc()
+  -- the same below a cancellable parent: linked, so with a finaliser (what
+  -- every context would pay if the core pooled nodes: see README)
+  local linked = best_of(500000, below(context.with_cancel(bg)))
   context.debug.histograms(true)
   local hist = wc()
   context.debug.histograms(false)
@@ -115,18 +108,10 @@ end
 -- 3. with_timeout + cancel, empty wheel vs 1M waited-on deadlines
 local function timeout_cancel()
   local with_timeout = context.with_timeout
-  local best = math.huge
-  for _ = 1, 5 do
-    collectgarbage()
-    local n = 1000000
-    local t0 = now()
-    for _ = 1, n do
-      local _, cancel = with_timeout(bg, 3600)
-      cancel()
-    end
-    best = math.min(best, (now() - t0) / n * 1e9)
-  end
-  return best
+  return best_of(1000000, function()
+    local _, cancel = with_timeout(bg, 3600)
+    cancel()
+  end)
 end
 do
   local empty = timeout_cancel()

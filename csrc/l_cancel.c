@@ -8,8 +8,7 @@
 #include "lcontext_int.h"
 
 /* [-0, +1, m] a cancel object for the context c at index ctxidx */
-void lc_new_cancel(lua_State *L, int ctxidx, lc_ctx *c) {
-  (void)c;
+void lc_new_cancel(lua_State *L, int ctxidx) {
   lua_newuserdatauv(L, 0, 1);
   lua_pushvalue(L, ctxidx);
   lua_setiuservalue(L, -2, 1);

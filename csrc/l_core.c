@@ -43,7 +43,6 @@ int lc_typeerror(lua_State *L, int arg, const char *fname, const char *tname) {
   return lc_argerror(L, arg, fname, msg);
 }
 
-lc_ctx *lc_testctx(lua_State *L, int arg) { return lc_testctx_(L, arg); }
 
 /* [-0, +0, v] a finite number of seconds */
 lua_Number lc_checkduration(lua_State *L, int arg, const char *fname) {

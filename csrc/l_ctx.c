@@ -105,13 +105,10 @@ static lc_ctx *derive_rt(lua_State *L, lc_runtime *rt, lc_ctx *p, int kind,
     lua_setiuservalue(L, -2, 1);
   }
   if (rt->tracking) lc_track_new(L, rt, lua_gettop(L));
-  lc_new_cancel(L, lua_gettop(L), &c->h);
+  lc_new_cancel(L, lua_gettop(L));
   return &c->h;
 }
 
-#define derive_f(L, p, kind, own, now, nflags) \
-  derive_rt(L, lc_rt(L), p, kind, own, now, nflags)
-#define derive(L, p, kind, own, now) derive_f(L, p, kind, own, now, 0)
 
 /* context.with_cancel(parent) -> ctx, cancel */
 static int l_with_cancel(lua_State *L) {
@@ -124,7 +121,7 @@ static int l_with_cancel(lua_State *L) {
 /* context.with_cancel_cause(parent) -> ctx, cancel   (cancel(cause)) */
 static int l_with_cancel_cause(lua_State *L) {
   lc_ctx *p = lc_checkctx(L, 1, "with_cancel_cause");
-  derive(L, p, LK_CANCEL, CTX_NEVER, 0);
+  derive_rt(L, lc_rt(L), p, LK_CANCEL, CTX_NEVER, 0, 0);
   return 2;
 }
 
@@ -182,7 +179,7 @@ static int l_detached(lua_State *L) {
     epoch = clk_real() + secs;
   }
   lua_settop(L, 1);
-  c = derive_f(L, p, hasdl ? LK_TIMER : LK_CANCEL, own, now,
+  c = derive_rt(L, lc_rt(L), p, hasdl ? LK_TIMER : LK_CANCEL, own, now,
                CTX_F_NO_PARENT_DEADLINE);
   if (hasdl) ((lc_tctx *)c)->epoch = epoch;
   return 2;
@@ -248,7 +245,7 @@ static int l_merge(lua_State *L) {
     lua_setiuservalue(L, -2, i);
   }
   if (rt->tracking) lc_track_new(L, rt, lua_gettop(L));
-  lc_new_cancel(L, n + 1, &m->h);
+  lc_new_cancel(L, n + 1);
   return 2;
 }
 

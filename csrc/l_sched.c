@@ -639,6 +639,49 @@ void lc_flush_external(lua_State *L, lc_runtime *rt) {
   }
 }
 
+/* a waiter with a single wait of its own (callbacks, watches, signals) */
+static void init_single(lc_waiter *w, lc_wait *x, int kind) {
+  w->kind = (uint8_t)kind;
+  w->waits = x;
+  w->nwaits = 1;
+  x->w = w;
+  x->index = 1;
+}
+
+/* [-0, +1, m] a callback of after_func or _watch: fn (index 2) in user
+** value 1, the context (index 1) in user value 2 */
+static lc_callback *new_callback(lua_State *L, int kind) {
+  lc_callback *cb =
+      (lc_callback *)lua_newuserdatauv(L, sizeof(lc_callback), 2);
+  memset(cb, 0, sizeof *cb);
+  init_single(&cb->w, &cb->wait, kind);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 2);
+  return cb;
+}
+
+/* [-0, +0, m] keep the parked callback on top alive while something could
+** still run it: its context's chain, if only a cancel can end the context
+** (the callback is "weak"), else the loop's anchors */
+static void keep_callback(lua_State *L, lc_runtime *rt, lc_callback *cb,
+                          int weak) {
+  if (!weak) {
+    anchor(L, rt, -1);
+    return;
+  }
+  keep_chain(L, rt, 1, -1, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_weakcb);
+  lua_pushvalue(L, -2);
+  lua_rawsetp(L, -2, cb);
+  lua_pop(L, 1);
+  cb->weak = 1;
+}
+
+/* can only a cancel end c (no deadline, but a node)? */
+#define cancel_only(c) ((c)->cn != NULL && (c)->cn->deadline == CTX_NEVER)
+
 /* core._watch(ctx, fn [, "weak"]) -> handle, or nil if ctx is done already.
 ** fn(handle) is called once ctx is done (see lc_flush_external). A watch
 ** lives until it is called or unwatched; a "weak" one on a context with no
@@ -649,31 +692,15 @@ static int l_watch(lua_State *L) {
   lc_runtime *rt = lc_rt(L);
   lc_ctx *c = lc_checkctx(L, 1, "watch");
   lc_callback *cb;
+  int weak;
   if (!iscallable(L, 2)) lc_typeerror(L, 2, "watch", "function");
   if (lc_ctx_err(L, c) != CTX_ERR_NONE) return 0;
-  cb = (lc_callback *)lua_newuserdatauv(L, sizeof(lc_callback), 2);
-  memset(cb, 0, sizeof *cb);
-  cb->w.kind = WK_EXTERNAL;
-  cb->w.waits = &cb->wait;
-  cb->w.nwaits = 1;
-  cb->wait.w = &cb->w;
-  cb->wait.index = 1;
-  lua_pushvalue(L, 2);
-  lua_setiuservalue(L, -2, 1);
-  lua_pushvalue(L, 1);
-  lua_setiuservalue(L, -2, 2);
+  cb = new_callback(L, WK_EXTERNAL);
   arm_ctx(L, rt, &cb->wait, c);
   cb->w.state = WS_PARKED;
-  if (lua_type(L, 3) == LUA_TSTRING && strcmp(lua_tostring(L, 3), "weak") == 0 &&
-      (c->cn == NULL || c->cn->deadline == CTX_NEVER)) {
-    keep_chain(L, rt, 1, -1, 1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_weakcb);
-    lua_pushvalue(L, -2);
-    lua_rawsetp(L, -2, cb);
-    lua_pop(L, 1);
-    cb->weak = 1;
-  } else
-    anchor(L, rt, -1);
+  weak = lua_type(L, 3) == LUA_TSTRING && strcmp(lua_tostring(L, 3), "weak") == 0;
+  if (!weak || c->cn != NULL) /* a weak watch nothing can end: nothing keeps it */
+    keep_callback(L, rt, cb, weak && cancel_only(c));
   return 1;
 }
 
@@ -1229,36 +1256,19 @@ static int l_after_func(lua_State *L) {
   lc_ctx *c = lc_checkctx(L, 1, "after_func");
   lc_callback *cb;
   if (!iscallable(L, 2)) lc_typeerror(L, 2, "after_func", "function");
-  cb = (lc_callback *)lua_newuserdatauv(L, sizeof(lc_callback), 2);
-  memset(cb, 0, sizeof *cb);
-  cb->w.kind = WK_CALLBACK;
-  cb->w.waits = &cb->wait;
-  cb->w.nwaits = 1;
-  cb->wait.w = &cb->w;
-  cb->wait.index = 1;
-  lua_pushvalue(L, 2);
-  lua_setiuservalue(L, -2, 1);
-  lua_pushvalue(L, 1);
-  lua_setiuservalue(L, -2, 2);
+  cb = new_callback(L, WK_CALLBACK);
   rt->ncallbacks++;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_cbmt); /* counts those collected */
-  lua_setmetatable(L, -2);
   if (arm_ctx(L, rt, &cb->wait, c)) { /* done already: runs soon */
     anchor(L, rt, -1);
     push_ready(rt, &cb->w);
   } else {
     cb->w.state = WS_PARKED;
-    if (c->cn == NULL) {
-      /* never done: nothing will run it, nothing keeps it */
-    } else if (c->cn->deadline != CTX_NEVER)
-      anchor(L, rt, -1); /* its deadline will run it: the timer keeps it */
-    else { /* only a cancel can run it: whoever can cancel keeps it */
-      keep_chain(L, rt, 1, -1, 1);
-      lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_weakcb);
-      lua_pushvalue(L, -2);
-      lua_rawsetp(L, -2, cb);
-      lua_pop(L, 1);
-      cb->weak = 1;
+    if (c->cn != NULL) /* its deadline, or a cancel, will run it */
+      keep_callback(L, rt, cb, cancel_only(c));
+    if (c->cn == NULL || cb->weak) {
+      /* it may be collected unrun: a finaliser keeps the count right */
+      lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_cbmt);
+      lua_setmetatable(L, -2);
     }
   }
   lua_pushlightuserdata(L, rt);
@@ -1337,11 +1347,7 @@ static int l_signal(lua_State *L) {
   s = (lc_sigctx *)lua_newuserdatauv(
       L, sizeof(lc_sigctx) + (size_t)(n - 1) * sizeof(ev_signal), 1);
   memset(s, 0, sizeof *s);
-  s->w.kind = WK_SIGNAL;
-  s->w.waits = &s->wait;
-  s->w.nwaits = 1;
-  s->wait.w = &s->w;
-  s->wait.index = 1;
+  init_single(&s->w, &s->wait, WK_SIGNAL);
   s->rt = rt;
   s->c = c;
   s->nsig = n;

@@ -32,8 +32,6 @@
 ** ======================================================================= */
 #if LUA_VERSION_NUM == 501
 
-#define LUA_RIDX_MAINTHREAD 1 /* not used: lc_mainthread below */
-
 static inline int lc_absindex(lua_State *L, int i) {
   return (i > 0 || i <= LUA_REGISTRYINDEX) ? i : lua_gettop(L) + i + 1;
 }

@@ -180,7 +180,6 @@ typedef struct lc_tctx {
 /* l_core.c */
 int lc_argerror(lua_State *L, int arg, const char *fname, const char *msg);
 int lc_typeerror(lua_State *L, int arg, const char *fname, const char *tname);
-lc_ctx *lc_testctx(lua_State *L, int arg);
 lua_Number lc_checkduration(lua_State *L, int arg, const char *fname);
 int64_t lc_now(void);
 void lc_weak_table(lua_State *L, const char *mode);
@@ -200,7 +199,7 @@ static inline lc_ctx *lc_testctx_rt(lua_State *L, int arg,
   return NULL;
 }
 
-static inline lc_ctx *lc_testctx_(lua_State *L, int arg) {
+static inline lc_ctx *lc_testctx(lua_State *L, int arg) {
   lc_ctx *c = (lc_ctx *)lua_touserdata(L, arg);
   if (c != NULL && lua_getmetatable(L, arg)) {
     const void *mt = lua_topointer(L, -1);
@@ -213,7 +212,7 @@ static inline lc_ctx *lc_testctx_(lua_State *L, int arg) {
 
 /* [-0, +0, v] the context at arg, or an argument error */
 static inline lc_ctx *lc_checkctx(lua_State *L, int arg, const char *fname) {
-  lc_ctx *c = lc_testctx_(L, arg);
+  lc_ctx *c = lc_testctx(L, arg);
   if (c == NULL) lc_typeerror(L, arg, fname, "context");
   return c;
 }
@@ -237,7 +236,7 @@ int lc_ctx_err(lua_State *L, lc_ctx *c);
 
 /* l_cancel.c */
 extern const luaL_Reg lc_cancel_meta[];
-void lc_new_cancel(lua_State *L, int ctxidx, lc_ctx *c);
+void lc_new_cancel(lua_State *L, int ctxidx);
 
 /* l_sched.c */
 extern const luaL_Reg lc_sched_funcs[];

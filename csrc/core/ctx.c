@@ -73,7 +73,7 @@ void ctx_tree_init(ctx_tree *t) {
   t->on_done = NULL;
   t->ud = NULL;
   t->clock = clk_mono_ns;
-  t->created = t->canceled = t->expired = 0;
+  t->created = 0;
   for (i = 0; i < 3; i++) t->done[i][0] = t->done[i][1] = 0;
   t->metrics = 0;
   ctx_hist_init(&t->lifetime, life_bounds,
@@ -138,10 +138,9 @@ int ctx_attach(ctx_tree *t, ctx_node *n, ctx_node *p, int64_t own_deadline,
     p = NULL; /* its parent ended by a deadline: that does not end it */
   if (p != NULL && p->err != CTX_ERR_NONE)
     set_done(t, n, p->err, p->o.origin);
-  else if ((n->flags & CTX_F_OWN_DEADLINE) && own_deadline <= now) {
-    t->expired++;
+  else if ((n->flags & CTX_F_OWN_DEADLINE) && own_deadline <= now)
     set_done(t, n, CTX_ERR_DEADLINE, n);
-  } else if (p != NULL)
+  else if (p != NULL)
     link_insert(&n->link, p, 0);
   return n->err;
 }
@@ -184,7 +183,6 @@ int ctx_cancel(ctx_tree *t, ctx_node *n, int err) {
   if (n->err != CTX_ERR_NONE) return 0;
   record_done(t, n, err, n, &now);
   unlink_parents(n);
-  if (err == CTX_ERR_DEADLINE) t->expired++; else t->canceled++;
   n->link.parent = 0;
   top = n;
   while (top != NULL) {
@@ -201,10 +199,7 @@ int ctx_cancel(ctx_tree *t, ctx_node *n, int err) {
       if (c->flags & CTX_F_OWN_DEADLINE) {
         /* a deadline that passed unobserved had ended c before this */
         if (now < 0) now = t->clock();
-        if (c->deadline <= now) {
-          record_done(t, c, CTX_ERR_DEADLINE, c, &now);
-          t->expired++;
-        }
+        if (c->deadline <= now) record_done(t, c, CTX_ERR_DEADLINE, c, &now);
       }
       if (c->err == CTX_ERR_NONE) record_done(t, c, cur->err, cur->o.origin, &now);
       unlink_parents(c);

@@ -103,7 +103,6 @@ struct ctx_tree {
   int64_t (*clock)(void); /* monotonic ns (clk_mono_ns; tests inject) */
   /* counters (for metrics) */
   uint64_t created;      /* nodes attached */
-  uint64_t canceled, expired; /* cancel walks started (by cancel, by a deadline) */
   uint64_t done[3][2];   /* nodes done, by err and by [0] own / [1] inherited */
   int metrics;           /* record lifetimes (a clock read per context) */
   ctx_hist lifetime;     /* how long nodes ran, made to done (metrics on) */

@@ -26,6 +26,32 @@ function M.argerr(fname, n, msg)
   error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level)
 end
 
+--- tname(v): the type name luaL_typeerror would print (the protected
+-- metatables of the core's objects are their names: "context", ...)
+local function tname(v)
+  local mt = getmetatable(v)
+  if type(mt) == "string" then return mt end
+  if type(mt) == "table" and type(mt.__name) == "string" then return mt.__name end
+  return type(v)
+end
+M.tname = tname
+
+--- ctx(v, fname, n): v must be a context
+function M.ctx(v, fname, n)
+  if getmetatable(v) ~= "context" then
+    M.argerr(fname, n, "context expected, got " .. tname(v))
+  end
+end
+
+--- seconds(v, fname, n): v must be a finite number of seconds
+function M.seconds(v, fname, n)
+  if type(v) ~= "number" then
+    M.argerr(fname, n, "number expected, got " .. tname(v))
+  elseif v ~= v or v == huge or v == -huge then
+    M.argerr(fname, n, "number is not finite")
+  end
+end
+
 --- callable(v): a function, or a value whose metatable has __call
 function M.callable(v)
   if type(v) == "function" then return true end

@@ -65,21 +65,7 @@ local function wait(fname, ...)
   return i
 end
 
-local function check_ctx(v, fname, argn)
-  if getmetatable(v) ~= "context" then
-    error(("bad argument #%d to '%s' (context expected, got %s)"):format(
-      argn, fname, type(v)), 3)
-  end
-end
-
-local function check_seconds(v, fname, argn)
-  if type(v) ~= "number" then
-    error(("bad argument #%d to '%s' (number expected, got %s)"):format(
-      argn, fname, type(v)), 3)
-  elseif v ~= v or v == math.huge or v == -math.huge then
-    error(("bad argument #%d to '%s' (number is not finite)"):format(argn, fname), 3)
-  end
-end
+local check_ctx, check_seconds = check.ctx, check.seconds
 
 --- ctx:done() -> ctx:err(), once ctx is done.
 function methods.done(ctx)

@@ -35,17 +35,16 @@ if type(ngx) ~= "table" or type(ngx.thread) ~= "table" or type(ngx.timer) ~= "ta
 end
 
 local core = require "lcontext.core"
+local check = require "lcontext.check"
 local semaphore = require "ngx.semaphore"
 
 local type, error, tostring, pcall, xpcall, select = type, error, tostring, pcall, xpcall, select
 local pairs, ipairs, getmetatable, setmetatable = pairs, ipairs, getmetatable, setmetatable
 local rawget = rawget
 local ceil, huge = math.ceil, math.huge
-local unpack = table.unpack or unpack
+local unpack, pack = check.unpack, check.pack
 local traceback = debug.traceback
 local newproxy = newproxy -- LuaJIT / 5.1: userdata with a __gc
-
-local function pack(...) return { n = select("#", ...), ... } end
 
 local watch, unwatch = core._watch, core._unwatch
 local advance, next_wakeup = core._advance, core._next_wakeup
@@ -78,33 +77,8 @@ local stats = {
 -------------------------------------------------------------------------------
 -- Argument checks, in luaL_argerror's words
 -------------------------------------------------------------------------------
-local function tname(v)
-  local mt = getmetatable(v)
-  if type(mt) == "string" then return mt end
-  return type(v)
-end
-
-local function check_ctx(v, fname, argn)
-  if getmetatable(v) ~= "context" then
-    error(("bad argument #%d to '%s' (context expected, got %s)"):format(
-      argn, fname, tname(v)), 3)
-  end
-end
-
-local function check_seconds(v, fname, argn)
-  if type(v) ~= "number" then
-    error(("bad argument #%d to '%s' (number expected, got %s)"):format(
-      argn, fname, type(v)), 3)
-  elseif v ~= v or v == huge or v == -huge then
-    error(("bad argument #%d to '%s' (number is not finite)"):format(argn, fname), 3)
-  end
-end
-
-local function callable(v)
-  if type(v) == "function" then return true end
-  local mt = getmetatable(v)
-  return type(mt) == "table" and mt.__call ~= nil
-end
+local tname, check_ctx, check_seconds = check.tname, check.ctx, check.seconds
+local callable = check.callable
 
 -- Phases whose code runs in a light thread that may yield.
 local YIELDABLE = {

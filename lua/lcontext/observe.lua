@@ -26,9 +26,7 @@ return function(context)
   local mtype = check.math_type -- before 5.3: integral numbers count as integers
 
   local is_ctx = check.is_ctx
-  local function check_ctx(v, fname, n)
-    if not is_ctx(v) then argerr(fname, n, "context expected, got " .. type(v)) end
-  end
+  local check_ctx = check.ctx
 
   local finite = check.finite
 

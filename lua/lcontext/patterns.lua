@@ -27,25 +27,13 @@ return function(context)
   -- Argument checking, in luaL_argerror's words. `level` 3 points at the
   -- caller of the API function that called the check.
 
-  -- the type name luaL_typeerror would print (protected metatables of the
-  -- core's objects are their names: "context", "context.task", ...)
-  local function tname(v)
-    local mt = getmetatable(v)
-    if type(mt) == "string" then return mt end
-    if type(mt) == "table" and type(mt.__name) == "string" then return mt.__name end
-    if v == nil then return "nil" end
-    return type(v)
-  end
+  local tname = check.tname
 
   local function argerror(n, fname, msg, level)
     error(fmt("bad argument #%d to '%s' (%s)", n, fname, msg), (level or 2) + 1)
   end
 
-  local function check_ctx(v, fname, n)
-    if getmetatable(v) ~= "context" then
-      argerror(n, fname, "context expected, got " .. tname(v), 3)
-    end
-  end
+  local check_ctx = check.ctx
 
   local function check_self(self, mt, fname)
     if getmetatable(self) ~= mt then

@@ -42,9 +42,7 @@ local mtype = check.math_type
 
 local is_ctx = check.is_ctx
 
-local function check_ctx(v, fname, n)
-  if not is_ctx(v) then argerr(fname, n, "context expected, got " .. type(v)) end
-end
+local check_ctx = check.ctx
 
 -- {=== grammar ===}
 local function lowhex(s, n)
