@@ -32,6 +32,7 @@ local floor = math.floor
 -- runs the loop until one fires.
 -- Errors raised by the core (a bad waitable, a deadlock, a coroutine that is
 -- not a task) are re-raised at the caller of the public function: level 3.
+-- (Called through pcall, the core's errors carry no position of their own.)
 local pcall = pcall
 
 -- park the running coroutine: true and the index of the wait that fired, or
@@ -58,10 +59,7 @@ local function wait(fname, ...)
       i = yield(TOKEN)
     end
   end
-  if not ok then
-    if type(i) == "string" then i = i:gsub("^[^:\n]*lcontext[/\\]init%.lua:%d+: ", "") end
-    error(i, 3)
-  end
+  if not ok then error(i, 3) end
   return i
 end
 
