@@ -24,7 +24,7 @@ add_counts() {
     p=$(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')
     f=$(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/')
   else
-    line=$(grep -E '[0-9]+ successes? / [0-9]+ failures? / [0-9]+ errors?' "$file" | tail -1)
+    line=$(grep -E '[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors?' "$file" | tail -1)
     if [ -n "$line" ]; then
       p=$(echo "$line" | grep -oE '[0-9]+ success' | grep -oE '[0-9]+')
       f1=$(echo "$line" | grep -oE '[0-9]+ failure' | grep -oE '[0-9]+')
@@ -39,6 +39,15 @@ add_counts() {
     f=1; echo "$name: exited with status $rc (memory errors or a crash)"
   fi
   echo "== $name: $p passed, $f failed"
+  echo "$name: $p passed, $f failed" >> "$OUT/summary"
+  if [ "$f" != 0 ]; then
+    # what failed, kept for the digest at the end (CI shows only the tail)
+    echo "-- $name:" >> "$OUT/failures"
+    grep -E -A3 '^(Failure|Error) -> |^not ok|^FAIL|ERROR SUMMARY: [1-9]|definitely lost: [1-9]|runtime error:|AddressSanitizer' \
+        "$file" | head -60 > "$OUT/digest"
+    [ -s "$OUT/digest" ] || tail -20 "$file" > "$OUT/digest"
+    cat "$OUT/digest" >> "$OUT/failures"
+  fi
   P=$((P + p)); F=$((F + f))
 }
 
@@ -54,7 +63,7 @@ run() { # run NAME CMD...: run a suite, show its output, count it
 for s in $SUITES; do
   case $s in
   c)
-    $MAKE -s build/test_ctx build/test_tw >/dev/null || { echo "C tests: build failed"; F=$((F + 1)); continue; }
+    $MAKE -s build/test_ctx build/test_tw >/dev/null || { echo "C tests: build failed" | tee -a "$OUT/failures"; F=$((F + 1)); continue; }
     run c-ctx ./build/test_ctx
     run c-tw ./build/test_tw
     ;;
@@ -62,7 +71,7 @@ for s in $SUITES; do
     run lua5.4 $BUSTED
     ;;
   asan)
-    $MAKE -s asan >/dev/null || { echo "asan: build failed"; F=$((F + 1)); continue; }
+    $MAKE -s asan >/dev/null || { echo "asan: build failed" | tee -a "$OUT/failures"; F=$((F + 1)); continue; }
     ASAN_LIB=$(${CC:-cc} -print-file-name=libasan.so)
     run asan env LD_PRELOAD="$ASAN_LIB" ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 \
         UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 LCONTEXT_BUILD=build-asan \
@@ -77,13 +86,13 @@ for s in $SUITES; do
     # the same specs on the other runtimes; *_54_spec.lua files test what
     # exists only in Lua 5.4 (each says why) and are left out
     case $s in lua5.3) b=build-5.3;; lua5.1) b=build-5.1;; luajit) b=build-jit;; esac
-    $MAKE -s "$b" >/dev/null || { echo "$s: build failed"; F=$((F + 1)); continue; }
+    $MAKE -s "$b" >/dev/null || { echo "$s: build failed" | tee -a "$OUT/failures"; F=$((F + 1)); continue; }
     run "$s" env LCONTEXT_LUA="$s" "$s" /usr/bin/busted --cpath="./$b/?.so" \
         --exclude-pattern=_54_spec --exclude-tags=novalgrind,only54
     ;;
   ngx)
     # OpenResty: a real nginx with ngx_lua on LuaJIT
-    $MAKE -s build-jit >/dev/null || { echo "ngx: build failed"; F=$((F + 1)); continue; }
+    $MAKE -s build-jit >/dev/null || { echo "ngx: build failed" | tee -a "$OUT/failures"; F=$((F + 1)); continue; }
     run ngx sh spec/ngx/run.sh
     ;;
   gc)
@@ -92,5 +101,13 @@ for s in $SUITES; do
   esac
 done
 
+# The digest: every suite's counts, then what failed, so that the last
+# screenful of a long run says where to look.
+echo "== summary"
+cat "$OUT/summary" 2>/dev/null
+if [ -s "$OUT/failures" ]; then
+  echo "== what failed"
+  cat "$OUT/failures"
+fi
 echo "$P passed, $F failed"
 [ "$F" = 0 ]
