@@ -25,6 +25,21 @@ local function show(v)
 end
 M.show = show
 
+-- ctx:remaining() is what a timeout of `timeout` seconds, set at or after
+-- `start` (an M.now() reading taken BEFORE the context was made), can have
+-- left: at most `timeout` (plus 1 ms of rounding up to the timer's tick),
+-- at least `timeout` minus the time since `start`. Exact on a quiet
+-- machine, and a stall of a loaded one cannot fail it.
+function M.remaining_near(ctx, timeout, start, what)
+  local left = ctx:remaining()
+  local low = timeout - (socket.gettime() - start) - 2e-3
+  if type(left) ~= "number" or left > timeout + 1e-3 or left < low then
+    error(string.format("%s: remaining() = %s, expected in [%.4f, %.4f]", what or "remaining",
+      tostring(left), low, timeout + 1e-3), 2)
+  end
+  return left
+end
+
 -- True while less than `limit` seconds (minus 2 ms of clock slack) have
 -- passed since `start` (an M.now() reading taken BEFORE the timed context was
 -- made): only then may a test insist that the deadline has not passed yet.

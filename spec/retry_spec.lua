@@ -196,20 +196,22 @@ describe("context.retry", function()
   end)
 
   it("never sleeps past the deadline: gives up at once with 'deadline'", function()
-    local ctx = context.with_timeout(bg, 0.05)
+    -- a 2 s budget and a 10 s first delay: it must not sleep at all (the
+    -- budget is wide so that a loaded machine cannot reach it meanwhile)
+    local ctx = context.with_timeout(bg, 2)
     local fn, calls = flaky(10)
     local t0 = now()
-    local r = { context.retry(ctx, fn, { attempts = 10, base = 1, jitter = "none" }) }
+    local r = { context.retry(ctx, fn, { attempts = 10, base = 10, jitter = "none" }) }
     assert.are.same({ nil, "fail 1", 1, "deadline" }, r)
-    assert.is_true(now() - t0 < 0.05, "it slept (towards) the deadline")
+    assert.is_true(now() - t0 < 1, "it slept (towards) the deadline")
     assert.is_nil(ctx:err())
   end)
 
   it("retries an ordinary error while the delay fits before the deadline", function()
-    local ctx = context.with_timeout(bg, 0.2)
-    local r = { context.retry(ctx, flaky(10), { attempts = 10, base = 0.12, factor = 1,
+    local ctx = context.with_timeout(bg, 0.5)
+    local r = { context.retry(ctx, flaky(10), { attempts = 10, base = 0.3, factor = 1,
       jitter = "none" }) }
-    -- attempt 1 at ~0: 0.12 < 0.2 left, retry; attempt 2 at ~0.12: 0.12 >= ~0.08 left
+    -- attempt 1 at ~0: 0.3 < 0.5 left, retry; attempt 2 at ~0.3: 0.3 >= ~0.2 left
     assert.are.same({ nil, "fail 2", 2, "deadline" }, r)
   end)
 
@@ -253,11 +255,11 @@ describe("context.retry", function()
   it("max_elapsed: no retry whose delay would end past it ('exhausted')", function()
     local fn, calls = flaky(100)
     local t0 = now()
-    local r = { context.retry(bg, fn, { attempts = math.huge, base = 0.01, factor = 2,
-      max_elapsed = 0.025, jitter = "none" }) }
-    -- delays 0.01 (ends at ~0.01, within), then 0.02 (would end at >= 0.03)
+    local r = { context.retry(bg, fn, { attempts = math.huge, base = 0.05, factor = 2,
+      max_elapsed = 0.125, jitter = "none" }) }
+    -- delays 0.05 (ends at ~0.05, within), then 0.1 (would end at >= 0.15)
     assert.are.same({ nil, "fail 2", 2, "exhausted" }, r)
-    assert.is_true(now() - t0 < 0.025 + SLACK)
+    assert.is_true(now() - t0 < 0.125 + SLACK)
   end)
 
   it("honours retry_after: the third return value, or err.retry_after", function()
