@@ -6,7 +6,7 @@
 -- respond) shares of what is left when each starts, so time that auth does
 -- not use is passed on. Inside "process", context.service_timeouts gives
 -- each backend call its own timeout, clamped to what the stage has left
--- minus a reserve kept for the reply. A second request with only 40 ms
+-- minus a reserve kept for the reply. A second request with only 100 ms
 -- shows the fail-fast rules: a stage that cannot get its minimum, and a call
 -- for which nothing is left, are done at once with deadline_exceeded.
 local context = require "lcontext"
@@ -18,8 +18,8 @@ local function say(fmt, ...)
 end
 local function ms(s) return s and string.format("%.0f ms", s * 1000) or "no deadline" end
 
--- per-call timeouts; keep 20 ms of every stage for the reply
-local services = context.service_timeouts { user = 0.1, search = 1, default = 0.2, overhead = 0.02 }
+-- per-call timeouts; keep 50 ms of every stage for the reply
+local services = context.service_timeouts { user = 0.1, search = 1, default = 0.2, overhead = 0.05 }
 
 -- a backend that answers after `latency` seconds, unless its context ends
 local function call(ctx, name, latency)
@@ -72,11 +72,11 @@ end
 context.go(function()
   handle("request 1", 0.3, 0.01)
   print()
-  handle("request 2", 0.04, 0.001)
+  handle("request 2", 0.1, 0.001)
   print()
   -- a call made when the request has less left than the reserve
-  local req, cancel <close> = context.with_timeout(bg, 0.015)
-  say("request 3: budget 15 ms, less than the 20 ms reserve")
+  local req, cancel <close> = context.with_timeout(bg, 0.04)
+  say("request 3: budget 40 ms, less than the 50 ms reserve")
   call(req, "user", 0.001)
 end)
 context.run()

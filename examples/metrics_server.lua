@@ -48,11 +48,12 @@ end, serving)
 
 -- some traffic worth measuring
 local db = context.operation("db.query")
+local traffic = {}
 for i = 1, 5 do
-  context.go(function()
-    local ctx, done = db:start(bg, 0.03)
-    -- two calls well inside their 30 ms budget, three far past it
-    context.sleep(ctx, i <= 2 and 0.002 or 0.2)
+  traffic[i] = context.go(function()
+    local ctx, done = db:start(bg, 0.25)
+    -- two calls well inside their 250 ms budget, three past it
+    context.sleep(ctx, i <= 2 and 0.002 or 1)
     done()
   end)
 end
@@ -78,7 +79,7 @@ end
 local serve_for = arg and arg[1] == "--serve" and tonumber(arg[2]) or nil
 local text
 context.go(function()
-  context.sleep(bg, 0.1) -- let the traffic finish
+  for _, t in ipairs(traffic) do t:wait() end -- let the traffic finish
   if serve_for then
     print(("serving http://127.0.0.1:%d/metrics for %g s"):format(port, serve_for))
     context.sleep(bg, serve_for)

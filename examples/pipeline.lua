@@ -83,13 +83,15 @@ local function request(id, opts)
 end
 
 context.go(function()
-  request("req-1", { budget = 0.2, load_time = 0.02, price_time = 0.01 })
+  -- (each story keeps 50 ms or more between the events that must not swap,
+  -- so that it holds on a loaded machine)
+  request("req-1", { budget = 0.5, load_time = 0.02, price_time = 0.01 })
   print()
   -- the client leaves while "load order" runs: the checkpoint stops it after
-  request("req-2", { budget = 0.2, load_time = 0.04, price_time = 0.01,
-    client_leaves_after = 0.02 })
+  request("req-2", { budget = 0.5, load_time = 0.15, price_time = 0.01,
+    client_leaves_after = 0.06 })
   print()
   -- "price" is too slow for the budget: it watches the context and stops
-  request("req-3", { budget = 0.06, load_time = 0.01, price_time = 0.5 })
+  request("req-3", { budget = 0.2, load_time = 0.01, price_time = 0.5 })
 end)
 context.run()

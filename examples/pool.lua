@@ -113,11 +113,13 @@ end
 
 context.on_error(function(err) say("(task failed: %s)", tostring(err)) end)
 
-borrower("A", 0.000, 0.200, 0.020, "release") -- uses conn-1 for 20 ms
-borrower("B", 0.001, 0.080, 0.010, "forget")  -- holds conn-2 until its budget ends
-borrower("C", 0.005, 0.200, 0.030, "crash")   -- waits, gets conn-1, crashes
-borrower("D", 0.010, 0.020, 0.010, "release") -- cannot wait long enough
-borrower("E", 0.015, 0.200, 0.050, "release") -- gets what C dropped
-borrower("F", 0.060, 0.200, 0.010, "release") -- gets what B forgot
+-- (the timings leave 60 ms or more between the events that must not swap,
+-- so the story holds on a loaded machine)
+borrower("A", 0.000, 0.600, 0.060, "release") -- uses conn-1 for 60 ms
+borrower("B", 0.010, 0.240, 0.030, "forget")  -- holds conn-2 until its budget ends
+borrower("C", 0.020, 0.600, 0.090, "crash")   -- waits, gets conn-1, crashes
+borrower("D", 0.030, 0.060, 0.030, "release") -- cannot wait long enough
+borrower("E", 0.045, 0.600, 0.150, "release") -- gets what C dropped
+borrower("F", 0.180, 0.600, 0.030, "release") -- gets what B forgot
 context.run()
 say("pool: %s", pool:status())

@@ -160,23 +160,25 @@ local function call_inventory(ctx)
   say("frontend -> inventory: traceparent %s, grpc-timeout %s, x-request-timeout-ms %s",
     headers.traceparent, headers["grpc-timeout"], headers["x-request-timeout-ms"])
 
+  -- (failures return the span too: the hop was made, whatever came of it)
+  local function fail(e) return nil, e, nil, span end
   local c = socket.tcp()
   c:settimeout(0)
   local ok, err = c:connect("127.0.0.1", port)
   if not ok and err ~= "timeout" and err ~= "Operation already in progress" then
-    c:close(); return nil, err
+    c:close(); return fail(err)
   end
   if not ok then
     local ready, werr = context.wait_fd(ctx, c, "w")
-    if not ready then c:close(); return nil, werr end
+    if not ready then c:close(); return fail(werr) end
   end
   local sent, serr = send_all(ctx, c, table.concat(lines, "\r\n") .. "\r\n\r\n")
-  if not sent then c:close(); return nil, serr end
+  if not sent then c:close(); return fail(serr) end
   local status, rheaders = read_head(ctx, c)
-  if not status then c:close(); return nil, rheaders end
+  if not status then c:close(); return fail(rheaders) end
   local body, berr = read_rest(ctx, c)
   c:close()
-  if not body then return nil, berr end
+  if not body then return fail(berr) end
   return status:match("^HTTP/%S+ (%d+)"), body, rheaders, span
 end
 

@@ -10,6 +10,7 @@
 -- adds the entries of the table it returns.
 return function(context)
   local with_cancel, with_timeout = context.with_cancel, context.with_timeout
+  local with_deadline = context.with_deadline
   local without_cancel, after_func = context.without_cancel, context.after_func
   local origin, now = context.origin, context.now
   local CANCELED, DEADLINE = context.canceled, context.deadline_exceeded
@@ -446,7 +447,8 @@ return function(context)
     return setmetatable({ timeouts = timeouts, overhead = t.overhead or 0 }, Services)
   end
 
-  -- seconds for `name` under ctx: min(its timeout, remaining - overhead)
+  -- seconds for `name` under ctx: min(its timeout, remaining - overhead),
+  -- and whether the second one is the smaller
   local function service_timeout(self, fname, ctx, name)
     if name ~= nil and type(name) ~= "string" then
       argerror(2, fname, "string expected, got " .. tname(name), 3)
@@ -456,25 +458,31 @@ return function(context)
       argerror(2, fname, fmt("unknown service '%s', and no default", tostring(name)), 3)
     end
     local r = ctx:remaining()
-    if r then t = min(t, r - self.overhead) end
-    return t
+    if r and r - self.overhead < t then return r - self.overhead, true end
+    return t, false
   end
 
   --- st:timeout(ctx, name) -> seconds (<= 0: nothing left)
   function Services.timeout(self, ctx, name)
     check_self(self, Services, "timeout")
     check_ctx(ctx, "timeout", 1)
-    return service_timeout(self, "timeout", ctx, name)
+    return (service_timeout(self, "timeout", ctx, name))
   end
 
   --- st:with(ctx, name) -> ctx, cancel
   function Services.with(self, ctx, name)
     check_self(self, Services, "with")
     check_ctx(ctx, "with", 1)
-    local t = service_timeout(self, "with", ctx, name)
+    local t, clamped = service_timeout(self, "with", ctx, name)
     if t <= 0 then
       return with_timeout(ctx, 0, fmt("service_timeouts: no time left for '%s' (reserve %s)",
         name or "default", ms(self.overhead)))
+    end
+    if clamped then
+      -- clamped by the reserve: the child ends at the parent's deadline
+      -- minus the reserve, so that no pause between reading what is left
+      -- and making the child can move its end into the reserve
+      return with_deadline(ctx, ctx:deadline() - self.overhead)
     end
     return with_timeout(ctx, t)
   end
