@@ -34,8 +34,7 @@ RUNTIME_PKGS = lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit2 libluajit2-5.
 BENCH_PKGS   = golang-go
 FUZZ_PKGS    = clang
 
-.PHONY: all build deps demo test bench fuzz clean \
-        test-c test-lua test-examples test-asan test-valgrind test-gcstress
+.PHONY: all build deps demo test bench fuzz stress clean
 
 all: build
 build: $(MODULE)
@@ -99,6 +98,15 @@ bench: build
 fuzz:
 	@sh tools/deps.sh $(FUZZ_PKGS)
 	@sh tools/fuzz.sh
+
+# The Lua 5.4 suite with random pauses at clock reads (tools/stall.c):
+# finds timing-fragile tests. Not part of `make test`.
+stress: deps build $(BUILD)/stall.so
+	@sh tools/stress.sh
+
+$(BUILD)/stall.so: tools/stall.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CSTD) -O2 -shared -fPIC -o $@ tools/stall.c -ldl
 
 clean:
 	rm -rf $(BUILD) build-asan

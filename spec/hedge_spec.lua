@@ -143,7 +143,14 @@ describe("context.hedge", function()
   it("stops when the caller cancels", function()
     local ctx, cancel = context.with_cancel(bg)
     local fn, log = planned { 5, 5 }
-    context.go(function() context.sleep(bg, 0.003); cancel() end)
+    -- cancel once both attempts run (polling: no timing to count on)
+    context.go(function()
+      for _ = 1, 5000 do
+        if #log.started >= 2 then break end
+        context.sleep(bg, 0.001)
+      end
+      cancel()
+    end)
     local r = { context.hedge(ctx, fn, { delay = 0.001 }) }
     assert.are.same({ nil, canceled }, r)
     context.run()
