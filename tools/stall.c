@@ -3,19 +3,21 @@
 ** and then, as a loaded machine would, to find tests whose outcome depends
 ** on timing they cannot count on.
 **
-** Every clock_gettime() (and gettimeofday(), which goes through it) sleeps
-** first, with probability STALL_P (default 0.005), for a uniformly random
-** 0..STALL_MS milliseconds (default 40). The clock is where a pause hurts:
-** between reading what time is left and acting on it. STALL_SEED (default
-** 1) makes a run repeatable. Processes started from the test (the examples)
-** inherit the shim through the environment.
+** Every clock_gettime() of the monotonic clock sleeps first, with
+** probability STALL_P (default 0.005), for a uniformly random 0..STALL_MS
+** milliseconds (default 40). The clock is where a pause hurts: between
+** reading what time is left and acting on it. The wall clock is read
+** without pauses: lcontext reads it right after the monotonic one to pair
+** the two (an epoch deadline), a window of nanoseconds that a real
+** preemption practically never splits, but the shim always would.
+** STALL_SEED (default 1) makes a run repeatable. Processes started from
+** the test (the examples) inherit the shim through the environment.
 **
 ** Not linked into lcontext; a test tool only.
 */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stdlib.h>
-#include <sys/time.h>
 #include <time.h>
 
 typedef int (*clock_fn)(clockid_t, struct timespec *);
@@ -53,15 +55,6 @@ static void maybe_stall(void) {
 
 int clock_gettime(clockid_t id, struct timespec *tp) {
   if (!configured) configure();
-  maybe_stall();
+  if (id != CLOCK_REALTIME) maybe_stall();
   return real_clock_gettime(id, tp);
-}
-
-int gettimeofday(struct timeval *tv, void *tz) {
-  struct timespec ts;
-  (void)tz;
-  if (clock_gettime(CLOCK_REALTIME, &ts) != 0) return -1;
-  tv->tv_sec = ts.tv_sec;
-  tv->tv_usec = (suseconds_t)(ts.tv_nsec / 1000);
-  return 0;
 }
