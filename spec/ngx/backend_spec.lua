@@ -255,7 +255,9 @@ describe("lcontext.ngx (mock ngx_lua)", function()
         assert.is_nil(ok)
         assert.are.equal(context.canceled, err)
       end
-      assert.is_true(context.now() - t0 < 0.05)
+      -- (the sleeps are 10 s: anything near 1 s is the cancel, with room
+      -- for a loaded machine)
+      assert.is_true(context.now() - t0 < 1)
     end)
   end)
 
@@ -366,7 +368,7 @@ describe("lcontext.ngx (mock ngx_lua)", function()
       mock.quit()
       local t0 = context.now()
       assert.are.equal(context.deadline_exceeded, t:wait())
-      assert.is_true(context.now() - t0 < 0.1)
+      assert.is_true(context.now() - t0 < 1)
     end)
     S.exiting = false
     assert.are.same({}, mock.errors())
