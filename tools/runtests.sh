@@ -43,7 +43,7 @@ add_counts() {
   if [ "$f" != 0 ]; then
     # what failed, kept for the digest at the end (CI shows only the tail)
     echo "-- $name:" >> "$OUT/failures"
-    grep -E -A3 '^(Failure|Error) -> |^not ok|^FAIL|ERROR SUMMARY: [1-9]|definitely lost: [1-9]|runtime error:|AddressSanitizer' \
+    grep -E -A3 '^(Failure|Error) -> |^not ok|^FAIL|^==[0-9]+== |runtime error:|AddressSanitizer' \
         "$file" | head -60 > "$OUT/digest"
     [ -s "$OUT/digest" ] || tail -20 "$file" > "$OUT/digest"
     cat "$OUT/digest" >> "$OUT/failures"

@@ -12,7 +12,7 @@ return function(context)
   local with_cancel, with_timeout = context.with_cancel, context.with_timeout
   local with_deadline = context.with_deadline
   local without_cancel, after_func = context.without_cancel, context.after_func
-  local origin, now = context.origin, context.now
+  local origin, now, time = context.origin, context.now, context.time
   local CANCELED, DEADLINE = context.canceled, context.deadline_exceeded
 
   local type, getmetatable, setmetatable = type, getmetatable, setmetatable
@@ -353,19 +353,20 @@ return function(context)
     return setmetatable({
       ctx = ctx, weight = weight, order = order, started = {},
       mins = mins, reserve = reserve,
-      end_time = total and now() + total,
+      end_at = total and time() + total,
     }, Split)
   end
 
-  -- seconds the split may still hand out (after the reserve), or nil: no budget
+  -- seconds the split may still hand out (after the reserve), or nil: no
+  -- budget; and the time (epoch seconds) it was reckoned at. A stage ends
+  -- at that time plus its share, so that no pause between the reckoning and
+  -- the making of the stage can move its end into the reserve.
   local function available(self)
-    local r = self.ctx:remaining()
-    if self.end_time then
-      local t = self.end_time - now()
-      if r == nil or t < r then r = t end
-    end
-    if r == nil then return nil end
-    return r - self.reserve
+    local t = time()
+    local d = self.ctx:deadline()
+    if self.end_at and (d == nil or self.end_at < d) then d = self.end_at end
+    if d == nil then return nil end
+    return d - t - self.reserve, t
   end
 
   local function start_stage(self, name)
@@ -374,7 +375,7 @@ return function(context)
     for n, w in pairs(self.weight) do
       if not self.started[n] then left = left + w end
     end
-    local avail = available(self)
+    local avail, at = available(self)
     if avail == nil then return with_cancel(self.ctx) end
     local give = avail * (self.weight[name] / left)
     local need = type(self.mins) == "table" and (self.mins[name] or 0) or self.mins
@@ -382,7 +383,7 @@ return function(context)
       return with_timeout(self.ctx, 0, fmt("split: stage '%s' gets %s, needs at least %s",
         name, ms(max(give, 0)), ms(need)))
     end
-    return with_timeout(self.ctx, give)
+    return with_deadline(self.ctx, at + give)
   end
 
   --- s:stage(name) -> ctx, cancel
