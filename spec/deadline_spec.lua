@@ -75,7 +75,8 @@ describe("deadline()", function()
       (p:with_deadline(p:deadline() + 0.5)),
     } do
       h.near(c:deadline(), p:deadline(), 1e-6, "child deadline()")
-      assert.is_true(c:remaining() <= p:remaining() + 1e-3)
+      local pr = p:remaining() -- (the parent's first: time only shrinks the child's)
+      assert.is_true(c:remaining() <= pr + 1e-3)
     end
   end)
 end)
@@ -291,6 +292,8 @@ describe("a deadline with no loop running", function()
     for _ = 1, 2000 do
       for _, c in ipairs(ctxs) do assert(c:is_done() == false) end
     end
-    assert.is_true(h.now() - start < 2, "10,000 is_done() calls took " .. (h.now() - start) .. " s")
+    -- (a call that blocked would wait for an hour; 10 s is room for a
+    -- loaded machine or valgrind)
+    assert.is_true(h.now() - start < 10, "10,000 is_done() calls took " .. (h.now() - start) .. " s")
   end)
 end)

@@ -33,6 +33,7 @@ describe("external watches", function()
   end)
 
   it("put deadlines in the wheel; _advance fires them, never early", function()
+    local start = context.now()
     local ctx = context.with_timeout(bg, 0.02)
     local told = 0
     local h = core._watch(ctx, function() told = told + 1 end)
@@ -41,7 +42,8 @@ describe("external watches", function()
     local wake = core._next_wakeup()
     assert.is_true(wake >= 0 and wake <= 0.021)
     core._advance()
-    assert.are.equal(0, told) -- not yet
+    -- not yet (unless the machine paused past the deadline meanwhile)
+    if context.now() - start < 0.018 then assert.are.equal(0, told) end
     busy(0.025)
     core._advance()
     assert.are.equal(1, told)
