@@ -47,7 +47,7 @@ describe("context.metrics", function()
   end)
 
   it("counts timers fired, waiting tasks and pending callbacks", function()
-    local ctx = context.with_timeout(bg, 0.01)
+    local ctx = context.with_timeout(bg, 0.2)
     local stop = context.after_func(ctx, function() end)
     local t = context.go(function() ctx:done() end)
     context.step()

@@ -76,7 +76,7 @@ describe("context.scope", function()
 
   it("drops children that ended by themselves", function()
     local sc = context.scope(bg)
-    local quick = sc:start("quick", 0.01)
+    local quick = sc:start("quick", 0.2)
     local _, cancel = sc:start("own")
     sc:start("slow", 60)
     cancel() -- the child's own cancel, not the scope's

@@ -348,7 +348,7 @@ describe("context.step", function()
   end)
 
   it("returns true while work is left", function()
-    local c, cancel = context.with_timeout(bg, 0.05)
+    local c, cancel = context.with_timeout(bg, 30)
     local t = context.go(function() return c:done() end)
     assert.is_true(context.step())
     assert.is_true(context.step(0.001))
@@ -366,11 +366,11 @@ end)
 describe("context.sleep", function()
   it("wakes sleepers in the order of their durations", function()
     local order = {}
-    for _, ms in ipairs { 30, 10, 20 } do
+    for _, ms in ipairs { 300, 100, 200 } do
       context.go(function() context.sleep(bg, ms / 1000); order[#order + 1] = ms end)
     end
     context.run()
-    assert.are.same({ 10, 20, 30 }, order)
+    assert.are.same({ 100, 200, 300 }, order)
   end)
 
   it("returns true after at least the duration (never early)", function()

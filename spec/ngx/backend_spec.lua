@@ -24,8 +24,9 @@ local context = require "lcontext.ngx"
 local bg = context.background()
 local S = mock.state
 
+-- never early; late by no more than a loaded machine can explain
 local function close_to(v, want, slack)
-  return v >= want - 0.001 and v <= want + (slack or 0.08)
+  return v >= want - 0.001 and v <= want + (slack or 0.5)
 end
 
 describe("lcontext.ngx (mock ngx_lua)", function()
@@ -69,8 +70,8 @@ describe("lcontext.ngx (mock ngx_lua)", function()
 
   it("ctx:done() ends at the deadline, never early", function()
     mock.run(function()
+      local t0 = context.now() -- (before the context: a pause cannot shorten it)
       local ctx = context.with_timeout(bg, 0.05)
-      local t0 = context.now()
       assert.are.equal(context.deadline_exceeded, ctx:done())
       assert.is_true(close_to(context.now() - t0, 0.05))
     end)
@@ -81,8 +82,8 @@ describe("lcontext.ngx (mock ngx_lua)", function()
       local t0 = context.now()
       assert.is_true(context.sleep(bg, 0.03))
       assert.is_true(close_to(context.now() - t0, 0.03))
-      local ctx = context.with_timeout(bg, 0.02)
       t0 = context.now()
+      local ctx = context.with_timeout(bg, 0.02)
       local ok, err = context.sleep(ctx, 5)
       assert.is_nil(ok)
       assert.are.equal(context.deadline_exceeded, err)
@@ -200,15 +201,23 @@ describe("lcontext.ngx (mock ngx_lua)", function()
       local stop = context.after_func(ctx, function() ran2 = ran2 + 1 end)
       assert.is_true(stop())
       assert.is_false(stop())
+      -- (the callbacks run in timers of their own: the loops below give
+      -- them the time a loaded machine may need)
+      local function until_ran(n)
+        for _ = 1, 200 do
+          if ran >= n then break end
+          context.sleep(bg, 0.005)
+        end
+      end
       cancel()
       assert.are.equal(0, ran) -- never inside cancel()
-      context.sleep(bg, 0.01)
+      until_ran(1)
       assert.are.equal(1, ran)
       local done_ctx, c2 = bg:with_cancel()
       c2()
       local stop2 = context.after_func(done_ctx, function() ran = ran + 1 end)
       assert.is_false(stop2())
-      context.sleep(bg, 0.01)
+      until_ran(2)
       assert.are.equal(2, ran)
     end)
     assert.are.equal(0, ran2)
@@ -265,8 +274,13 @@ describe("lcontext.ngx (mock ngx_lua)", function()
     mock.run(function()
       local ctx = context.with_timeout(bg, 30)
       local t = context.go(function() return ctx:done() end)
-      context.sleep(bg, 0.005)
-      assert.is_truthy(core._next_wakeup())
+      -- until the task waits (it starts after go returns, at a time the
+      -- mock's scheduler picks)
+      for _ = 1, 200 do
+        if core._next_wakeup() then break end
+        context.sleep(bg, 0.005)
+      end
+      assert.is_truthy(core._next_wakeup() ~= nil)
       mock.ngx.thread.kill(t:thread())
     end)
     collectgarbage()
@@ -347,11 +361,16 @@ describe("lcontext.ngx (mock ngx_lua)", function()
 
   it("metrics count the backend's tasks and waits", function()
     mock.run(function()
-      local t = context.go(function() context.sleep(bg, 0.01) end)
-      context.sleep(bg, 0.002)
+      local ctx, cancel = bg:with_cancel()
+      local t = context.go(function() context.sleep(ctx, 30) end)
+      for _ = 1, 200 do -- until the task waits (see above)
+        if context.metrics().tasks_waiting > 0 then break end
+        context.sleep(bg, 0.002)
+      end
       local m = context.metrics()
       assert.are.equal(1, m.tasks)
       assert.are.equal(1, m.tasks_waiting)
+      cancel()
       t:wait()
     end)
     local m = context.metrics()
