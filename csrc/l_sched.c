@@ -960,7 +960,9 @@ static int l_step(lua_State *L) {
   lua_Number t = lua_isnoneornil(L, 1) ? 0 : lc_checkduration(L, 1, "step");
   check_loop_caller(L, rt, "step");
   drain(rt);
-  if (t > 0 && rt->ready == NULL) {
+  /* wait only if something is left: work that ended in the drain above
+  ** (or none at all) leaves nothing to wait for */
+  if (t > 0 && rt->ready == NULL && alive(rt)) {
     uint64_t w0 = rt->wakeups;
     ev_timer_set(&rt->steptimer, t, 0.0);
     ev_now_update(rt->loop);

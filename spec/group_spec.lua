@@ -85,9 +85,9 @@ describe("context.group", function()
     local g = context.group(bg)
     local a, b, c = { "a" }, { "b" }, { "c" }
     -- started in the order c, a, b; they finish in the order a, b, c
-    g:go(function() context.sleep(bg, 0.006); return nil, c end)
-    g:go(function() context.sleep(bg, 0.001); return nil, a end)
-    g:go(function() context.sleep(bg, 0.003); return nil, b end)
+    g:go(function() context.sleep(bg, 0.15); return nil, c end)
+    g:go(function() context.sleep(bg, 0.05); return nil, a end)
+    g:go(function() context.sleep(bg, 0.1); return nil, b end)
     h.is(g:wait(), a, "first failure")
     local errs, tbs = g:errors()
     assert.are.equal(3, #errs)

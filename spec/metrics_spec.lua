@@ -75,7 +75,8 @@ describe("context.metrics", function()
     assert.are.equal(n0 + 1, context.metrics().lifetime.count)
     context.debug.histograms(was)
     local l0 = context.metrics().lateness.count
-    context.with_timeout(bg, 0.005):done()
+    -- (long enough to be fired by the wheel, not noticed late by done())
+    context.with_timeout(bg, 0.1):done()
     local h = context.metrics().lateness
     assert.are.equal(l0 + 1, h.count)
     assert.are.equal(#h.bounds + 1, #h.counts)

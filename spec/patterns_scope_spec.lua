@@ -397,7 +397,7 @@ describe("context.errors", function()
 
   it("collects from concurrent tasks", function()
     local ec = context.errors()
-    local ctx, cancel = context.with_timeout(bg, 0.02)
+    local ctx, cancel = context.with_timeout(bg, 0.3)
     local tasks = {}
     for i = 1, 4 do
       tasks[i] = context.go(function()

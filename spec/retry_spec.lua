@@ -232,7 +232,7 @@ describe("context.retry", function()
   end)
 
   it("gives up with 'deadline' when ctx's deadline passes during an attempt", function()
-    local ctx = context.with_timeout(bg, 0.01)
+    local ctx = context.with_timeout(bg, 0.2)
     local r = { context.retry(ctx, function(c) c:done(); return nil, "slow" end,
       { attempts = 5, base = 0.001 }) }
     assert.are.same({ nil, "slow", 1, "deadline" }, r)
