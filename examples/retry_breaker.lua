@@ -6,7 +6,7 @@
 -- call (a transient failure: retry hides it), then goes down for 250 ms (an
 -- outage: the breaker opens so that callers fail fast instead of hammering
 -- it), then comes back (a probe finds out; the breaker closes).
--- A client sends a request every 25 ms, each with a 100 ms budget.
+-- A client sends a request every 25 ms, each with a 500 ms budget.
 local context = require "lcontext"
 
 local bg = context.background()
@@ -42,7 +42,7 @@ local stats = { requests = 0, served = 0, rejected = 0 }
 
 local function request(i)
   stats.requests = stats.requests + 1
-  local ctx, cancel <close> = context.with_timeout(bg, 0.1)
+  local ctx, cancel <close> = context.with_timeout(bg, 0.5)
   local tries = 0
   local res, err, attempts, why = context.retry(ctx, function(actx)
     tries = tries + 1
