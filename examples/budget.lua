@@ -44,7 +44,7 @@ local function stage(s, name, work)
     say("  %-7s failed fast: %s (%s)", name, tostring(ctx:err()), tostring(ctx:cause()))
     return false
   end
-  say("  %-7s gets %s", name, ms(ctx:remaining()))
+  say("  %-7s gets %s", name, ms(math.max(ctx:remaining(), 0)))
   local started = context.now()
   work(ctx)
   say("  %-7s done after %s; %s left for what follows", name,
