@@ -5,23 +5,14 @@
 -- Assertions run on the main thread (an assertion raised in a task would only
 -- reach the error handler); every test leaves the scheduler idle.
 local context = require "lcontext"
-local core = require "lcontext.core"
 local h = require "spec.helpers"
 
 local bg = context.background()
 
-local reported
-before_each(function()
-  reported = {}
-  context.on_error(function(err, tb) reported[#reported + 1] = tb or tostring(err) end)
-end)
-
-after_each(function()
-  context.on_error(nil)
-  assert.are.same({}, reported, "a task raised to the error handler")
-  local s = core.sched_stats()
-  assert.are.same({ 0, 0, 0 }, { s.tasks, s.timers, s.fd_waits }, "scheduler not idle")
-end)
+-- no task error goes unnoticed; every test leaves the scheduler idle
+local guard_start, guard_check = require("spec.sched_helpers").task_guard()
+before_each(guard_start)
+after_each(guard_check)
 
 describe("context.group", function()
   it("runs fn(gctx, ...) in tasks; wait() returns nil when all succeed", function()

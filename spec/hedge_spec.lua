@@ -6,26 +6,18 @@
 -- Timing: delays of a few milliseconds against sleeps of seconds that must be
 -- cut short; upper bounds generous.
 local context = require "lcontext"
-local core = require "lcontext.core"
 local h = require "spec.helpers"
 
 local bg = context.background()
 local now = context.now
 local canceled, deadline_exceeded = context.canceled, context.deadline_exceeded
 
-local reported
-before_each(function()
-  reported = {}
-  context.on_error(function(err, tb) reported[#reported + 1] = tb or tostring(err) end)
-end)
-
-after_each(function()
-  context.run() -- let cancelled losers finish
-  context.on_error(nil)
-  assert.are.same({}, reported, "a task raised to the error handler")
-  local s = core.sched_stats()
-  assert.are.same({ 0, 0, 0 }, { s.tasks, s.timers, s.fd_waits }, "scheduler not idle")
-end)
+-- no task error goes unnoticed; every test leaves the scheduler idle (once
+-- cancelled losers have finished)
+local guard_start, guard_check = require("spec.sched_helpers").task_guard(
+  function() context.run() end)
+before_each(guard_start)
+after_each(guard_check)
 
 -- fn whose attempt i sleeps plan[i] seconds (on its context) then returns
 -- plan.results[i] (default: "attempt i"); records what each attempt saw

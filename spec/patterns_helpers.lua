@@ -8,8 +8,7 @@ local core = require "lcontext.core"
 
 local P = {}
 
-local SLOW = os.getenv("LCONTEXT_VALGRIND") or os.getenv("LCONTEXT_GC_STRESS")
-P.SLACK = SLOW and 5 or 0.5 -- upper-bound slack, seconds
+P.SLACK = require("spec.sched_helpers").SLACK -- upper-bound slack, seconds
 P.EPS = 1e-6                -- float rounding only
 
 -- Errors raised in tasks and callbacks are collected: none may go unnoticed.

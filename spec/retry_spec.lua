@@ -6,28 +6,18 @@
 -- Timing: millisecond delays, jitter "none" or an injected random source;
 -- lower bounds strict, upper bounds generous.
 local context = require "lcontext"
-local core = require "lcontext.core"
 local h = require "spec.helpers"
 
 local bg = context.background()
 local now = context.now
 local canceled, deadline_exceeded = context.canceled, context.deadline_exceeded
 
-local SLOW = os.getenv("LCONTEXT_VALGRIND") or os.getenv("LCONTEXT_GC_STRESS")
-local SLACK = SLOW and 5 or 0.5
+local SLACK = require("spec.sched_helpers").SLACK
 
-local reported
-before_each(function()
-  reported = {}
-  context.on_error(function(err, tb) reported[#reported + 1] = tb or tostring(err) end)
-end)
-
-after_each(function()
-  context.on_error(nil)
-  assert.are.same({}, reported, "a task raised to the error handler")
-  local s = core.sched_stats()
-  assert.are.same({ 0, 0, 0 }, { s.tasks, s.timers, s.fd_waits }, "scheduler not idle")
-end)
+-- no task error goes unnoticed; every test leaves the scheduler idle
+local guard_start, guard_check = require("spec.sched_helpers").task_guard()
+before_each(guard_start)
+after_each(guard_check)
 
 -- fn that fails `k` times with the errors given (or "fail N"), then succeeds
 local function flaky(k, ...)

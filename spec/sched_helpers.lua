@@ -1,7 +1,8 @@
--- sched_helpers.lua — checks shared by the scheduler specs (sched, fd,
--- signal); not a spec itself. Timing: lower bounds are strict (a deadline
+-- sched_helpers.lua — checks shared by the specs that run tasks (sched, fd,
+-- signal, and the helpers' specs); not a spec itself. Timing: lower bounds are strict (a deadline
 -- never fires early), upper bounds generous (a noisy 2-core box, valgrind,
 -- the GC-stress run).
+local context = require "lcontext"
 local core = require "lcontext.core"
 local h = require "spec.helpers"
 
@@ -46,6 +47,29 @@ function H.idle(what)
     error(("%s: scheduler not idle: tasks=%d timers=%d fd_waits=%d"):format(
       what or "idle", s.tasks, s.timers, s.fd_waits), 2)
   end
+end
+
+-- The per-test guard of the specs that run tasks: every error a task
+-- raises to the handler is collected, and after the test there must be
+-- none, and the scheduler must be idle. Returns the two functions for
+-- before_each and after_each; `settle` (optional) runs first in the
+-- second (to let cancelled losers finish, say). A test that expects errors
+-- installs its own handler.
+function H.task_guard(settle)
+  local unexpected
+  local function start()
+    unexpected = {}
+    context.on_error(function(err, tb) unexpected[#unexpected + 1] = tb or tostring(err) end)
+  end
+  local function check()
+    if settle then settle() end
+    context.on_error(nil)
+    if #unexpected > 0 then
+      error("a task raised an unexpected error: " .. tostring(unexpected[1]), 0)
+    end
+    H.idle("after the test")
+  end
+  return start, check
 end
 
 -- Run a Lua chunk in a fresh interpreter of the runtime running the suite

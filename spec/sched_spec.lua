@@ -24,20 +24,9 @@ local now = context.now
 
 -- Errors raised in tasks are collected here, so that none goes unnoticed:
 -- a test that expects errors installs its own handler.
-local unexpected
-
-before_each(function()
-  unexpected = {}
-  context.on_error(function(err, tb) unexpected[#unexpected + 1] = tb or tostring(err) end)
-end)
-
-after_each(function()
-  context.on_error(nil)
-  if #unexpected > 0 then
-    error("a task raised an unexpected error: " .. tostring(unexpected[1]))
-  end
-  idle("after the test")
-end)
+local guard_start, guard_check = H.task_guard()
+before_each(guard_start)
+after_each(guard_check)
 
 describe("context.go and tasks", function()
   it("starts the task at the next loop iteration, not inside go()", function()

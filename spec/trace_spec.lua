@@ -8,8 +8,7 @@ local helpers = require "spec.helpers"
 
 local bg = context.background()
 -- fewer random rounds under valgrind and the GC-stress run (same checks)
-local SLOW = os.getenv("LCONTEXT_VALGRIND") or os.getenv("LCONTEXT_GC_STRESS")
-local ROUNDS = SLOW and 200 or 2000
+local ROUNDS = require("spec.sched_helpers").SLOW and 200 or 2000
 
 local TID = "4bf92f3577b34da6a3ce929d0e0e4736"
 local PID = "00f067aa0ba902b7"

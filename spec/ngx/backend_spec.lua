@@ -24,6 +24,16 @@ local context = require "lcontext.ngx"
 local bg = context.background()
 local S = mock.state
 
+-- Inside mock.run: sleep in steps of 5 ms until cond() holds, for at most
+-- a second. For what happens in a light thread or timer of its own, at a
+-- time the mock's scheduler picks (and a loaded machine may delay).
+local function eventually(cond)
+  for _ = 1, 200 do
+    if cond() then return end
+    context.sleep(bg, 0.005)
+  end
+end
+
 -- never early; late by no more than a loaded machine can explain
 local function close_to(v, want, slack)
   return v >= want - 0.001 and v <= want + (slack or 0.5)
@@ -201,14 +211,8 @@ describe("lcontext.ngx (mock ngx_lua)", function()
       local stop = context.after_func(ctx, function() ran2 = ran2 + 1 end)
       assert.is_true(stop())
       assert.is_false(stop())
-      -- (the callbacks run in timers of their own: the loops below give
-      -- them the time a loaded machine may need)
-      local function until_ran(n)
-        for _ = 1, 200 do
-          if ran >= n then break end
-          context.sleep(bg, 0.005)
-        end
-      end
+      -- (the callbacks run in timers of their own)
+      local function until_ran(n) eventually(function() return ran >= n end) end
       cancel()
       assert.are.equal(0, ran) -- never inside cancel()
       until_ran(1)
@@ -274,12 +278,8 @@ describe("lcontext.ngx (mock ngx_lua)", function()
     mock.run(function()
       local ctx = context.with_timeout(bg, 30)
       local t = context.go(function() return ctx:done() end)
-      -- until the task waits (it starts after go returns, at a time the
-      -- mock's scheduler picks)
-      for _ = 1, 200 do
-        if core._next_wakeup() then break end
-        context.sleep(bg, 0.005)
-      end
+      -- until the task waits (it starts after go returns)
+      eventually(function() return core._next_wakeup() ~= nil end)
       assert.is_truthy(core._next_wakeup() ~= nil)
       mock.ngx.thread.kill(t:thread())
     end)
@@ -363,10 +363,7 @@ describe("lcontext.ngx (mock ngx_lua)", function()
     mock.run(function()
       local ctx, cancel = bg:with_cancel()
       local t = context.go(function() context.sleep(ctx, 30) end)
-      for _ = 1, 200 do -- until the task waits (see above)
-        if context.metrics().tasks_waiting > 0 then break end
-        context.sleep(bg, 0.002)
-      end
+      eventually(function() return context.metrics().tasks_waiting > 0 end)
       local m = context.metrics()
       assert.are.equal(1, m.tasks)
       assert.are.equal(1, m.tasks_waiting)
