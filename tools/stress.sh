@@ -15,13 +15,17 @@
 RUNS=${STRESS_RUNS:-3}
 SEED0=${STALL_SEED:-$(date +%s)}
 SHIM=$(pwd)/build/stall.so
+LOG=${TMPDIR:-/tmp}/lcontext-stress.$$.log
+trap 'rm -f "$LOG"' EXIT
 P=0; F=0
 i=1
 while [ "$i" -le "$RUNS" ]; do
   seed=$((SEED0 + i))
   echo "== stress run $i of $RUNS (STALL_SEED=$seed)"
-  last=$(env LD_PRELOAD="$SHIM" STALL_SEED="$seed" STALL_P="${STALL_P:-0.005}" \
-      STALL_MS="${STALL_MS:-40}" SUITES=lua sh tools/runtests.sh | tee /dev/stderr | tail -1)
+  env LD_PRELOAD="$SHIM" STALL_SEED="$seed" STALL_P="${STALL_P:-0.005}" \
+      STALL_MS="${STALL_MS:-40}" SUITES=lua sh tools/runtests.sh > "$LOG" 2>&1
+  cat "$LOG"
+  last=$(tail -1 "$LOG")
   p=$(echo "$last" | sed -nE 's/^([0-9]+) passed, ([0-9]+) failed$/\1/p')
   f=$(echo "$last" | sed -nE 's/^([0-9]+) passed, ([0-9]+) failed$/\2/p')
   P=$((P + ${p:-0})); F=$((F + ${f:-1}))
