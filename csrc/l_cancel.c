@@ -1,11 +1,261 @@
 /*
-** l_cancel.c — cancel objects: callable, closable, separate from the
-** context so that whoever holds only the context cannot cancel it.
+** l_cancel.c — cancel objects (callable, closable, separate from the
+** context so that whoever holds only the context cannot cancel it), what a
+** context keeps for its cancel (its cause, its keep set), and the one
+** epilogue every cancel goes through.
 */
+#include <string.h>
+
 #include "lua.h"
 #include "lauxlib.h"
 
 #include "lcontext_int.h"
+
+/* {======================================================================
+** What a context keeps: its cause, and its keep set
+** Both live as long as the context does, and no longer. Where the runtime
+** has ephemeron tables (5.2+), they are entries of weak-keyed tables keyed
+** by the context; on 5.1 and LuaJIT, whose weak tables are not ephemerons
+** (a value that refers to its key would keep it forever), they are fields
+** of the context's own user-value table.
+** ======================================================================= */
+
+enum { SLOT_CAUSE, SLOT_KEEP };
+
+#if LUA_VERSION_NUM >= 502
+
+/* [-0, +1, -] push the side table of slot */
+static void push_side(lua_State *L, const lc_runtime *rt, int slot) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX,
+              slot == SLOT_CAUSE ? rt->ref_causes : rt->ref_keep);
+}
+
+/* [-0, +1, -] push slot of the context at idx (nil if none) */
+static int slot_get(lua_State *L, lc_runtime *rt, lc_ctx *c, int idx,
+                    int slot) {
+  (void)c;
+  idx = lua_absindex(L, idx);
+  push_side(L, rt, slot);
+  lua_pushvalue(L, idx);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  return lua_type(L, -1);
+}
+
+/* [-1, +0, m] set slot of the context at idx to the value on top */
+static void slot_set(lua_State *L, lc_runtime *rt, lc_ctx *c, int idx,
+                     int slot) {
+  (void)c;
+  idx = lua_absindex(L, idx);
+  push_side(L, rt, slot);
+  lua_pushvalue(L, idx);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 2);
+}
+
+#else
+
+static const char *const slotname[] = {"cause", "keep"};
+
+/* Does the context have a user-value table of its own? Children of a root
+** are made without one (see derive_rt) until a slot needs it. */
+static int has_uvt(const lc_ctx *c) {
+  return (c->flags & LCF_UVT) || c->parent == NULL ||
+         (c->parent->kind != LK_BACKGROUND && c->parent->kind != LK_TODO);
+}
+
+static int slot_get(lua_State *L, lc_runtime *rt, lc_ctx *c, int idx,
+                    int slot) {
+  (void)rt;
+  if (!has_uvt(c)) {
+    lua_pushnil(L);
+    return LUA_TNIL;
+  }
+  lc_getuvtable(L, idx);
+  lua_getfield(L, -1, slotname[slot]);
+  lua_remove(L, -2);
+  return lua_type(L, -1);
+}
+
+static void slot_set(lua_State *L, lc_runtime *rt, lc_ctx *c, int idx,
+                     int slot) {
+  (void)rt;
+  idx = lua_absindex(L, idx);
+  if (!has_uvt(c)) {
+    lua_newtable(L);
+    lc_setuvtable(L, idx);
+    c->flags |= LCF_UVT;
+  }
+  lc_getuvtable(L, idx);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, slotname[slot]);
+  lua_pop(L, 1);
+}
+
+#endif
+
+/* [-0, +0, m] record the value at causeidx as the cause of the context c
+** at ctxidx (causeidx 0: forget a recorded one) */
+void lc_set_cause(lua_State *L, lc_runtime *rt, lc_ctx *c, int ctxidx,
+                  int causeidx) {
+  if (causeidx != 0)
+    lua_pushvalue(L, causeidx);
+  else
+    lua_pushnil(L);
+  slot_set(L, rt, c, ctxidx, SLOT_CAUSE);
+}
+
+/* [-0, +(0|1), -] push the cause recorded for the context at ctxidx and
+** return 1, or push nothing and return 0 */
+int lc_push_cause(lua_State *L, lc_runtime *rt, int ctxidx) {
+  lc_ctx *c = (lc_ctx *)lua_touserdata(L, ctxidx);
+  if (slot_get(L, rt, c, ctxidx, SLOT_CAUSE) != LUA_TNIL) return 1;
+  lua_pop(L, 1);
+  return 0;
+}
+
+/*
+** [-0, +0, m] Add (or remove) the waiter at cbidx in the keep sets of every
+** context whose cancel could end the one at ctxidx: itself and its
+** cancellable ancestors, up to a root or a without_cancel, through every
+** input of a merge. So a weak waiter lives as long as something could still
+** wake it, as in Go, where parents hold their children. Removing never
+** allocates. Iterative: a deep chain does not recurse.
+*/
+void lc_keep(lua_State *L, lc_runtime *rt, int ctxidx, int cbidx, int add) {
+  int base;
+  void *p;
+  ctxidx = lua_absindex(L, ctxidx);
+  cbidx = lua_absindex(L, cbidx);
+  p = lua_touserdata(L, cbidx);
+  base = lua_gettop(L);
+  luaL_checkstack(L, 8, "context chain too deep");
+  lua_pushvalue(L, ctxidx);
+  while (lua_gettop(L) > base) {
+    lc_ctx *c = (lc_ctx *)lua_touserdata(L, -1);
+    if (lc_hasnode(c)) {
+      if (slot_get(L, rt, c, -1, SLOT_KEEP) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        if (!add) goto next;
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        slot_set(L, rt, c, -3, SLOT_KEEP);
+      }
+      if (add)
+        lua_pushvalue(L, cbidx);
+      else
+        lua_pushnil(L);
+      lua_rawsetp(L, -2, p);
+      lua_pop(L, 1);
+    }
+  next:
+    if (c->kind == LK_MERGE) {
+      int top = lua_gettop(L), i;
+      luaL_checkstack(L, (int)c->klen + 8, "too many merged contexts");
+      for (i = (int)c->klen; i >= 1; i--) lua_getiuservalue(L, top, i);
+      lua_remove(L, top);
+    } else if (c->kind != LK_WITHOUT && c->parent != NULL &&
+               c->parent->kind != LK_BACKGROUND && c->parent->kind != LK_TODO) {
+      lua_getiuservalue(L, -1, 1);
+      lua_replace(L, -2);
+    } else
+      lua_pop(L, 1);
+  }
+}
+
+/* }====================================================================== */
+
+/* {======================================================================
+** The epilogue of every cancel
+** ======================================================================= */
+
+/* A woken weak waiter that no keep set holds any more cannot be anchored:
+** rather than leave it queued where the collector can free it, it is
+** released and never runs. Unreachable while the keep sets are right (every
+** weak waiter a cancel of X wakes is in X's keep set); counted, so that
+** tests see it. */
+static void drop_woken(lc_runtime *rt, lc_callback *cb) {
+  wt_release(&rt->sched, &cb->w);
+  cb->w.state = WT_DONE;
+  if (cb->w.kind == WK_CALLBACK) rt->ncallbacks--;
+  rt->lost++;
+}
+
+void lc_drop_woken(lc_runtime *rt) {
+  while (rt->to_anchor != NULL) {
+    lc_callback *cb = rt->to_anchor;
+    rt->to_anchor = cb->anext;
+    cb->anext = NULL;
+    cb->listed = 0;
+    if (cb->w.state == WT_READY || cb->w.state == WT_HELD) drop_woken(rt, cb);
+  }
+}
+
+/* Call the external watches woken so far: each is anchored now; it leaves
+** the anchors and its keep sets, then its function runs (protected). */
+static void flush_external(lua_State *L, lc_runtime *rt) {
+  while (rt->external != NULL) {
+    lc_callback *cb = rt->external;
+    rt->external = cb->xnext;
+    cb->xnext = NULL;
+    if (cb->w.state != WT_HELD) continue; /* unwatched meanwhile */
+    wt_release(&rt->sched, &cb->w);
+    cb->w.state = WT_DONE;
+    lc_push_anchored(L, rt, cb);
+    if (cb->weak) {
+      lua_getiuservalue(L, -1, 2);
+      lc_keep(L, rt, -1, -2, 0);
+      lua_pop(L, 1);
+      cb->weak = 0;
+    }
+    lc_unanchor(L, rt, cb);
+    lua_getiuservalue(L, -1, 1);
+    lua_insert(L, -2);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      lc_report("error in a context watch", L, -1);
+      lua_pop(L, 1);
+    }
+  }
+}
+
+/*
+** [-0, +0, m] After a cancel (or a poll that noticed a deadline) of the
+** context at ctxidx (0: none at hand): anchor the weak waiters it woke,
+** found in its keep set (their anchors slots are reserved: nothing here
+** allocates until they are all anchored), then call the external watches.
+*/
+void lc_after_cancel(lua_State *L, lc_runtime *rt, int ctxidx) {
+  if (rt->to_anchor != NULL) {
+    int keep = 0;
+    lc_ctx *c = ctxidx != 0 ? (lc_ctx *)lua_touserdata(L, ctxidx) : NULL;
+    if (c != NULL && slot_get(L, rt, c, ctxidx, SLOT_KEEP) == LUA_TTABLE)
+      keep = lua_gettop(L);
+    while (rt->to_anchor != NULL) {
+      lc_callback *cb = rt->to_anchor;
+      rt->to_anchor = cb->anext;
+      cb->anext = NULL;
+      cb->listed = 0;
+      if (cb->w.state != WT_READY && cb->w.state != WT_HELD)
+        continue; /* stopped meanwhile */
+      if (keep != 0 && lua_rawgetp(L, keep, cb) == LUA_TUSERDATA) {
+        lc_anchor(L, rt, -1); /* its slot is reserved: no allocation */
+        lua_pop(L, 1);
+      } else {
+        if (keep != 0) lua_pop(L, 1);
+        drop_woken(rt, cb);
+      }
+    }
+    if (c != NULL) lua_pop(L, 1);
+  }
+  if (rt->external != NULL) flush_external(L, rt);
+}
+
+/* }====================================================================== */
+
+/* {======================================================================
+** Cancel objects: a zero-byte userdata whose user value 1 is the context
+** ======================================================================= */
 
 /* [-0, +1, m] a cancel object for the context c at index ctxidx */
 void lc_new_cancel(lua_State *L, int ctxidx) {
@@ -32,25 +282,25 @@ static lc_ctx *check_cancel(lua_State *L, const lc_runtime *rt,
 }
 
 /*
-** Cancel with an optional cause (nil: none). A deadline that has already
-** passed wins over the cancel, as it would have had its timer fired.
+** Cancel the context on top with an optional cause (index; 0: none). A
+** deadline that has already passed wins over the cancel, as it would have
+** had its timer fired. Everything that can fail (the cause, the stack the
+** epilogue needs) is done before the cancel.
 */
 static void do_cancel(lua_State *L, lc_runtime *rt, lc_ctx *c, int causeidx) {
   ctx_node *n = lc_node(c);
+  int ctxidx = lua_gettop(L);
   if (n->err != CTX_ERR_NONE) return;
-  if (n->deadline != CTX_NEVER && ctx_poll(&rt->tree, n, lc_now()))
+  luaL_checkstack(L, 8, NULL);
+  if (n->deadline != CTX_NEVER && ctx_poll(&rt->tree, n, lc_now()) != 0) {
+    lc_after_cancel(L, rt, ctxidx);
     return;
-  if (causeidx != 0 || (c->flags & LCF_TCAUSE)) {
-    lua_pushvalue(L, -1); /* the context */
-    if (causeidx != 0)
-      lua_pushvalue(L, causeidx);
-    else
-      lua_pushnil(L); /* a timer cause does not survive a plain cancel */
-    lua_rawset(L, lc_uv(LC_UV_CAUSES));
   }
+  if (causeidx != 0 || (c->flags & LCF_TCAUSE))
+    lc_set_cause(L, rt, c, ctxidx, causeidx); /* a timer cause does not survive
+                                             a plain cancel */
   ctx_cancel(&rt->tree, n, CTX_ERR_CANCELED);
-  lc_anchor_woken(L, rt); /* callbacks it woke now need the loop to keep them */
-  lc_flush_external(L, rt); /* and external watches are told now */
+  lc_after_cancel(L, rt, ctxidx);
 }
 
 /* cancel([cause])   [-0, +0, m]
@@ -89,3 +339,5 @@ const luaL_Reg lc_cancel_meta[] = {
   {"__tostring", l_cancel_tostring},
   {NULL, NULL}
 };
+
+/* }====================================================================== */

@@ -47,10 +47,8 @@ static int ctx_err_public(lua_State *L, lc_ctx *c) {
   if (n == NULL) return CTX_ERR_NONE;
   if (n->err != CTX_ERR_NONE || n->deadline == CTX_NEVER) return n->err;
   rt = lc_rt(L);
-  if (ctx_poll(&rt->tree, n, lc_now()) != CTX_ERR_NONE) {
-    lc_anchor_woken(L, rt);
-    lc_flush_external(L, rt);
-  }
+  if (ctx_poll(&rt->tree, n, lc_now()) != CTX_ERR_NONE)
+    lc_after_cancel(L, rt, 1); /* the context asked is at 1 */
   return n->err;
 }
 
@@ -90,9 +88,10 @@ static lc_ctx *derive_rt(lua_State *L, lc_runtime *rt, lc_ctx *p, int kind,
   c->node.flags |= (uint8_t)nflags;
   if (kind == LK_TIMER) {
     lc_tctx *t = (lc_tctx *)c;
-    tw_entry_init(&t->tm.e);
-    t->tm.kind = LT_DEADLINE;
-    t->watch = 0;
+    tw_entry_init(&t->dl.tm.e);
+    t->dl.tm.kind = WT_T_DEADLINE;
+    t->dl.node = &c->node;
+    t->dl.watch = 0;
   }
   lc_set_depth(rt, &c->h, p);
   ctx_attach(&rt->tree, &c->node, pn, own, now);
@@ -135,9 +134,7 @@ static int derive_timer(lua_State *L, lc_runtime *rt, lc_ctx *p, int64_t own,
   ((lc_tctx *)c)->epoch = epoch;
   if (hascause) {
     c->flags |= LCF_TCAUSE;
-    lua_pushvalue(L, -2);
-    lua_pushvalue(L, 3);
-    lua_rawset(L, lc_uv(LC_UV_CAUSES));
+    lc_set_cause(L, rt, c, lua_gettop(L) - 1, 3);
   }
   return 2;
 }
@@ -471,6 +468,12 @@ lc_ctx *lc_deadline_owner(lc_ctx *c) {
   return NULL;
 }
 
+/* Describe a wait on the context c (see wt_wait_ctx). */
+void lc_wait_ctx(lc_wait *x, lc_ctx *c) {
+  lc_ctx *o = lc_deadline_owner(c);
+  wt_wait_ctx(x, c->cn, o != NULL ? &((lc_tctx *)o)->dl : NULL);
+}
+
 /* ctx:deadline() -> epoch seconds, or nil */
 static int l_deadline(lua_State *L) {
   lc_ctx *c = lc_checkctx(L, 1, "deadline");
@@ -528,10 +531,7 @@ static int l_cause(lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
-  if (push_origin(L, 1, c)) {
-    lua_rawget(L, lc_uv(LC_UV_CAUSES));
-    if (!lua_isnil(L, -1)) return 1;
-  }
+  if (push_origin(L, 1, c) && lc_push_cause(L, lc_rt(L), lua_gettop(L))) return 1;
   lc_push_err(L, e);
   return 1;
 }
@@ -647,7 +647,8 @@ static int l_gc(lua_State *L) {
   if (c != NULL && lc_hasnode(c)) {
     if (lc_node(c)->err == CTX_ERR_NONE) lc_rt(L)->collected++; /* never cancelled */
     ctx_detach(&lc_rt(L)->tree, lc_node(c));
-    if (c->kind == LK_TIMER) lc_timer_gc(lc_rt(L), c);
+    if (c->kind == LK_TIMER)
+      wt_deadline_gone(&lc_rt(L)->sched, &((lc_tctx *)c)->dl);
   }
   return 0;
 }

@@ -12,15 +12,7 @@
 
 #include "lcontext_int.h"
 
-/* lateness of fired deadlines: 0.1 ms .. 1 s */
-static const int64_t late_bounds[] = {
-  100000, 500000, 1000000, 2000000, 5000000, 10000000, 50000000,
-  100000000, 1000000000
-};
-
 void lc_metrics_init(lua_State *L, lc_runtime *rt) {
-  ctx_hist_init(&rt->lateness, late_bounds,
-                (int)(sizeof late_bounds / sizeof late_bounds[0]));
   lc_weak_table(L, "k"); /* tracked */
   rt->ref_tracked = luaL_ref(L, LUA_REGISTRYINDEX);
 }
@@ -67,13 +59,13 @@ static int l_metrics(lua_State *L) {
   set_int(L, "deadline_exceeded_own", t->done[2][0]);
   set_int(L, "deadline_exceeded_inherited", t->done[2][1]);
   set_int(L, "collected_uncanceled", rt->collected);
-  set_int(L, "timers_pending", tw_count(&rt->wheel));
-  set_int(L, "timers_fired", rt->fired);
+  set_int(L, "timers_pending", tw_count(&rt->sched.wheel));
+  set_int(L, "timers_fired", rt->sched.fired);
   set_int(L, "tasks", (uint64_t)rt->ntasks);
-  set_int(L, "tasks_waiting", (uint64_t)rt->nparked);
+  set_int(L, "tasks_waiting", (uint64_t)rt->sched.nparked);
   set_int(L, "tasks_resumed", rt->resumed);
   set_int(L, "callbacks_pending", (uint64_t)rt->ncallbacks);
-  set_int(L, "fd_waits", (uint64_t)rt->nio);
+  set_int(L, "fd_waits", (uint64_t)rt->sched.nio);
   set_int(L, "signal_contexts", (uint64_t)rt->nsig);
   set_int(L, "depth_max", rt->maxdepth);
   lua_pushboolean(L, t->metrics);
@@ -82,7 +74,7 @@ static int l_metrics(lua_State *L) {
   lua_setfield(L, -2, "tracking");
   push_hist(L, &t->lifetime);
   lua_setfield(L, -2, "lifetime");
-  push_hist(L, &rt->lateness);
+  push_hist(L, &rt->sched.lateness);
   lua_setfield(L, -2, "lateness");
   return 1;
 }

@@ -225,6 +225,24 @@ static inline int lc_resume(lua_State *co, lua_State *from, int nargs, int *nres
 
 #endif /* LUA_VERSION_NUM < 504 */
 
+/* Can the running coroutine yield from here, that is, is no C function
+** (a table.sort comparator, a gsub callback, a metamethod called from C,
+** 5.1's pcall) between it and its resume? `skip`: frames of the caller's
+** own to pass over (a C function and the pcall that called it). */
+#if LUA_VERSION_NUM >= 503 || defined(LUA_LJDIR)
+#define lc_isyieldable(L, skip) ((void)(skip), lua_isyieldable(L))
+#else
+static inline int lc_isyieldable(lua_State *L, int skip) {
+  lua_Debug ar;
+  int level;
+  for (level = skip; lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "S", &ar);
+    if (ar.what != NULL && ar.what[0] == 'C') return 0;
+  }
+  return 1;
+}
+#endif
+
 /* the main thread, or a thread of the module's own where the runtime has
 ** no way to give the main one (5.1, LuaJIT): tasks are resumed from it */
 static inline lua_State *lc_mainthread(lua_State *L) {

@@ -21,6 +21,7 @@
 #include "core/clock.h"
 #include "core/ctx.h"
 #include "core/tw.h"
+#include "core/wait.h"
 
 /* upvalues shared by every function of the module */
 #define LC_UV_CTXMT 1    /* metatable of contexts without __gc */
@@ -39,25 +40,30 @@
 
 #define lc_uv(i) lua_upvalueindex(i)
 
-typedef struct lc_waiter lc_waiter;
-typedef struct ctx_watch lc_wait;
+typedef wt_waiter lc_waiter;
+typedef wt_wait lc_wait;
+struct lc_callback;
 
-/* the per-lua_State runtime */
+/*
+** The per-lua_State runtime.
+** Files of the binding, each calling only those above it:
+**   l_core (upvalues, checks) < l_key < l_cancel (cancel objects, causes,
+**   keep sets, the after-cancel epilogue) < l_ctx < l_task (tasks, parking
+**   state, errors) < l_callback (after_func, watches) < l_signal < l_loop
+**   (libev, drain, run/step, waiting on the main thread) ; l_metrics reads.
+*/
 typedef struct lc_runtime {
   ctx_tree tree;
+  wt_sched sched;       /* waiters, the wheel, the ready queue (core) */
   const void *mt[2];    /* LC_UV_CTXMT, LC_UV_CTXMTGC as pointers (fast checks) */
   const void *cancelmt; /* LC_UV_CANCELMT as a pointer */
   const void *taskmt;   /* LC_UV_TASKMT as a pointer */
-  /* the scheduler (l_sched.c) */
   lua_State *L;          /* the main thread: tasks are resumed from it */
   struct ev_loop *loop;  /* the host's loop, or libev's default loop */
-  tw_wheel wheel;        /* deadlines someone waits on, and sleeps */
   ev_timer wtimer;       /* armed at the wheel's next wake-up */
   int64_t wtimer_at;     /* when wtimer is armed for; TW_NEVER: stopped */
   ev_idle idle;          /* active while the ready queue is not empty */
   ev_timer steptimer;    /* context.step's bound */
-  lc_waiter *ready;      /* ready queue: head ... */
-  lc_waiter **ready_tail;/* ... and where to append */
   struct lc_task *current; /* the task being resumed, or NULL */
   int draining;          /* inside drain: no blocking waits */
   int in_run;            /* inside run/step/a main-thread wait */
@@ -65,28 +71,29 @@ typedef struct lc_runtime {
   int ref_anchors;       /* registry: lightuserdata -> waiter userdata */
   int ref_causes;        /* registry: the causes table (LC_UV_CAUSES) */
   int ref_onerror;       /* registry: the error handler, or LUA_NOREF */
-  int ref_keep;          /* registry, weak keys: context -> {callback = true}:
-                            after_func callbacks kept alive by the contexts
-                            whose cancel could still run them */
-  int ref_weakcb;        /* registry, weak values: address -> callback */
-  int ref_cbmt;          /* registry: the metatable of callbacks */
-  struct lc_callback *to_anchor; /* woken callbacks not yet anchored */
+  int ref_keep;          /* registry, weak keys: context -> keep set
+                            {[lightuserdata] = waiter}: the weak waiters
+                            (callbacks, watches) its cancel could wake */
+  int ref_cbmt;          /* registry: the metatable of collectable callbacks */
+  int ref_taskmt;        /* registry: the metatable of tasks */
+  int ref_trampoline;    /* registry: the task trampoline (5.4), or NOREF */
+  int ref_pending;       /* registry: {[1] = error raised inside the loop
+                            that must reach run/step's caller, or false} */
+  struct lc_callback *to_anchor; /* weak waiters woken, to anchor */
   struct lc_callback *external;  /* woken external watches, to call */
   long ntasks;           /* tasks not finished */
-  long nio;              /* fd waits armed */
   long nsig;             /* signal contexts watching */
+  int sigcount[16];      /* watchers started, by signal (lc_signals index) */
+  void *sigsaved;        /* dispositions saved at the first watcher */
   /* counters for metrics (see context.metrics) */
   uint64_t resumed;      /* task resumptions */
-  uint64_t fired;        /* deadline timers fired by the wheel */
   uint64_t collected;    /* cancellable contexts collected while running */
-  long nparked;          /* tasks parked */
   long ncallbacks;       /* after_func callbacks not yet run or stopped */
   unsigned maxdepth;     /* the deepest context made */
   int tracking;          /* context.debug.track(true) */
-  ctx_hist lateness;     /* how late the wheel fired deadlines */
-  int64_t advance_now;   /* the time tw_advance was called with */
+  long lost;             /* woken weak waiters no keep set held (a bug) */
+  const void *canceled_p, *deadline_p; /* the sentinels, as pointers */
   int ref_tracked;       /* registry, weak keys: context -> creation record */
-  uint64_t wakeups;      /* waiters queued, ever: "something happened" */
 } lc_runtime;
 
 /* kinds of context */
@@ -111,7 +118,8 @@ enum lc_keytype {
 };
 
 /* lc_ctx.flags */
-#define LCF_TCAUSE 1 /* a timer cause is stored in the causes table */
+#define LCF_TCAUSE 1 /* a timer cause is stored (see lc_set_cause) */
+#define LCF_UVT 2    /* Lua 5.1: has a user-value table of its own */
 
 /*
 ** The head of every context userdata.
@@ -151,20 +159,12 @@ typedef struct lc_cctx {
   ctx_node node;
 } lc_cctx;
 
-/* a wheel entry and what it belongs to */
-enum { LT_DEADLINE = 1, LT_SLEEP = 2 };
-typedef struct lc_timer {
-  tw_entry e;
-  uint8_t kind; /* LT_* */
-} lc_timer;
-
-/* with_timeout / with_deadline: the node's timer enters the wheel only
+/* with_timeout / with_deadline: the node's deadline enters the wheel only
 ** while something waits on the context or on a descendant it ends */
 typedef struct lc_tctx {
   lc_cctx c;
   double epoch;   /* the deadline asked for, epoch seconds (deadline()) */
-  lc_timer tm;
-  uint32_t watch; /* waits that depend on this deadline */
+  wt_deadline dl; /* dl.node is &c.node */
 } lc_tctx;
 
 #define lc_hasnode(c) ((c)->kind == LK_CANCEL || (c)->kind == LK_TIMER || \
@@ -225,6 +225,59 @@ static inline lc_ctx *lc_checkctx_rt(lua_State *L, int arg, const char *fname,
   return c;
 }
 
+/* {======================================================================
+** Scheduler types, shared by l_task, l_callback, l_signal and l_loop
+** ======================================================================= */
+
+/* waiter kinds (wt_waiter.kind) */
+enum { WK_MAIN, WK_TASK, WK_CALLBACK, WK_SIGNAL, WK_EXTERNAL };
+/* task outcomes */
+enum { TS_RUNNING, TS_OK, TS_FAILED };
+
+typedef struct lc_task {
+  lc_waiter w;       /* counted in sched.nparked while parked */
+  lua_State *co;     /* the coroutine (user value 1 anchors it) */
+  wt_source end;     /* waits of others on this task's end */
+  int nargs;         /* values to pass at the first resume; -1 after */
+  int nres;          /* TS_OK: how many results (on the coroutine's stack) */
+  uint8_t status;    /* TS_* */
+  uint8_t reason;    /* TS_FAILED with no error value: why (TR_*) */
+  uint8_t closed;    /* its coroutine was closed from outside */
+} lc_task;
+/* task user values: 1 coroutine, 2 the error it raised, 3 current waits */
+
+/* after_func callbacks and external watches (core._watch): one wait on a
+** context. A "weak" one is kept alive by the keep sets of the contexts whose
+** cancel could wake it, not by the anchors; its anchors slot is reserved
+** (false) so that anchoring it once woken cannot fail. */
+typedef struct lc_callback {
+  lc_waiter w;
+  lc_wait wait;
+  struct lc_callback *anext; /* in rt->to_anchor (while listed) */
+  struct lc_callback *xnext; /* external watches: in rt->external */
+  uint8_t weak;   /* kept by keep sets, not (yet) by the anchors */
+  uint8_t listed; /* in rt->to_anchor */
+} lc_callback;
+/* callback user values: 1 fn, 2 ctx */
+
+/* }====================================================================== */
+
+/* l_core.c: anchors (registry table: lightuserdata -> object) */
+void lc_anchor(lua_State *L, lc_runtime *rt, int idx);
+void lc_unanchor(lua_State *L, lc_runtime *rt, void *p);
+void lc_push_anchored(lua_State *L, lc_runtime *rt, void *p);
+int lc_iscallable(lua_State *L, int idx);
+
+/* l_cancel.c */
+extern const luaL_Reg lc_cancel_meta[];
+void lc_new_cancel(lua_State *L, int ctxidx);
+void lc_set_cause(lua_State *L, lc_runtime *rt, lc_ctx *c, int ctxidx,
+                  int causeidx);
+int lc_push_cause(lua_State *L, lc_runtime *rt, int ctxidx);
+void lc_keep(lua_State *L, lc_runtime *rt, int ctxidx, int cbidx, int add);
+void lc_after_cancel(lua_State *L, lc_runtime *rt, int ctxidx);
+void lc_drop_woken(lc_runtime *rt);
+
 /* l_ctx.c */
 lc_ctx *lc_deadline_owner(lc_ctx *c);
 extern const luaL_Reg lc_ctx_funcs[];   /* module functions */
@@ -233,20 +286,37 @@ extern const luaL_Reg lc_ctx_meta[];    /* metamethods of contexts */
 extern const luaL_Reg lc_ctx_gcmeta[];  /* __gc of linked contexts */
 void lc_push_err(lua_State *L, int err);
 int lc_ctx_err(lua_State *L, lc_ctx *c);
+void lc_wait_ctx(lc_wait *x, lc_ctx *c);
 
-/* l_cancel.c */
-extern const luaL_Reg lc_cancel_meta[];
-void lc_new_cancel(lua_State *L, int ctxidx);
-
-/* l_sched.c */
-extern const luaL_Reg lc_sched_funcs[];
+/* l_task.c */
+extern const luaL_Reg lc_task_funcs[];
 extern const luaL_Reg lc_task_meta[];
 extern const luaL_Reg lc_task_methods[];
-void lc_sched_init(lua_State *L, lc_runtime *rt);
+void lc_task_init(lua_State *L, lc_runtime *rt);
+lc_task *lc_testtask(lua_State *L, int idx, const lc_runtime *rt);
+lc_task *lc_new_task(lua_State *L, lc_runtime *rt, int fidx, int n);
+int lc_new_task_p(lua_State *L);
+void lc_resume_task(lua_State *L, lc_runtime *rt, lc_task *t);
+void lc_pending_error(lua_State *L, lc_runtime *rt, int idx);
+int lc_take_pending(lua_State *L, lc_runtime *rt);
+
+/* l_callback.c */
+extern const luaL_Reg lc_callback_funcs[];
+void lc_callback_init(lua_State *L, lc_runtime *rt);
+void lc_start_callback(lua_State *L, lc_runtime *rt, lc_callback *cb);
+void lc_callback_woken(wt_sched *s, wt_waiter *w);
+
+/* l_signal.c */
+extern const luaL_Reg lc_signal_funcs[];
+void lc_signal_init(lua_State *L, lc_runtime *rt);
+void lc_signal_woken(lc_runtime *rt, lc_waiter *w);
+void lc_signal_done(lua_State *L, lc_runtime *rt, lc_waiter *w);
+
+/* l_loop.c */
+extern const luaL_Reg lc_loop_funcs[];
+void lc_loop_init(lua_State *L, lc_runtime *rt);
 int lc_runtime_gc(lua_State *L);
-void lc_timer_gc(lc_runtime *rt, lc_ctx *c);
-void lc_anchor_woken(lua_State *L, lc_runtime *rt);
-void lc_flush_external(lua_State *L, lc_runtime *rt);
+void lc_need_loop(lua_State *L, lc_runtime *rt);
 
 /* l_metrics.c */
 extern const luaL_Reg lc_metrics_funcs[];

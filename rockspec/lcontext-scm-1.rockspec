@@ -39,8 +39,10 @@ build = {
     ["lcontext.core"] = {
       sources = {
         "csrc/core/clock.c", "csrc/core/ctx.c", "csrc/core/tw.c",
-        "csrc/l_core.c", "csrc/l_ctx.c", "csrc/l_cancel.c", "csrc/l_key.c",
-        "csrc/l_sched.c", "csrc/l_metrics.c",
+        "csrc/core/wait.c",
+        "csrc/l_core.c", "csrc/l_key.c", "csrc/l_cancel.c", "csrc/l_ctx.c",
+        "csrc/l_task.c", "csrc/l_callback.c", "csrc/l_signal.c",
+        "csrc/l_loop.c", "csrc/l_metrics.c", "csrc/l_open.c",
       },
       incdirs = { "csrc", "$(LIBEV_INCDIR)" },
       libdirs = { "$(LIBEV_LIBDIR)" },

@@ -1,0 +1,577 @@
+/*
+** l_loop.c — the libev loop that drives the wait core: the wheel's timer,
+** fd watchers, the drain of the ready queue, run/step, and waiting (in a
+** task: park and yield; on the main thread: run the loop until a wait
+** fires). README, "Scheduler".
+**
+** Suspending is left to Lua code (lua/lcontext/init.lua): core._park
+** registers the waits of the running task and returns a token, on which
+** the Lua side yields; the loop resumes it with the index of the wait that
+** fired. No lua_yieldk, so the same protocol serves LuaJIT.
+**
+** Errors: the drain runs under a protected call on the main thread. An
+** error that escapes it (an interrupt from lua.c's SIGINT hook, a memory
+** error) is kept (lc_pending_error) and raised to the caller of run, step
+** or the main-thread wait, once the loop is consistent again; libev's
+** callbacks never raise through libev.
+*/
+#define _POSIX_C_SOURCE 200112L
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "lcontext.h"
+#include "lcontext_int.h"
+
+/* an ev_io fits in the core's opaque room for it */
+typedef char lc_evio_fits[sizeof(ev_io) <= sizeof(((wt_wait *)0)->u.io.impl)
+                              ? 1 : -1];
+#define evio_of(x) ((ev_io *)(void *)(x)->u.io.impl)
+
+/* {======================================================================
+** What the core asks of the loop
+** ======================================================================= */
+
+static void io_cb(struct ev_loop *loop, ev_io *io, int revents) {
+  lc_runtime *rt = (lc_runtime *)io->data;
+  lc_wait *x = (lc_wait *)(void *)((char *)io - offsetof(lc_wait, u.io.impl));
+  int r = (revents & EV_ERROR) ? WT_IO_ERROR /* libev stopped it */
+          : ((revents & EV_READ) ? WT_IO_READ : 0) |
+            ((revents & EV_WRITE) ? WT_IO_WRITE : 0);
+  (void)loop;
+  wt_io_ready(&rt->sched, x, r);
+}
+
+static int io_start(wt_sched *s, lc_wait *x) {
+  lc_runtime *rt = (lc_runtime *)s->ud;
+  ev_io *io = evio_of(x);
+  int ev = ((x->u.io.events & WT_IO_READ) ? EV_READ : 0) |
+           ((x->u.io.events & WT_IO_WRITE) ? EV_WRITE : 0);
+  /* libev aborts on an fd that is not open: ask first */
+  if (rt->closed || rt->loop == NULL || fcntl(x->u.io.fd, F_GETFD) == -1)
+    return -1;
+  ev_io_init(io, io_cb, x->u.io.fd, ev);
+  io->data = rt;
+  ev_io_start(rt->loop, io);
+  return 0;
+}
+
+static void io_stop(wt_sched *s, lc_wait *x) {
+  lc_runtime *rt = (lc_runtime *)s->ud;
+  if (!rt->closed) ev_io_stop(rt->loop, evio_of(x));
+}
+
+static void queued(wt_sched *s) {
+  lc_runtime *rt = (lc_runtime *)s->ud;
+  if (!rt->closed && rt->loop != NULL && !ev_is_active(&rt->idle))
+    ev_idle_start(rt->loop, &rt->idle);
+}
+
+static void woken(wt_sched *s, wt_waiter *w) {
+  if (w->kind == WK_SIGNAL)
+    lc_signal_woken((lc_runtime *)s->ud, w);
+  else
+    lc_callback_woken(s, w);
+}
+
+static const wt_ops ops = {io_start, io_stop, queued, woken};
+
+/* }====================================================================== */
+
+/* {======================================================================
+** The wheel's timer, and the drain
+** ======================================================================= */
+
+static void arm(lc_runtime *rt) {
+  int64_t next;
+  if (rt->closed || rt->loop == NULL) return; /* armed once a loop exists */
+  next = wt_next_wakeup(&rt->sched);
+  if (next == rt->wtimer_at) return;
+  if (ev_is_active(&rt->wtimer)) ev_timer_stop(rt->loop, &rt->wtimer);
+  rt->wtimer_at = next;
+  if (next != TW_NEVER) {
+    int64_t now = lc_now();
+    double after = next > now ? (double)(next - now) * 1e-9 : 0.0;
+    ev_now_update(rt->loop);
+    ev_timer_set(&rt->wtimer, after, 0.0);
+    ev_timer_start(rt->loop, &rt->wtimer);
+  }
+}
+
+static void advance(lc_runtime *rt) { wt_advance(&rt->sched, lc_now()); }
+
+/* [-1, +0, e] the body of drain: run what is ready, until nothing is */
+static int drain_p(lua_State *L) {
+  lc_runtime *rt = (lc_runtime *)lua_touserdata(L, 1);
+  wt_waiter *w;
+  int top = lua_gettop(L);
+  lc_after_cancel(L, rt, 0);
+  advance(rt);
+  lc_after_cancel(L, rt, 0);
+  while ((w = wt_pop(&rt->sched)) != NULL) {
+    switch (w->kind) {
+    case WK_MAIN: w->state = WT_IDLE; break; /* its park_main sees it */
+    case WK_TASK: lc_resume_task(L, rt, (lc_task *)w); break;
+    case WK_CALLBACK: lc_start_callback(L, rt, (lc_callback *)w); break;
+    case WK_SIGNAL: lc_signal_done(L, rt, w); break;
+    default: w->state = WT_DONE; break; /* not queued */
+    }
+    lua_settop(L, top);
+    lc_after_cancel(L, rt, 0);
+    if (rt->sched.ready == NULL) {
+      advance(rt);
+      lc_after_cancel(L, rt, 0);
+    }
+  }
+  return 0;
+}
+
+/* Run what is ready, until nothing is, on the main thread, protected.
+** Returns 0 if an error escaped: it is pending for the Lua caller if there
+** is one (can_raise), else reported. */
+static int drain(lc_runtime *rt, int can_raise) {
+  lua_State *L = rt->L;
+  int ok = 1;
+  if (rt->draining) return 1;
+  rt->draining = 1;
+  lua_pushcfunction(L, drain_p);
+  lua_pushlightuserdata(L, rt);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    if (can_raise)
+      lc_pending_error(L, rt, -1);
+    else
+      lc_report("error in the loop", L, -1);
+    lua_pop(L, 1);
+    rt->current = NULL;
+    ok = 0;
+  }
+  rt->draining = 0;
+  if (!rt->closed && rt->sched.ready == NULL && ev_is_active(&rt->idle))
+    ev_idle_stop(rt->loop, &rt->idle); /* active only with a loop */
+  arm(rt);
+  return ok;
+}
+
+/* }====================================================================== */
+
+/* {======================================================================
+** libev's side
+** ======================================================================= */
+
+/* from libev, when the host runs the loop (run() drains by itself) */
+static void host_drain(lc_runtime *rt) {
+  if (rt->in_run || rt->draining) return;
+  drain(rt, 0);
+}
+
+static void wtimer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  lc_runtime *rt = (lc_runtime *)w->data;
+  (void)loop;
+  (void)revents;
+  rt->wtimer_at = TW_NEVER; /* one-shot: it has stopped */
+  advance(rt);
+  arm(rt);
+  host_drain(rt);
+}
+
+static void idle_cb(struct ev_loop *loop, ev_idle *w, int revents) {
+  lc_runtime *rt = (lc_runtime *)w->data;
+  (void)revents;
+  if (rt->sched.ready == NULL) ev_idle_stop(loop, w);
+  host_drain(rt);
+}
+
+static void step_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  (void)loop;
+  (void)w;
+  (void)revents;
+}
+
+/* could anything still happen without the main thread doing something? */
+static int can_progress(lc_runtime *rt) {
+  return wt_pending(&rt->sched) || rt->nsig > 0;
+}
+
+static int alive(lc_runtime *rt) {
+  return rt->sched.ready != NULL || rt->ntasks > 0 ||
+         tw_count(&rt->sched.wheel) > 0 || rt->sched.nio > 0;
+}
+
+/* one blocking (or not) iteration of libev, then the wheel */
+static void iterate(lc_runtime *rt, int flags) {
+  arm(rt);
+  rt->in_run++;
+  ev_run(rt->loop, flags);
+  rt->in_run--;
+  advance(rt);
+}
+
+/* libev's default loop is taken only when first needed: requiring lcontext
+** for contexts alone leaves the process's signals (SIGCHLD) alone */
+void lc_need_loop(lua_State *L, lc_runtime *rt) {
+  if (rt->loop != NULL) return;
+  rt->loop = ev_default_loop(0);
+  if (rt->loop == NULL) luaL_error(L, "lcontext: cannot initialise libev");
+  if (rt->sched.ready != NULL) ev_idle_start(rt->loop, &rt->idle);
+}
+
+static void check_loop_caller(lua_State *L, lc_runtime *rt, const char *fname) {
+  if (rt->current != NULL || rt->draining)
+    luaL_error(L, "context.%s: cannot run the loop from inside a task or callback",
+               fname);
+  if (rt->closed) luaL_error(L, "context.%s: the state is closing", fname);
+  lc_need_loop(L, rt);
+}
+
+/* raise the error that escaped the loop, if any (after the caller made
+** everything consistent) */
+static void raise_pending(lua_State *L, lc_runtime *rt) {
+  if (lc_take_pending(L, rt)) lua_error(L);
+}
+
+/* is an error pending? (looks, takes nothing) */
+static int has_pending(lua_State *L, lc_runtime *rt) {
+  int r;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_pending);
+  lua_rawgeti(L, -1, 1);
+  r = lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  return r;
+}
+
+/* context.run([mode]) -> more work left (boolean) */
+static int l_run(lua_State *L) {
+  static const char *const modes[] = {"default", "once", "nowait", NULL};
+  lc_runtime *rt = lc_rt(L);
+  int mode = luaL_checkoption(L, 1, "default", modes);
+  check_loop_caller(L, rt, "run");
+  if (!drain(rt, 1)) raise_pending(L, rt);
+  if (mode == 0) {
+    while (alive(rt)) {
+      if (!can_progress(rt))
+        return luaL_error(L, "context.run: deadlock: %d task(s) wait for "
+                          "something nothing can bring", (int)rt->ntasks);
+      iterate(rt, EVRUN_ONCE);
+      drain(rt, 1);
+      raise_pending(L, rt);
+    }
+  } else {
+    if (mode == 2)
+      iterate(rt, EVRUN_NOWAIT);
+    else if (alive(rt) && can_progress(rt)) {
+      uint64_t w0 = rt->sched.wakeups;
+      do { /* until something happens, not just a move inside the wheel */
+        iterate(rt, EVRUN_ONCE);
+        raise_pending(L, rt);
+      } while (rt->sched.wakeups == w0 && rt->sched.ready == NULL &&
+               can_progress(rt));
+    }
+    drain(rt, 1);
+    raise_pending(L, rt);
+  }
+  lua_pushboolean(L, alive(rt));
+  return 1;
+}
+
+/* context.step([timeout]) -> more work left (boolean) */
+static int l_step(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  lua_Number t = lua_isnoneornil(L, 1) ? 0 : lc_checkduration(L, 1, "step");
+  check_loop_caller(L, rt, "step");
+  if (!drain(rt, 1)) raise_pending(L, rt);
+  /* wait only if something is left: work that ended in the drain above
+  ** (or none at all) leaves nothing to wait for */
+  if (t > 0 && rt->sched.ready == NULL && alive(rt)) {
+    uint64_t w0 = rt->sched.wakeups;
+    ev_timer_set(&rt->steptimer, t, 0.0);
+    ev_now_update(rt->loop);
+    ev_timer_start(rt->loop, &rt->steptimer);
+    do /* a wake-up of the wheel that only moves timers is not "more" */
+      iterate(rt, EVRUN_ONCE);
+    while (rt->sched.wakeups == w0 && ev_is_active(&rt->steptimer) &&
+           !has_pending(L, rt));
+    ev_timer_stop(rt->loop, &rt->steptimer);
+  } else
+    iterate(rt, EVRUN_NOWAIT);
+  drain(rt, 1);
+  raise_pending(L, rt);
+  lua_pushboolean(L, alive(rt));
+  return 1;
+}
+
+/* }====================================================================== */
+
+/* {======================================================================
+** Parking: core._park(fname, waitable...)
+** ======================================================================= */
+
+static const char *const iomodes[] = {"r", "w", "rw", NULL};
+
+/* Check the waitable at idx and describe it in x, arming nothing (so that
+** a bad argument leaves nothing behind). */
+static void prepare(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
+                    const char *fname) {
+  lc_ctx *c;
+  lc_task *t;
+  switch (lua_type(L, idx)) {
+  case LUA_TNUMBER: {
+    lua_Number secs = lua_tonumber(L, idx);
+    int64_t now = lc_now(), at;
+    if (secs != secs) lc_argerror(L, idx - 1, fname, "number is NaN");
+    if (secs == HUGE_VAL || secs == -HUGE_VAL)
+      lc_argerror(L, idx - 1, fname, "number is not finite");
+    if (secs <= 0)
+      at = now;
+    else if (secs * 1e9 >= (lua_Number)(TW_NEVER - now))
+      at = TW_NEVER - 1;
+    else
+      at = now + (int64_t)ceil(secs * 1e9);
+    wt_wait_sleep(x, at);
+    return;
+  }
+  case LUA_TTABLE: {
+    int isnum, mode;
+    lua_Integer fd;
+    lua_getfield(L, idx, "fd");
+    fd = lua_tointegerx(L, -1, &isnum);
+    lua_pop(L, 1);
+    if (!isnum || fd < 0 || fd > INT_MAX)
+      lc_argerror(L, idx - 1, fname, "bad file descriptor");
+    lua_getfield(L, idx, "mode");
+    if (lua_isnil(L, -1))
+      mode = 0;
+    else {
+      const char *m = lua_tostring(L, -1);
+      for (mode = 0; iomodes[mode] != NULL; mode++)
+        if (m != NULL && lua_type(L, -1) == LUA_TSTRING &&
+            strcmp(m, iomodes[mode]) == 0)
+          break;
+      if (iomodes[mode] == NULL)
+        lc_argerror(L, idx - 1, fname, "mode must be \"r\", \"w\" or \"rw\"");
+    }
+    lua_pop(L, 1);
+    wt_wait_io(x, (int)fd, mode == 0 ? WT_IO_READ : mode == 1 ? WT_IO_WRITE
+                                                  : WT_IO_READ | WT_IO_WRITE);
+    return;
+  }
+  case LUA_TUSERDATA:
+    if ((c = lc_testctx(L, idx)) != NULL) {
+      lc_wait_ctx(x, c);
+      return;
+    }
+    if ((t = lc_testtask(L, idx, rt)) != NULL) {
+      wt_wait_source(x, &t->end);
+      return;
+    }
+    /* FALLTHROUGH */
+  default:
+    lc_argerror(L, idx - 1, fname,
+                lua_pushfstring(L, "waitable expected (a context, a task, a "
+                                   "number of seconds or context.fd(fd, mode)), "
+                                   "got %s", luaL_typename(L, idx)));
+  }
+}
+
+/* [-0, +(1|2), -] the index of the wait that fired, and an error message if
+** it was an fd that cannot be watched */
+static int push_fired(lua_State *L, lc_waiter *w, lc_wait *waits, int i) {
+  lua_pushinteger(L, i);
+  (void)w;
+  if (waits[i - 1].src == WS_IO && (waits[i - 1].u.io.revents & WT_IO_ERROR)) {
+    lua_pushliteral(L, "bad file descriptor");
+    return 2;
+  }
+  return 1;
+}
+
+/* The main thread waits: run the loop until one of its waits fires. Every
+** way out releases the waiter (it lives on this C stack). */
+static int park_main(lua_State *L, lc_runtime *rt, lc_waiter *w,
+                     lc_wait *waits, const char *fname) {
+  int fired, woken;
+  for (;;) {
+    if (!drain(rt, 1)) break; /* an error is pending */
+    if (w->state != WT_PARKED) break;
+    if (!can_progress(rt)) {
+      wt_release(&rt->sched, w);
+      return luaL_error(L, "context.%s: deadlock: waiting for something "
+                        "nothing can bring", fname);
+    }
+    iterate(rt, EVRUN_ONCE);
+    if (has_pending(L, rt)) break;
+  }
+  woken = w->state != WT_PARKED;
+  fired = w->fired;
+  wt_release(&rt->sched, w); /* out of its waits, or of the queue */
+  if (woken) drain(rt, 1); /* what woke it may have woken others */
+  raise_pending(L, rt);
+  return push_fired(L, w, waits, fired);
+}
+
+static int l_park(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  const char *fname = luaL_checkstring(L, 1);
+  int n = lua_gettop(L) - 1, i, ismain, fired;
+  lc_waiter *w, mainw;
+  lc_wait *waits;
+  if (n < 1) return lc_typeerror(L, 2, fname, "waitable");
+  if (n > 0xffff) return lc_argerror(L, 1, fname, "too many waitables");
+  ismain = lua_pushthread(L);
+  lua_pop(L, 1);
+  if (ismain) {
+    check_loop_caller(L, rt, fname);
+    wt_waiter_init(&mainw, WK_MAIN, 0);
+    w = &mainw;
+  } else if (rt->current == NULL || rt->current->co != L)
+    return luaL_error(L, "context.%s: called from a coroutine that lcontext "
+                      "does not run (start it with context.go)", fname);
+  else if (!lc_isyieldable(L, 2))
+    return luaL_error(L, "context.%s: cannot wait here: a C function is on "
+                      "the stack (a table.sort comparator, a gsub callback, "
+                      "a metamethod called from C...), so the task cannot "
+                      "yield", fname);
+  else
+    w = &rt->current->w;
+  /* allocate and check everything before arming anything */
+  waits = (lc_wait *)lua_newuserdatauv(L, sizeof(lc_wait) * (size_t)n, n);
+  memset(waits, 0, sizeof(lc_wait) * (size_t)n);
+  for (i = 0; i < n; i++) {
+    prepare(L, rt, &waits[i], i + 2, fname);
+    lua_pushvalue(L, i + 2);
+    lua_setiuservalue(L, -2, i + 1); /* keep what is waited on alive */
+  }
+  if (!ismain) { /* the task anchors its waits */
+    lc_push_anchored(L, rt, rt->current);
+    lua_pushvalue(L, -2);
+    lua_setiuservalue(L, -2, 3);
+    lua_pop(L, 1);
+  }
+  for (i = 0; i < n; i++)
+    if (waits[i].src == WS_IO) lc_need_loop(L, rt);
+  fired = wt_park(&rt->sched, w, waits, (uint16_t)n, lc_now());
+  if (fired != 0) return push_fired(L, w, waits, fired);
+  if (ismain) return park_main(L, rt, w, waits, fname);
+  lua_pushlightuserdata(L, rt); /* the token the Lua side yields */
+  return 1;
+}
+
+/* core._token() -> the value core._park returns when the caller must yield */
+static int l_token(lua_State *L) {
+  lua_pushlightuserdata(L, lc_rt(L));
+  return 1;
+}
+
+/* core._advance(): move the timer wheel to now (expired deadlines cancel
+** their contexts), then call the watches that became due. For runtimes
+** that drive the wheel themselves. */
+static int l_advance(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  advance(rt);
+  lc_after_cancel(L, rt, 0);
+  return 0;
+}
+
+/* core._next_wakeup() -> seconds until the wheel needs _advance, or nil */
+static int l_next_wakeup(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  int64_t next = wt_next_wakeup(&rt->sched), now;
+  if (next == TW_NEVER) return 0;
+  now = lc_now();
+  lua_pushnumber(L, next > now ? (lua_Number)(next - now) * 1e-9 : 0.0);
+  return 1;
+}
+
+/* context.sched_stats() -> table of scheduler figures */
+static int l_sched_stats(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  lua_createtable(L, 0, 8);
+  lua_pushinteger(L, (lua_Integer)rt->ntasks);
+  lua_setfield(L, -2, "tasks");
+  lua_pushinteger(L, (lua_Integer)tw_count(&rt->sched.wheel));
+  lua_setfield(L, -2, "timers");
+  lua_pushinteger(L, (lua_Integer)rt->sched.nio);
+  lua_setfield(L, -2, "fd_waits");
+  lua_pushinteger(L, (lua_Integer)rt->nsig);
+  lua_setfield(L, -2, "signal_contexts");
+  lua_pushinteger(L, (lua_Integer)rt->resumed);
+  lua_setfield(L, -2, "resumed");
+  lua_pushinteger(L, (lua_Integer)rt->sched.nparked);
+  lua_setfield(L, -2, "parked");
+  lua_pushinteger(L, (lua_Integer)rt->sched.nready);
+  lua_setfield(L, -2, "ready");
+  lua_pushinteger(L, (lua_Integer)rt->lost);
+  lua_setfield(L, -2, "lost");
+  return 1;
+}
+
+/* }====================================================================== */
+
+/* {======================================================================
+** Set-up and tear-down
+** ======================================================================= */
+
+void lc_loop_init(lua_State *L, lc_runtime *rt) {
+  rt->L = lc_mainthread(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LCONTEXT_LOOP_KEY);
+  rt->loop = (struct ev_loop *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  /* NULL: libev's default loop, taken when first needed (lc_need_loop) */
+  wt_init(&rt->sched, &rt->tree, lc_now(), &ops, rt);
+  ev_timer_init(&rt->wtimer, wtimer_cb, 0.0, 0.0);
+  rt->wtimer.data = rt;
+  rt->wtimer_at = TW_NEVER;
+  ev_idle_init(&rt->idle, idle_cb);
+  rt->idle.data = rt;
+  ev_timer_init(&rt->steptimer, step_cb, 0.0, 0.0);
+  lua_newtable(L);
+  rt->ref_anchors = luaL_ref(L, LUA_REGISTRYINDEX);
+  lc_weak_table(L, "k"); /* keep sets: an ephemeron table */
+  rt->ref_keep = luaL_ref(L, LUA_REGISTRYINDEX);
+  lc_task_init(L, rt);
+  lc_callback_init(L, rt);
+  lc_signal_init(L, rt);
+  lc_metrics_init(L, rt);
+}
+
+/* __gc of the runtime (lua_close): stop every watcher it started */
+int lc_runtime_gc(lua_State *L) {
+  lc_runtime *rt = (lc_runtime *)lua_touserdata(L, 1);
+  if (rt->closed) return 0;
+  if (rt->loop != NULL) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_anchors);
+    if (lua_istable(L, -1)) {
+      lua_pushnil(L);
+      while (lua_next(L, -2)) {
+        if (lua_type(L, -2) == LUA_TLIGHTUSERDATA &&
+            lua_type(L, -1) == LUA_TUSERDATA) {
+          lc_waiter *w = (lc_waiter *)lua_touserdata(L, -2);
+          if (w->kind == WK_SIGNAL) lc_signal_woken(rt, w);
+          wt_release(&rt->sched, w);
+          w->state = WT_DONE;
+        }
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+    if (ev_is_active(&rt->wtimer)) ev_timer_stop(rt->loop, &rt->wtimer);
+    if (ev_is_active(&rt->idle)) ev_idle_stop(rt->loop, &rt->idle);
+    if (ev_is_active(&rt->steptimer)) ev_timer_stop(rt->loop, &rt->steptimer);
+  }
+  rt->closed = 1;
+  return 0;
+}
+
+const luaL_Reg lc_loop_funcs[] = {
+  {"run", l_run},
+  {"step", l_step},
+  {"sched_stats", l_sched_stats},
+  {"_park", l_park},
+  {"_advance", l_advance},
+  {"_next_wakeup", l_next_wakeup},
+  {"_token", l_token},
+  {NULL, NULL}
+};

@@ -1,0 +1,394 @@
+/*
+** l_task.c — tasks: coroutines run by the loop (README, "Scheduler").
+**
+** A task is anchored (rt->ref_anchors) from context.go until it ends, so
+** nothing it waits on or holds can be collected while it may still run. It
+** is resumed on the main thread by the loop (l_loop.c drains the ready
+** queue); it suspends by yielding the token core._park hands back.
+**
+** Ending a task allocates nothing: its results stay on its coroutine's
+** stack (user value 1) and are read from there by task:wait().
+**
+** On Lua 5.4 a task's function runs inside a trampoline holding the task as
+** a to-be-closed variable: coroutine.close of a suspended task calls the
+** task's __close, which releases its waits at once (a closed task is over).
+*/
+#include <stdio.h>
+#include <string.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "lcontext_int.h"
+
+#if LUA_VERSION_NUM >= 504 && defined(LUA_VERSION_RELEASE_NUM) && \
+    LUA_VERSION_RELEASE_NUM >= 50406
+#define lc_closethread(co, L) lua_closethread(co, L)
+#elif LUA_VERSION_NUM >= 504
+#define lc_closethread(co, L) lua_resetthread(co)
+#else
+#define lc_closethread(co, L) ((void)(co), (void)(L)) /* no <close> to run */
+#endif
+
+/* why a task failed without an error value of its own */
+enum { TR_NONE, TR_CLOSED, TR_DEAD };
+
+lc_task *lc_testtask(lua_State *L, int idx, const lc_runtime *rt) {
+  lc_task *t = (lc_task *)lua_touserdata(L, idx);
+  if (t != NULL && lua_getmetatable(L, idx)) {
+    const void *mt = lua_topointer(L, -1);
+    lua_pop(L, 1);
+    if (mt == rt->taskmt) return t;
+  }
+  return NULL;
+}
+
+static lc_task *check_task(lua_State *L, int idx, const char *fname) {
+  lc_task *t = lc_testtask(L, idx, lc_rt(L));
+  if (t == NULL) lc_typeerror(L, idx, fname, "task");
+  return t;
+}
+
+/* {======================================================================
+** Errors that must reach the caller of run/step (an interrupt, a memory
+** error raised inside the loop): kept in a preallocated box until then
+** ======================================================================= */
+
+/* [-0, +0, -] remember the value at idx (never allocates) */
+void lc_pending_error(lua_State *L, lc_runtime *rt, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_pending);
+  lua_rawgeti(L, -1, 1);
+  if (lua_toboolean(L, -1) == 0 && !lua_isnil(L, idx)) { /* the first wins */
+    lua_pushvalue(L, idx);
+    lua_rawseti(L, -3, 1);
+  }
+  lua_pop(L, 2);
+}
+
+/* [-0, +(0|1), -] push the pending error and forget it (1), or nothing (0) */
+int lc_take_pending(lua_State *L, lc_runtime *rt) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_pending);
+  lua_rawgeti(L, -1, 1);
+  if (lua_toboolean(L, -1) == 0) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  lua_pushboolean(L, 0);
+  lua_rawseti(L, -3, 1);
+  lua_remove(L, -2);
+  return 1;
+}
+
+/* }====================================================================== */
+
+/* {======================================================================
+** Making and running tasks
+** ======================================================================= */
+
+/* [-0, +1, m] a new task running the function at fidx with n arguments
+** after it; queued, not started. Everything is allocated before the task
+** counts or is queued. */
+lc_task *lc_new_task(lua_State *L, lc_runtime *rt, int fidx, int n) {
+  lc_task *t;
+  lua_State *co;
+  int extra = rt->ref_trampoline != LUA_NOREF ? 2 : 0;
+  fidx = lua_absindex(L, fidx);
+  luaL_checkstack(L, n + 4, "too many arguments");
+  t = (lc_task *)lua_newuserdatauv(L, sizeof(lc_task), 3);
+  memset(t, 0, sizeof *t);
+  wt_waiter_init(&t->w, WK_TASK, 1);
+  t->status = TS_RUNNING;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_taskmt);
+  lua_setmetatable(L, -2);
+  co = lua_newthread(L);
+  lua_setiuservalue(L, -2, 1);
+  luaL_checkstack(co, n + extra + 1, "too many arguments");
+  if (extra) { /* trampoline(task, fn, ...) */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_trampoline);
+    lua_pushvalue(L, -2);
+    lua_xmove(L, co, 2);
+  }
+  lua_pushvalue(L, fidx);
+  lua_xmove(L, co, 1);
+  if (n > 0) {
+    int i;
+    for (i = 1; i <= n; i++) lua_pushvalue(L, fidx + i);
+    lua_xmove(L, co, n);
+  }
+  t->co = co;
+  t->nargs = n + extra;
+  lc_anchor(L, rt, -1);
+  rt->ntasks++;
+  wt_push(&rt->sched, &t->w);
+  return t;
+}
+
+/* [-2, +1, m] lc_new_task as a Lua function: (fn, rt) -> task */
+int lc_new_task_p(lua_State *L) {
+  lc_runtime *rt = (lc_runtime *)lua_touserdata(L, 2);
+  lua_settop(L, 1);
+  lc_new_task(L, rt, 1, 0);
+  return 1;
+}
+
+/* context.go(fn, ...) -> task */
+static int l_go(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  if (!lc_iscallable(L, 1)) lc_typeerror(L, 1, "go", "function");
+  if (rt->closed) return luaL_error(L, "context.go: the state is closing");
+  lc_new_task(L, rt, 1, lua_gettop(L) - 1);
+  return 1;
+}
+
+/* [-4, +0, e] the protected part of report: err, co, task, rt */
+static int report_p(lua_State *L) {
+  lc_runtime *rt = (lc_runtime *)lua_touserdata(L, 4);
+  lua_State *co = lua_tothread(L, 2);
+  const char *msg = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1)
+                                                  : luaL_tolstring(L, 1, NULL);
+  luaL_traceback(L, co, msg, 0);
+  if (rt->ref_onerror != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_onerror);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, -3);
+    lua_pushvalue(L, 3);
+    lua_call(L, 3, 0);
+  } else {
+    fprintf(stderr, "lcontext: error in task: %s\n", lua_tostring(L, -1));
+    fflush(stderr);
+  }
+  return 0;
+}
+
+/* Report the error on top (raised in the task at taskidx, coroutine co) to
+** the handler (default: stderr). Whatever the handler (or a __tostring)
+** does, the loop goes on. Pops the error. */
+static void report(lua_State *L, lc_runtime *rt, lua_State *co, int taskidx) {
+  int err = lua_gettop(L);
+  lua_pushcfunction(L, report_p);
+  lua_pushvalue(L, err);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  lua_pushvalue(L, taskidx);
+  lua_pushlightuserdata(L, rt);
+  if (lua_pcall(L, 4, 0, 0) != LUA_OK) {
+    lc_report("error while reporting an error in a task", L, -1);
+    lua_pop(L, 1);
+  }
+  lua_settop(L, err - 1);
+}
+
+/* A task ended: wake who waits on it, release it. Allocates nothing. */
+static void finish(lua_State *L, lc_runtime *rt, lc_task *t, int status,
+                   int reason) {
+  t->status = (uint8_t)status;
+  t->reason = (uint8_t)reason;
+  wt_release(&rt->sched, &t->w);
+  t->w.state = WT_DONE;
+  wt_source_end(&rt->sched, &t->end);
+  rt->ntasks--;
+  lc_unanchor(L, rt, t);
+}
+
+/* Resume t (popped from the ready queue: RUNNING). The values it gets: its
+** function and arguments at the first run; the index of the wait that
+** fired (and an error message if that wait failed) after a park; nothing
+** after a yield that was not lcontext's. */
+void lc_resume_task(lua_State *L, lc_runtime *rt, lc_task *t) {
+  lua_State *co = t->co;
+  int nres = 0, st, nargs, taskidx, first = t->nargs >= 0, runnable;
+  lc_push_anchored(L, rt, t);
+  taskidx = lua_gettop(L);
+  if (t->closed)
+    runnable = 0;
+  else if (lua_status(co) == LUA_YIELD)
+    runnable = !first;
+  else if (lua_status(co) == LUA_OK)
+    runnable = first && lua_gettop(co) == t->nargs + 1;
+  else
+    runnable = 0;
+  if (!runnable) { /* closed from outside, or run to its end by another */
+    finish(L, rt, t, TS_FAILED, t->closed || lua_status(co) == LUA_OK
+                                    ? TR_CLOSED : TR_DEAD);
+    lua_settop(L, taskidx - 1);
+    return;
+  }
+  if (first)
+    nargs = t->nargs;
+  else if (t->w.fired == 0)
+    nargs = 0; /* after a yield that was not ours */
+  else {
+    lc_wait *x = &t->w.waits[t->w.fired - 1];
+    lua_pushinteger(co, t->w.fired);
+    nargs = 1;
+    if (x->src == WS_IO && (x->u.io.revents & WT_IO_ERROR)) {
+      lua_pushliteral(co, "bad file descriptor");
+      nargs = 2;
+    }
+  }
+  t->nargs = -1;
+  rt->current = t;
+  rt->resumed++;
+  st = lua_resume(co, L, nargs, &nres);
+  rt->current = NULL;
+  if (st == LUA_YIELD) {
+    lua_pop(co, nres);
+    if (t->w.state != WT_PARKED) { /* a yield that is not ours: again */
+      t->w.fired = 0;
+      wt_push(&rt->sched, &t->w);
+    }
+  } else if (st == LUA_OK) {
+    t->nres = nres;
+    finish(L, rt, t, TS_OK, TR_NONE);
+  } else { /* it raised: the error goes to user value 2, for task:wait() */
+    const void *e = lua_topointer(co, -1);
+    int sentinel = e != NULL && (e == rt->canceled_p || e == rt->deadline_p);
+    lua_xmove(co, L, 1);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, taskidx, 2); /* a slot of its own: no allocation */
+    finish(L, rt, t, TS_FAILED, TR_NONE);
+    if (!sentinel)
+      report(L, rt, co, taskidx);
+    lc_closethread(co, L); /* runs its pending <close>s */
+  }
+  lua_settop(L, taskidx - 1);
+}
+
+/* __close of tasks (the trampoline's to-be-closed variable): when the
+** coroutine of a suspended task is closed from outside, release its waits
+** now and queue it, so that the loop ends it. At a task's normal end or
+** error it is running: nothing to do. */
+static int l_task_close(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  lc_task *t = lc_testtask(L, 1, rt);
+  if (t == NULL || t->status != TS_RUNNING || t->w.state == WT_RUNNING)
+    return 0;
+  t->closed = 1;
+  if (t->w.state != WT_READY) wt_push(&rt->sched, &t->w);
+  return 0;
+}
+
+/* }====================================================================== */
+
+/* {======================================================================
+** Task methods
+** ======================================================================= */
+
+/* core._results(task) -> the values fn returned, or nil, err; nothing
+** while the task runs */
+static int l_results(lua_State *L) {
+  lc_task *t = check_task(L, 1, "wait");
+  lua_State *co;
+  int n, i, top;
+  if (t->status == TS_RUNNING) return 0;
+  if (t->status == TS_FAILED) {
+    lua_pushnil(L);
+    if (t->reason == TR_CLOSED)
+      lua_pushliteral(L, "task's coroutine was closed");
+    else if (t->reason == TR_DEAD)
+      lua_pushliteral(L, "task's coroutine is dead");
+    else
+      lua_getiuservalue(L, 1, 2);
+    return 2;
+  }
+  lua_getiuservalue(L, 1, 1);
+  co = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  top = co != NULL ? lua_gettop(co) : 0;
+  n = t->nres < top ? t->nres : top; /* the top n values of co */
+  luaL_checkstack(L, n + 1, "too many results");
+  if (!lua_checkstack(co, 1)) return luaL_error(L, "too many results");
+  for (i = top - n + 1; i <= top; i++) {
+    lua_pushvalue(co, i);
+    lua_xmove(co, L, 1);
+  }
+  return n;
+}
+
+static const char *status_name(const lc_task *t) {
+  return t->status == TS_RUNNING ? "running"
+         : t->status == TS_OK    ? "ok"
+                                 : "failed";
+}
+
+/* task:status() -> "running" | "ok" | "failed" */
+static int l_task_status(lua_State *L) {
+  lc_task *t = check_task(L, 1, "status");
+  lua_pushstring(L, status_name(t));
+  return 1;
+}
+
+static int l_task_tostring(lua_State *L) {
+  lc_task *t = check_task(L, 1, "tostring");
+  lua_pushfstring(L, "context.task (%s): %p", status_name(t), (void *)t);
+  return 1;
+}
+
+/* core._in_task() -> boolean: is the running coroutine a task? */
+static int l_in_task(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  lua_pushboolean(L, rt->current != NULL && rt->current->co == L);
+  return 1;
+}
+
+/* context.on_error(fn | nil) -> the previous handler */
+static int l_on_error(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  if (!lua_isnoneornil(L, 1) && !lc_iscallable(L, 1))
+    lc_typeerror(L, 1, "on_error", "function or nil");
+  if (rt->ref_onerror != LUA_NOREF)
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_onerror);
+  else
+    lua_pushnil(L);
+  if (!lua_isnoneornil(L, 1)) {
+    int ref;
+    lua_pushvalue(L, 1);
+    ref = luaL_ref(L, LUA_REGISTRYINDEX); /* may fail: nothing changed yet */
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->ref_onerror);
+    rt->ref_onerror = ref;
+  } else {
+    luaL_unref(L, LUA_REGISTRYINDEX, rt->ref_onerror);
+    rt->ref_onerror = LUA_NOREF;
+  }
+  return 1;
+}
+
+/* }====================================================================== */
+
+/* (rt->ref_taskmt is set by luaopen) */
+void lc_task_init(lua_State *L, lc_runtime *rt) {
+  rt->ref_trampoline = LUA_NOREF;
+#if LUA_VERSION_NUM >= 504
+  static const char tramp[] = "local task, fn = ... local _ <close> = task "
+                              "return fn(select(3, ...))";
+  if (luaL_loadbuffer(L, tramp, sizeof tramp - 1, "=[lcontext task]") !=
+      LUA_OK)
+    lua_error(L);
+  rt->ref_trampoline = luaL_ref(L, LUA_REGISTRYINDEX);
+#endif
+  lua_createtable(L, 1, 0); /* the pending-error box */
+  lua_pushboolean(L, 0);
+  lua_rawseti(L, -2, 1);
+  rt->ref_pending = luaL_ref(L, LUA_REGISTRYINDEX);
+  rt->ref_onerror = LUA_NOREF;
+}
+
+const luaL_Reg lc_task_funcs[] = {
+  {"go", l_go},
+  {"on_error", l_on_error},
+  {"_in_task", l_in_task},
+  {"_results", l_results},
+  {NULL, NULL}
+};
+
+const luaL_Reg lc_task_methods[] = {
+  {"status", l_task_status},
+  {NULL, NULL}
+};
+
+const luaL_Reg lc_task_meta[] = {
+  {"__tostring", l_task_tostring},
+  {"__close", l_task_close},
+  {NULL, NULL}
+};
