@@ -89,4 +89,44 @@ function H.subprocess(code)
   return out:gsub("__rc=%d+%s*$", ""), rc
 end
 
+-- Run a Lua chunk in a child interpreter of the runtime running the suite,
+-- with this suite's module paths and environment (under the asan suite the
+-- child inherits LD_PRELOAD and loads build-asan), bounded by coreutils'
+-- `timeout`: a crash or a hang fails one test instead of killing busted.
+-- opts.limit: seconds before the child is killed (20); opts.sh: shell text
+-- run before `timeout` in the same shell (e.g. "trap '' PIPE;"); opts.wrap:
+-- a command that runs the interpreter (e.g. "nohup": timeout itself
+-- catches HUP, INT and TERM, which its child then finds at SIG_DFL).
+-- Returns its stdout+stderr, its exit status (124: timed out; 128+N:
+-- killed by signal N) and the seconds it ran.
+function H.child(code, opts)
+  opts = opts or {}
+  local name = os.tmpname()
+  local f = assert(io.open(name, "w"))
+  f:write(("package.path = %q\npackage.cpath = %q\n"):format(package.path, package.cpath))
+  f:write(code)
+  f:close()
+  local cmd = ("%s timeout -k 2 %d %s %s %s 2>&1; echo \"__rc=$?\""):format(opts.sh or "",
+    opts.limit or 20, opts.wrap or "", h.LUA, name)
+  local t0 = h.now()
+  local p = assert(io.popen(cmd))
+  local out = p:read("*a")
+  p:close()
+  local took = h.now() - t0
+  os.remove(name)
+  local rc = tonumber(out:match("__rc=(%d+)%s*$"))
+  return (out:gsub("__rc=%d+%s*$", "")), rc, took
+end
+
+-- The child's report: `out` must hold a line "OK" and no sign of a crash;
+-- otherwise an error that quotes the child's output and exit status.
+function H.child_ok(out, rc, what)
+  if rc ~= 0 or not out:find("\nOK\n", 1, true) and not out:find("^OK\n") then
+    local why = rc == 124 and " (timed out: a hang)" or
+      (rc and rc > 128 and (" (killed by signal %d)"):format(rc - 128) or "")
+    error(("%s: child exited with status %s%s:\n%s"):format(what or "child",
+      tostring(rc), why, out), 2)
+  end
+end
+
 return H

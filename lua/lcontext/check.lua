@@ -67,6 +67,37 @@ function M.finite(v)
   return type(v) == "number" and v == v and v ~= huge and v ~= -huge
 end
 
+--- The public functions whose first argument is a context, which are also
+-- methods of contexts: `context.sleep(ctx, 1)` is `ctx:sleep(1)` (README).
+-- The core's own (with_*, without_cancel, merge, cause, origin) are methods
+-- already; select is not here: its arguments are waitables of any kind.
+M.CONTEXT_METHODS = {
+  "sleep", "wait_fd", "after_func", "signal",                   -- init.lua, the core
+  "group", "retry", "hedge",                                    -- group, retry, hedge
+  "with_min_timeout", "split", "scope", "fallback", "classify_timeout", -- patterns
+  "with_request_info", "request_info", "log_fields", "copy_values",     -- observe
+  "timeout_ms",                                                 -- ngx.lua only
+}
+
+-- the names install_methods set (init.lua and ngx.lua share the methods)
+local installed = {}
+
+--- install_methods(module, methods): module[name] becomes methods[name] for
+-- each CONTEXT_METHODS name the module has. A method of another meaning
+-- (ctx:done(), ctx:value(k), ...) is never shadowed: that is an error.
+function M.install_methods(module, methods)
+  for _, name in ipairs(M.CONTEXT_METHODS) do
+    local f = module[name]
+    if f ~= nil then
+      if methods[name] ~= nil and not installed[name] then
+        error("lcontext: the context method '" .. name .. "' exists already", 2)
+      end
+      methods[name] = f
+      installed[name] = true
+    end
+  end
+end
+
 -- {=== runtime shims (Lua 5.1, LuaJIT 2.1, 5.3, 5.4) ===
 -- Where the runtime has the function, the shim is that very function. The
 -- shims are reached through this module's __index, not stored in it: Lua

@@ -14,6 +14,7 @@
 return function(context)
   local go, select_ = context.go, context.select
   local type, error, tostring, getmetatable = type, error, tostring, getmetatable
+  local running_co, co_status = coroutine.running, coroutine.status
   local check = require "lcontext.check"
   -- check.*: the runtime shims (Lua 5.1: an xpcall fn may wait in, and the
   -- traceback of the raise as seen from its message handler)
@@ -25,7 +26,10 @@ return function(context)
   Group.__index = Group
   Group.__name = "context.group"
 
+  local reap -- (below)
+
   function Group:__tostring()
+    reap(self)
     return ("context.group (%d running%s)"):format(self._running,
       self._failed and ", failed" or "")
   end
@@ -52,10 +56,43 @@ return function(context)
     end
   end
 
+  -- A member that ended without its body's bookkeeping: its coroutine was
+  -- closed from outside (coroutine.close of a member parked in a wait), or
+  -- it died outside the xpcall. It counts as a finished, failed member, at
+  -- once: it must not stay "running" (a limit would never free its slot,
+  -- and select would return at once for it, again and again).
+  -- g._tasks maps each member to its coroutine (true until its body starts).
+  -- reap_one(g, t) -> true if t was such a member (now counted)
+  local CLOSED = "task's coroutine was closed"
+  local function reap_one(g, t)
+    local co = g._tasks[t]
+    if co == nil then return false end
+    local ended = t:status() ~= "running"
+    if not ended and (co == true or co_status(co) ~= "dead") then return false end
+    local err = CLOSED
+    if ended then -- the core ended it: its own error (nil, err); no wait
+      local _, e = t:wait()
+      if e ~= nil then err = e end
+    end
+    g._tasks[t] = nil
+    g._running = g._running - 1
+    stats.failed = stats.failed + 1
+    fail(g, err, false)
+    return true
+  end
+
+  -- every member (O(members): where a count is asked for, or a slot awaited)
+  function reap(g)
+    for t in pairs(g._tasks) do
+      reap_one(g, t) -- (clearing a field while pairs() runs is allowed)
+    end
+  end
+
   local function start(g, fn, ...)
     local args = pack(...)
     local me
     local function body()
+      if g._tasks[me] then g._tasks[me] = running_co() end
       local tb
       local res = pack(xpcall(fn, function(e)
         if type(e) == "string" then
@@ -94,10 +131,21 @@ return function(context)
     while true do
       if self._failed or self._finished then return false, self._first end
       if not self._limit or self._running < self._limit then break end
-      -- wait for one of the running tasks to end (there are `limit` of them)
+      -- all slots taken: wait for one of the running tasks to end. Those that
+      -- ended unseen (closed) are counted first: select must not get them.
       local waiting, n = {}, 0
-      for t in pairs(self._tasks) do n = n + 1; waiting[n] = t end
-      select_(unpack(waiting, 1, n))
+      for t in pairs(self._tasks) do
+        if not reap_one(self, t) then n = n + 1; waiting[n] = t end
+      end
+      if n == 0 then
+        self._running = 0 -- (no member left: the count cannot say otherwise)
+      elseif self._running >= self._limit and not self._failed then
+        local t = waiting[select_(unpack(waiting, 1, n))]
+        -- it ended, so its body or reap_one removes it: never wait on it again
+        if not reap_one(self, t) and self._tasks[t] ~= nil then
+          error("lcontext.group: select returned for a member still running", 2)
+        end
+      end
     end
     return start(self, fn, ...)
   end
@@ -108,6 +156,7 @@ return function(context)
     if not callable(fn) then
       error(("bad argument #1 to 'try_go' (function expected, got %s)"):format(type(fn)), 2)
     end
+    if self._limit and self._running >= self._limit then reap(self) end
     if self._failed or self._finished then return false, self._first end
     if self._limit and self._running >= self._limit then return false end
     return start(self, fn, ...)
@@ -120,8 +169,10 @@ return function(context)
     while true do
       local t = next(self._tasks)
       if not t then break end
-      t:wait()
-      self._tasks[t] = nil -- its body removed it already; be sure
+      if not reap_one(self, t) then
+        t:wait()
+        reap_one(self, t) -- if its body did not remove it
+      end
     end
     if not self._finished then
       self._finished = true
@@ -141,6 +192,7 @@ return function(context)
   --- g:running() -> the number of tasks of the group still running
   function Group:running()
     check_self(self, "running")
+    reap(self)
     return self._running
   end
 

@@ -206,8 +206,16 @@ return function(context)
           local i = which[k]
           live[i] = nil
           running = running - 1
-          local r = tasks[i]:wait()
-          local err = failure_of(r)
+          local r, werr = tasks[i]:wait()
+          local err
+          if type(r) ~= "table" then
+            -- the task ended before its function returned: its coroutine
+            -- was closed (nil, "task's coroutine was closed"): a failed attempt
+            err = werr
+            if err == nil then err = "attempt " .. i .. " ended without a result" end
+          else
+            err = failure_of(r)
+          end
           if err == nil then
             if observe then observe(est, now() - starts[i]) end
             return finish(unpack(r, 2, r.n))

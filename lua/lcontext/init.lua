@@ -162,4 +162,7 @@ for _, name in ipairs({ "group", "retry", "breaker", "hedge", "patterns", "obser
   end
 end
 
+-- every function above whose first argument is a context is also a method
+check.install_methods(M, methods)
+
 return M

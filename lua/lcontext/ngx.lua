@@ -754,6 +754,10 @@ function M.shared_breaker(dict, opts)
   return M.breaker(o)
 end
 
+-- every function whose first argument is a context is also a method (the
+-- methods are shared with init.lua's: these, the nginx ones, win)
+check.install_methods(M, methods)
+
 -- In nginx, `require "lcontext"` gives this module too, once it is loaded.
 if package.loaded["lcontext"] == nil then package.loaded["lcontext"] = M end
 

@@ -13,10 +13,12 @@ if _VERSION == "Lua 5.1" and not jit then
   return
 end
 
--- lcontext.ngx installs its ctx:done() in the contexts' methods (shared by
--- every module) and becomes `require "lcontext"`: undo both at the end, for
--- the other spec files
-local saved_done, saved_lcontext = core._methods.done, package.loaded["lcontext"]
+-- lcontext.ngx installs its ctx:done() (and ctx:sleep(), ... : every
+-- context-first function) in the contexts' methods (shared by every module)
+-- and becomes `require "lcontext"`: undo both at the end, for the other
+-- spec files
+local saved_methods, saved_lcontext = {}, package.loaded["lcontext"]
+for k, v in pairs(core._methods) do saved_methods[k] = v end
 local saved_ngx = rawget(_G, "ngx")
 
 local mock = require("spec.ngx.mock_ngx").install(core.now)
@@ -41,7 +43,8 @@ end
 
 describe("lcontext.ngx (mock ngx_lua)", function()
   teardown(function()
-    core._methods.done = saved_done
+    for k in pairs(core._methods) do core._methods[k] = nil end
+    for k, v in pairs(saved_methods) do core._methods[k] = v end
     package.loaded["lcontext"] = saved_lcontext
     package.loaded["lcontext.ngx"] = nil
     _G.ngx = saved_ngx
