@@ -34,7 +34,7 @@ RUNTIME_PKGS = lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit2 libluajit2-5.
 BENCH_PKGS   = golang-go
 FUZZ_PKGS    = clang
 
-.PHONY: all build deps demo test bench fuzz stress clean
+.PHONY: all build deps demo test bench fuzz stress clean allocfail
 
 all: build
 build: $(MODULE)
@@ -83,6 +83,19 @@ $(BUILD)/embed-host: examples/embed/host.c $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS)
 	@mkdir -p $(BUILD)
 	$(CC) $(CSTD) $(CFLAGS) -I$(LUA_INC) -Icsrc -o $@ examples/embed/host.c \
 	    $(CORE_LIB_SRC) $(BIND_SRC) -llua$(LUA_VERSION) $(LIBS)
+
+# The allocation-failure sweep (issue 9): a host with lcontext linked in,
+# under ASan + UBSan (+ LeakSanitizer: not a module, so LSan works), whose
+# allocator fails the N-th allocation, for every N of each scenario in
+# tools/allocfail_scenarios.lua. `make allocfail` builds and runs it.
+$(BUILD)/allocfail: tools/allocfail.c $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CSTD) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+	    -fno-sanitize-recover=undefined -I$(LUA_INC) -Icsrc -o $@ tools/allocfail.c \
+	    $(CORE_LIB_SRC) $(BIND_SRC) -llua$(LUA_VERSION) $(LIBS)
+
+allocfail: $(BUILD)/allocfail
+	./$(BUILD)/allocfail
 
 # The module built with AddressSanitizer + UBSan (run with libasan preloaded)
 asan: $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS)

@@ -7,7 +7,7 @@
 # module under ASan+UBSan, busted under valgrind, busted with an aggressive
 # GC hook. SUITES="c lua asan valgrind gc" selects some of them.
 
-SUITES=${SUITES:-"c lua asan valgrind gc lua5.3 lua5.1 luajit ngx"}
+SUITES=${SUITES:-"c lua asan valgrind gc lua5.3 lua5.1 luajit ngx allocfail"}
 MAKE=${MAKE:-make}
 LUA=${LUA:-lua5.4}
 BUSTED="$LUA /usr/bin/busted"
@@ -94,6 +94,12 @@ for s in $SUITES; do
     # OpenResty: a real nginx with ngx_lua on LuaJIT
     $MAKE -s build-jit >/dev/null || { echo "ngx: build failed" | tee -a "$OUT/failures"; F=$((F + 1)); continue; }
     run ngx sh spec/ngx/run.sh
+    ;;
+  allocfail)
+    # the allocation-failure sweep (tools/allocfail.c): every N-th
+    # allocation of each scenario fails; one test per scenario
+    $MAKE -s build/allocfail >/dev/null || { echo "allocfail: build failed" | tee -a "$OUT/failures"; F=$((F + 1)); continue; }
+    run allocfail ./build/allocfail
     ;;
   gc)
     run gc-stress env LCONTEXT_GC_STRESS=1 $BUSTED --helper=spec/gc_stress_helper.lua --exclude-tags=novalgrind
