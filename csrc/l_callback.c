@@ -96,12 +96,17 @@ static int l_callback_gc(lua_State *L) {
   lc_callback *cb = (lc_callback *)lua_touserdata(L, 1);
   lc_runtime *rt = (lc_runtime *)lua_touserdata(L, lua_upvalueindex(1));
   if (rt->closed) return 0;
+  lc_push_anchored(L, rt, cb);
+  if (lua_type(L, -1) == LUA_TUSERDATA)
+    return 0; /* woken and anchored while being finalised (a cancel from
+                 another finaliser): it lives on, and runs */
   if (cb->w.state == WT_PARKED || cb->w.state == WT_READY ||
       cb->w.state == WT_HELD) {
     wt_release(&rt->sched, &cb->w);
     if (cb->w.kind == WK_CALLBACK) rt->ncallbacks--;
   }
   cb->w.state = WT_DONE;
+  lc_unanchor(L, rt, cb); /* its reserved slot, if any */
   return 0;
 }
 

@@ -19,7 +19,9 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lua.h"
 #include "lauxlib.h"
@@ -51,8 +53,10 @@ static int io_start(wt_sched *s, lc_wait *x) {
   ev_io *io = evio_of(x);
   int ev = ((x->u.io.events & WT_IO_READ) ? EV_READ : 0) |
            ((x->u.io.events & WT_IO_WRITE) ? EV_WRITE : 0);
-  /* libev aborts on an fd that is not open: ask first */
-  if (rt->closed || rt->loop == NULL || fcntl(x->u.io.fd, F_GETFD) == -1)
+  /* libev aborts on an fd that is not open, or that is its own epoll fd
+  ** (a closed fd whose number the loop took): ask first */
+  if (rt->closed || rt->loop == NULL || x->u.io.fd == rt->loopfd ||
+      fcntl(x->u.io.fd, F_GETFD) == -1)
     return -1;
   ev_io_init(io, io_cb, x->u.io.fd, ev);
   io->data = rt;
@@ -210,11 +214,33 @@ static void iterate(lc_runtime *rt, int flags) {
   advance(rt);
 }
 
+/* The fd of the loop's own backend (epoll), if this call made it, else -1:
+** it is the lowest free fd just before, and /proc says it is an epoll fd.
+** (libev has no accessor for it; watching it aborts libev.) */
+static struct ev_loop *default_loop(int *loopfd) {
+  struct ev_loop *loop;
+  char path[64], link[64];
+  ssize_t n;
+  int f0 = open("/dev/null", O_RDONLY);
+  if (f0 >= 0) close(f0);
+  loop = ev_default_loop(0);
+  *loopfd = -1;
+  if (loop != NULL && f0 >= 0) {
+    snprintf(path, sizeof path, "/proc/self/fd/%d", f0);
+    n = readlink(path, link, sizeof link - 1);
+    if (n > 0) {
+      link[n] = '\0';
+      if (strstr(link, "eventpoll") != NULL) *loopfd = f0;
+    }
+  }
+  return loop;
+}
+
 /* libev's default loop is taken only when first needed: requiring lcontext
 ** for contexts alone leaves the process's signals (SIGCHLD) alone */
 void lc_need_loop(lua_State *L, lc_runtime *rt) {
   if (rt->loop != NULL) return;
-  rt->loop = ev_default_loop(0);
+  rt->loop = default_loop(&rt->loopfd);
   if (rt->loop == NULL) luaL_error(L, "lcontext: cannot initialise libev");
   if (rt->sched.ready != NULL) ev_idle_start(rt->loop, &rt->idle);
 }
@@ -521,6 +547,7 @@ void lc_loop_init(lua_State *L, lc_runtime *rt) {
   lua_pop(L, 1);
   /* NULL: libev's default loop, taken when first needed (lc_need_loop) */
   wt_init(&rt->sched, &rt->tree, lc_now(), &ops, rt);
+  rt->loopfd = -1;
   ev_timer_init(&rt->wtimer, wtimer_cb, 0.0, 0.0);
   rt->wtimer.data = rt;
   rt->wtimer_at = TW_NEVER;

@@ -60,6 +60,7 @@ typedef struct lc_runtime {
   const void *taskmt;   /* LC_UV_TASKMT as a pointer */
   lua_State *L;          /* the main thread: tasks are resumed from it */
   struct ev_loop *loop;  /* the host's loop, or libev's default loop */
+  int loopfd;            /* its epoll fd when known, else -1 */
   ev_timer wtimer;       /* armed at the wheel's next wake-up */
   int64_t wtimer_at;     /* when wtimer is armed for; TW_NEVER: stopped */
   ev_idle idle;          /* active while the ready queue is not empty */

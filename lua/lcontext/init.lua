@@ -38,29 +38,31 @@ local pcall = pcall
 -- park the running coroutine: true and the index of the wait that fired, or
 -- false and the error the core raised
 local function park_here(fname, ...)
-  local ok, i = pcall(park, fname, ...)
+  local ok, i, ioerr = pcall(park, fname, ...)
   if ok and i == TOKEN then
-    i = yield(TOKEN)
+    i, ioerr = yield(TOKEN)
   end
-  return ok, i
+  return ok, i, ioerr
 end
 
 -- Lua 5.1 only: a wait made inside a check.pcall body (a coroutine of its
 -- own) is parked by the task that runs it (see lcontext/check.lua)
 local outer = check.outer
 
+-- wait(fname, waitable...) -> index of the one that fired [, error]: the
+-- error of an fd that cannot be waited on (not open), which also "fires"
 local function wait(fname, ...)
-  local ok, i
+  local ok, i, ioerr
   if outer then
-    ok, i = outer(park_here, fname, ...)
+    ok, i, ioerr = outer(park_here, fname, ...)
   else -- park_here(fname, ...), inline
-    ok, i = pcall(park, fname, ...)
+    ok, i, ioerr = pcall(park, fname, ...)
     if ok and i == TOKEN then
-      i = yield(TOKEN)
+      i, ioerr = yield(TOKEN)
     end
   end
   if not ok then error(i, 3) end
-  return i
+  return i, ioerr
 end
 
 local check_ctx, check_seconds = check.ctx, check.seconds
@@ -82,33 +84,41 @@ end
 
 local modes = { r = true, w = true, rw = true }
 
-local function fd_of(fd, fname)
+local MAXFD = 2147483647 -- an fd is a C int
+
+-- fd_of(fd, fname, argn) -> the descriptor number of fd (an integer, or an
+-- object with :getfd()), or a bad-argument error
+local function fd_of(fd, fname, argn)
   if type(fd) == "number" then
-    if fd ~= floor(fd) or fd < 0 then
-      error(("bad argument #2 to '%s' (bad file descriptor)"):format(fname), 3)
+    if fd ~= floor(fd) or fd < 0 or fd > MAXFD then
+      error(("bad argument #%d to '%s' (bad file descriptor)"):format(argn, fname), 3)
     end
     return fd
   end
   local ok, getfd = pcall(function() return fd.getfd end)
   if ok and getfd then
     local n = fd:getfd()
-    if type(n) == "number" and n >= 0 then return n end
-    error(("bad argument #2 to '%s' (object has no open file descriptor)"):format(fname), 3)
+    if type(n) == "number" and n >= 0 and n <= MAXFD and n == floor(n) then return n end
+    error(("bad argument #%d to '%s' (object has no open file descriptor)"):format(argn, fname), 3)
   end
-  error(("bad argument #2 to '%s' (file descriptor or object with :getfd() expected, got %s)")
-    :format(fname, type(fd)), 3)
+  error(("bad argument #%d to '%s' (file descriptor or object with :getfd() expected, got %s)")
+    :format(argn, fname, type(fd)), 3)
 end
 
 --- context.wait_fd(ctx, fd, mode) -> true | nil, ctx:err()
 function M.wait_fd(ctx, fd, mode)
   check_ctx(ctx, "wait_fd", 1)
-  local n = fd_of(fd, "wait_fd")
+  local n = fd_of(fd, "wait_fd", 2)
   mode = mode or "r"
   if not modes[mode] then
     error(("bad argument #3 to 'wait_fd' (\"r\", \"w\" or \"rw\" expected, got %s)")
       :format(tostring(mode)), 2)
   end
-  if wait("wait_fd", ctx, { fd = n, mode = mode }) == 2 then return true end
+  local i, ioerr = wait("wait_fd", ctx, { fd = n, mode = mode })
+  if i == 2 then
+    if ioerr then return nil, ("wait_fd: fd %d: %s"):format(n, ioerr) end
+    return true
+  end
   return nil, ctx:err()
 end
 
@@ -119,7 +129,7 @@ function M.fd(fd, mode)
     error(("bad argument #2 to 'fd' (\"r\", \"w\" or \"rw\" expected, got %s)")
       :format(tostring(mode)), 2)
   end
-  return { fd = fd_of(fd, "fd"), mode = mode }
+  return { fd = fd_of(fd, "fd", 1), mode = mode }
 end
 
 --- context.select(w1, w2, ...) -> index, waitable
@@ -130,7 +140,10 @@ function M.select(...)
   if n == 0 then
     error("bad argument #1 to 'select' (waitable expected, got no value)", 2)
   end
-  local i = wait("select", ...)
+  local i, ioerr = wait("select", ...)
+  if ioerr then -- an fd that cannot be waited on: not open, or closed since
+    error(("bad argument #%d to 'select' (%s)"):format(i, ioerr), 2)
+  end
   return i, (select(i, ...))
 end
 

@@ -70,8 +70,8 @@ describe("regress: fd numbers out of range", function()
       if i == 2 then return true end -- "ready": it waited on fd 1
       return nil, "select returned " .. tostring(i)]])
     H.child_ok(out, rc)
-    assert(out:find("RESULT\tfalse\tbad argument #2 to 'fd'", 1, true)
-      or out:find("RESULT\tfalse\tbad argument #2 to 'select'", 1, true),
+    assert(out:find("RESULT\tfalse\t[^\n]*bad argument #1 to 'fd'")
+      or out:find("RESULT\tfalse\t[^\n]*bad argument #2 to 'select'"),
       "an fd out of range must be a bad argument:\n" .. out)
   end)
 end)
