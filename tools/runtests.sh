@@ -63,9 +63,10 @@ run() { # run NAME CMD...: run a suite, show its output, count it
 for s in $SUITES; do
   case $s in
   c)
-    $MAKE -s build/test_ctx build/test_tw >/dev/null || { echo "C tests: build failed" | tee -a "$OUT/failures"; F=$((F + 1)); continue; }
+    $MAKE -s build/test_ctx build/test_tw build/test_wait >/dev/null || { echo "C tests: build failed" | tee -a "$OUT/failures"; F=$((F + 1)); continue; }
     run c-ctx ./build/test_ctx
     run c-tw ./build/test_tw
+    run c-wait ./build/test_wait
     ;;
   lua)
     run lua5.4 $BUSTED
