@@ -100,6 +100,7 @@ static int l_callback_gc(lua_State *L) {
   if (lua_type(L, -1) == LUA_TUSERDATA)
     return 0; /* woken and anchored while being finalised (a cancel from
                  another finaliser): it lives on, and runs */
+  lc_external_remove(cb);
   if (cb->w.state == WT_PARKED || cb->w.state == WT_READY ||
       cb->w.state == WT_HELD) {
     wt_release(&rt->sched, &cb->w);
@@ -208,6 +209,7 @@ static int l_unwatch(lua_State *L) {
       lua_rawlen(L, 1) != sizeof(lc_callback) || cb->w.kind != WK_EXTERNAL)
     return lc_typeerror(L, 1, "unwatch", "watch handle");
   if (cb->w.state == WT_PARKED || cb->w.state == WT_HELD) {
+    lc_external_remove(cb); /* due, not called yet: never will be */
     wt_release(&rt->sched, &cb->w);
     cb->w.state = WT_DONE;
     let_go(L, rt, cb, 1);
@@ -226,10 +228,8 @@ static void on_woken(lc_runtime *rt, lc_callback *cb) {
     cb->anext = rt->to_anchor;
     rt->to_anchor = cb;
   }
-  if (cb->w.kind == WK_EXTERNAL) { /* to call in the cancel's epilogue */
-    cb->xnext = rt->external;
-    rt->external = cb;
-  }
+  if (cb->w.kind == WK_EXTERNAL) /* to call in the cancel's epilogue */
+    lc_external_add(rt, cb);
 }
 
 void lc_callback_woken(wt_sched *s, wt_waiter *w) {

@@ -176,6 +176,7 @@ void lc_keep(lua_State *L, lc_runtime *rt, int ctxidx, int cbidx, int add) {
 ** weak waiter a cancel of X wakes is in X's keep set); counted, so that
 ** tests see it. */
 static void drop_woken(lc_runtime *rt, lc_callback *cb) {
+  lc_external_remove(cb);
   wt_release(&rt->sched, &cb->w);
   cb->w.state = WT_DONE;
   if (cb->w.kind == WK_CALLBACK) rt->ncallbacks--;
@@ -192,14 +193,31 @@ void lc_drop_woken(lc_runtime *rt) {
   }
 }
 
+/* the list of external watches woken and not yet called: doubly linked,
+** so that an unwatch (or a collection) takes one out at once */
+void lc_external_add(lc_runtime *rt, lc_callback *cb) {
+  if (cb->xpprev != NULL) return;
+  cb->xnext = rt->external;
+  if (cb->xnext != NULL) cb->xnext->xpprev = &cb->xnext;
+  cb->xpprev = &rt->external;
+  rt->external = cb;
+}
+
+void lc_external_remove(lc_callback *cb) {
+  if (cb->xpprev == NULL) return;
+  *cb->xpprev = cb->xnext;
+  if (cb->xnext != NULL) cb->xnext->xpprev = cb->xpprev;
+  cb->xnext = NULL;
+  cb->xpprev = NULL;
+}
+
 /* Call the external watches woken so far: each is anchored now; it leaves
 ** the anchors and its keep sets, then its function runs (protected). */
 static void flush_external(lua_State *L, lc_runtime *rt) {
   while (rt->external != NULL) {
     lc_callback *cb = rt->external;
-    rt->external = cb->xnext;
-    cb->xnext = NULL;
-    if (cb->w.state != WT_HELD) continue; /* unwatched meanwhile */
+    lc_external_remove(cb);
+    if (cb->w.state != WT_HELD) continue; /* dropped */
     wt_release(&rt->sched, &cb->w);
     cb->w.state = WT_DONE;
     lc_push_anchored(L, rt, cb);

@@ -255,7 +255,8 @@ typedef struct lc_callback {
   lc_waiter w;
   lc_wait wait;
   struct lc_callback *anext; /* in rt->to_anchor (while listed) */
-  struct lc_callback *xnext; /* external watches: in rt->external */
+  struct lc_callback *xnext; /* external watches: in rt->external ... */
+  struct lc_callback **xpprev; /* ... (NULL: not in it) */
   uint8_t weak;   /* kept by keep sets, not (yet) by the anchors */
   uint8_t listed; /* in rt->to_anchor */
 } lc_callback;
@@ -278,6 +279,8 @@ int lc_push_cause(lua_State *L, lc_runtime *rt, int ctxidx);
 void lc_keep(lua_State *L, lc_runtime *rt, int ctxidx, int cbidx, int add);
 void lc_after_cancel(lua_State *L, lc_runtime *rt, int ctxidx);
 void lc_drop_woken(lc_runtime *rt);
+void lc_external_add(lc_runtime *rt, lc_callback *cb);
+void lc_external_remove(lc_callback *cb);
 
 /* l_ctx.c */
 lc_ctx *lc_deadline_owner(lc_ctx *c);
