@@ -12,8 +12,9 @@ local H = require "spec.sched_helpers"
 -- the child: run `body` (which defines `wait_there()`, a function making a
 -- wait inside a C frame) in a task; report the error the wait raised, then
 -- check that nothing is left armed and that the loop survives collection
-local function probe(body)
+local function probe(body, may_yield)
   return H.child([[
+    local MAY_YIELD = ]] .. tostring(may_yield == true) .. [[
     local context = require "lcontext"
     local core = require "lcontext.core"
     local bg = context.background()
@@ -26,7 +27,8 @@ local function probe(body)
     context.run()
     local ok, err = t:wait()
     print("ERR: " .. tostring(err))
-    assert(ok == false, "the wait raised no error: " .. tostring(ok) .. " " .. tostring(err))
+    assert(ok == false or (MAY_YIELD and ok == true and err == "obj"),
+      "the wait raised no error: " .. tostring(ok) .. " " .. tostring(err))
     collectgarbage(); collectgarbage()
     local s, m = core.sched_stats(), context.metrics()
     assert(s.tasks == 0 and s.timers == 0 and s.fd_waits == 0,
@@ -40,8 +42,11 @@ local function probe(body)
   ]])
 end
 
-local function check(out, rc)
+local function check(out, rc, may_yield)
   local err = out:match("ERR: ([^\n]*)")
+  if may_yield and err == "obj" then -- the runtime could yield there: it waited
+    return H.child_ok(out, rc, "after the wait")
+  end
   assert(err and err:find("cannot wait here", 1, true) and err:lower():find("c function", 1, true),
     "expected a \"cannot wait here ... (a C function is on the stack)\" error:\n" .. out)
   H.child_ok(out, rc, "after the wait")
@@ -65,13 +70,16 @@ describe("regress: a wait where the task cannot yield", function()
   end)
 
   it("in a __tostring metamethod (select)", function()
+    -- LuaJIT can yield across a metamethod that tostring calls: there the
+    -- wait works, and must leave nothing behind either
+    local may_yield = h.RUNTIME == "luajit"
     check(probe([[
       local obj = setmetatable({}, { __tostring = function()
         context.select(ctx, 0.001)
         return "obj"
       end })
       function wait_there() return tostring(obj) end
-    ]]))
+    ]], may_yield), may_yield)
   end)
 
   it("in a plain pcall on Lua 5.1", function()
