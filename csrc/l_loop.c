@@ -205,8 +205,27 @@ static int alive(lc_runtime *rt) {
          tw_count(&rt->sched.wheel) > 0 || rt->sched.nio > 0;
 }
 
+#define SWEEP_NS 50000000 /* 50 ms */
+
+/* Before the loop may block: find tasks closed from outside while they
+** waited (lc_sweep_closed), if tasks wait and the block may be long or the
+** last look is 50 ms old: a closed task is released before the loop sleeps
+** on its behalf, and its cost stays small next to the loop's. */
+static void sweep(lc_runtime *rt) {
+  int64_t now, next;
+  if (rt->sched.nparked == 0 || rt->sched.ready != NULL) return;
+  now = lc_now();
+  next = wt_next_wakeup(&rt->sched);
+  if (now - rt->swept_at < SWEEP_NS && next != TW_NEVER &&
+      next - now < SWEEP_NS)
+    return;
+  rt->swept_at = now;
+  lc_sweep_closed(rt);
+}
+
 /* one blocking (or not) iteration of libev, then the wheel */
 static void iterate(lc_runtime *rt, int flags) {
+  if (!(flags & EVRUN_NOWAIT)) sweep(rt);
   arm(rt);
   rt->in_run++;
   ev_run(rt->loop, flags);
@@ -278,6 +297,11 @@ static int l_run(lua_State *L) {
   if (!drain(rt, 1)) raise_pending(L, rt);
   if (mode == 0) {
     while (alive(rt)) {
+      if (!can_progress(rt) && lc_sweep_closed(rt) > 0) {
+        drain(rt, 1);
+        raise_pending(L, rt);
+        continue;
+      }
       if (!can_progress(rt))
         return luaL_error(L, "context.run: deadlock: %d task(s) wait for "
                           "something nothing can bring", (int)rt->ntasks);
@@ -402,15 +426,12 @@ static void prepare(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
   }
 }
 
-/* [-0, +(1|2), -] the index of the wait that fired, and an error message if
-** it was an fd that cannot be watched */
-static int push_fired(lua_State *L, lc_waiter *w, lc_wait *waits, int i) {
-  lua_pushinteger(L, i);
-  (void)w;
-  if (waits[i - 1].src == WS_IO && (waits[i - 1].u.io.revents & WT_IO_ERROR)) {
-    lua_pushliteral(L, "bad file descriptor");
-    return 2;
-  }
+/* [-0, +1, -] the index of the wait that fired, negated if it is an fd
+** that cannot be watched (not open) */
+static int push_fired(lua_State *L, lc_wait *waits, int i) {
+  int ioerr = waits[i - 1].src == WS_IO &&
+              (waits[i - 1].u.io.revents & WT_IO_ERROR);
+  lua_pushinteger(L, ioerr ? -i : i);
   return 1;
 }
 
@@ -422,6 +443,7 @@ static int park_main(lua_State *L, lc_runtime *rt, lc_waiter *w,
   for (;;) {
     if (!drain(rt, 1)) break; /* an error is pending */
     if (w->state != WT_PARKED) break;
+    if (!can_progress(rt) && lc_sweep_closed(rt) > 0) continue;
     if (!can_progress(rt)) {
       wt_release(&rt->sched, w);
       return luaL_error(L, "context.%s: deadlock: waiting for something "
@@ -435,7 +457,7 @@ static int park_main(lua_State *L, lc_runtime *rt, lc_waiter *w,
   wt_release(&rt->sched, w); /* out of its waits, or of the queue */
   if (woken) drain(rt, 1); /* what woke it may have woken others */
   raise_pending(L, rt);
-  return push_fired(L, w, waits, fired);
+  return push_fired(L, waits, fired);
 }
 
 static int l_park(lua_State *L) {
@@ -479,7 +501,7 @@ static int l_park(lua_State *L) {
   for (i = 0; i < n; i++)
     if (waits[i].src == WS_IO) lc_need_loop(L, rt);
   fired = wt_park(&rt->sched, w, waits, (uint16_t)n, lc_now());
-  if (fired != 0) return push_fired(L, w, waits, fired);
+  if (fired != 0) return push_fired(L, waits, fired);
   if (ismain) return park_main(L, rt, w, waits, fname);
   lua_pushlightuserdata(L, rt); /* the token the Lua side yields */
   return 1;

@@ -9,9 +9,10 @@
 ** Ending a task allocates nothing: its results stay on its coroutine's
 ** stack (user value 1) and are read from there by task:wait().
 **
-** On Lua 5.4 a task's function runs inside a trampoline holding the task as
-** a to-be-closed variable: coroutine.close of a suspended task calls the
-** task's __close, which releases its waits at once (a closed task is over).
+** A task whose coroutine is closed from outside (coroutine.close, 5.4)
+** while it waits is found by lc_sweep_closed, which the loop runs before it
+** blocks (and at least every 50 ms while tasks wait): its waits are
+** released and it ends as failed ("task's coroutine was closed").
 */
 #include <stdio.h>
 #include <string.h>
@@ -92,7 +93,6 @@ int lc_take_pending(lua_State *L, lc_runtime *rt) {
 lc_task *lc_new_task(lua_State *L, lc_runtime *rt, int fidx, int n) {
   lc_task *t;
   lua_State *co;
-  int extra = rt->ref_trampoline != LUA_NOREF ? 2 : 0;
   fidx = lua_absindex(L, fidx);
   luaL_checkstack(L, n + 4, "too many arguments");
   t = (lc_task *)lua_newuserdatauv(L, sizeof(lc_task), 3);
@@ -103,12 +103,7 @@ lc_task *lc_new_task(lua_State *L, lc_runtime *rt, int fidx, int n) {
   lua_setmetatable(L, -2);
   co = lua_newthread(L);
   lua_setiuservalue(L, -2, 1);
-  luaL_checkstack(co, n + extra + 1, "too many arguments");
-  if (extra) { /* trampoline(task, fn, ...) */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_trampoline);
-    lua_pushvalue(L, -2);
-    lua_xmove(L, co, 2);
-  }
+  luaL_checkstack(co, n + 1, "too many arguments");
   lua_pushvalue(L, fidx);
   lua_xmove(L, co, 1);
   if (n > 0) {
@@ -117,9 +112,13 @@ lc_task *lc_new_task(lua_State *L, lc_runtime *rt, int fidx, int n) {
     lua_xmove(L, co, n);
   }
   t->co = co;
-  t->nargs = n + extra;
+  t->nargs = n;
   lc_anchor(L, rt, -1);
   rt->ntasks++;
+  t->tnext = rt->tasks; /* the list of live tasks */
+  if (t->tnext != NULL) t->tnext->tpprev = &t->tnext;
+  t->tpprev = &rt->tasks;
+  rt->tasks = t;
   wt_push(&rt->sched, &t->w);
   return t;
 }
@@ -188,12 +187,16 @@ static void finish(lua_State *L, lc_runtime *rt, lc_task *t, int status,
   t->w.state = WT_DONE;
   wt_source_end(&rt->sched, &t->end);
   rt->ntasks--;
+  *t->tpprev = t->tnext;
+  if (t->tnext != NULL) t->tnext->tpprev = t->tpprev;
+  t->tnext = NULL;
+  t->tpprev = NULL;
   lc_unanchor(L, rt, t);
 }
 
 /* Resume t (popped from the ready queue: RUNNING). The values it gets: its
 ** function and arguments at the first run; the index of the wait that
-** fired (and an error message if that wait failed) after a park; nothing
+** fired (negated if it is an fd that cannot be waited on) after a park; nothing
 ** after a yield that was not lcontext's. */
 void lc_resume_task(lua_State *L, lc_runtime *rt, lc_task *t) {
   lua_State *co = t->co;
@@ -220,12 +223,9 @@ void lc_resume_task(lua_State *L, lc_runtime *rt, lc_task *t) {
     nargs = 0; /* after a yield that was not ours */
   else {
     lc_wait *x = &t->w.waits[t->w.fired - 1];
-    lua_pushinteger(co, t->w.fired);
+    int ioerr = x->src == WS_IO && (x->u.io.revents & WT_IO_ERROR);
+    lua_pushinteger(co, ioerr ? -(int)t->w.fired : t->w.fired);
     nargs = 1;
-    if (x->src == WS_IO && (x->u.io.revents & WT_IO_ERROR)) {
-      lua_pushliteral(co, "bad file descriptor");
-      nargs = 2;
-    }
   }
   t->nargs = -1;
   rt->current = t;
@@ -255,18 +255,22 @@ void lc_resume_task(lua_State *L, lc_runtime *rt, lc_task *t) {
   lua_settop(L, taskidx - 1);
 }
 
-/* __close of tasks (the trampoline's to-be-closed variable): when the
-** coroutine of a suspended task is closed from outside, release its waits
-** now and queue it, so that the loop ends it. At a task's normal end or
-** error it is running: nothing to do. */
-static int l_task_close(lua_State *L) {
-  lc_runtime *rt = lc_rt(L);
-  lc_task *t = lc_testtask(L, 1, rt);
-  if (t == NULL || t->status != TS_RUNNING || t->w.state == WT_RUNNING)
-    return 0;
-  t->closed = 1;
-  if (t->w.state != WT_READY) wt_push(&rt->sched, &t->w);
-  return 0;
+/* Tasks whose coroutine was closed from outside (coroutine.close) while
+** they waited: release their waits and queue them, so that the loop ends
+** them. Returns how many it found. O(live tasks). */
+int lc_sweep_closed(lc_runtime *rt) {
+  lc_task *t;
+  int found = 0;
+  for (t = rt->tasks; t != NULL; t = t->tnext) {
+    lua_State *co = t->co;
+    if ((t->w.state == WT_PARKED || t->w.state == WT_READY) && !t->closed &&
+        t->nargs < 0 && lua_status(co) == LUA_OK && lua_gettop(co) == 0) {
+      t->closed = 1;
+      if (t->w.state == WT_PARKED) wt_push(&rt->sched, &t->w);
+      found++;
+    }
+  }
+  return found;
 }
 
 /* }====================================================================== */
@@ -358,15 +362,6 @@ static int l_on_error(lua_State *L) {
 
 /* (rt->ref_taskmt is set by luaopen) */
 void lc_task_init(lua_State *L, lc_runtime *rt) {
-  rt->ref_trampoline = LUA_NOREF;
-#if LUA_VERSION_NUM >= 504
-  static const char tramp[] = "local task, fn = ... local _ <close> = task "
-                              "return fn(select(3, ...))";
-  if (luaL_loadbuffer(L, tramp, sizeof tramp - 1, "=[lcontext task]") !=
-      LUA_OK)
-    lua_error(L);
-  rt->ref_trampoline = luaL_ref(L, LUA_REGISTRYINDEX);
-#endif
   lua_createtable(L, 1, 0); /* the pending-error box */
   lua_pushboolean(L, 0);
   lua_rawseti(L, -2, 1);
@@ -389,6 +384,5 @@ const luaL_Reg lc_task_methods[] = {
 
 const luaL_Reg lc_task_meta[] = {
   {"__tostring", l_task_tostring},
-  {"__close", l_task_close},
   {NULL, NULL}
 };

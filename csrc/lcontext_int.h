@@ -77,12 +77,13 @@ typedef struct lc_runtime {
                             (callbacks, watches) its cancel could wake */
   int ref_cbmt;          /* registry: the metatable of collectable callbacks */
   int ref_taskmt;        /* registry: the metatable of tasks */
-  int ref_trampoline;    /* registry: the task trampoline (5.4), or NOREF */
   int ref_pending;       /* registry: {[1] = error raised inside the loop
                             that must reach run/step's caller, or false} */
   struct lc_callback *to_anchor; /* weak waiters woken, to anchor */
   struct lc_callback *external;  /* woken external watches, to call */
-  long ntasks;           /* tasks not finished */
+  long ntasks;           /* tasks not finished ... */
+  struct lc_task *tasks; /* ... and their list */
+  int64_t swept_at;      /* when lc_sweep_closed last ran */
   long nsig;             /* signal contexts watching */
   int sigcount[16];      /* watchers started, by signal (lc_signals index) */
   void *sigsaved;        /* dispositions saved at the first watcher */
@@ -244,6 +245,7 @@ typedef struct lc_task {
   uint8_t status;    /* TS_* */
   uint8_t reason;    /* TS_FAILED with no error value: why (TR_*) */
   uint8_t closed;    /* its coroutine was closed from outside */
+  struct lc_task *tnext, **tpprev; /* in rt->tasks while it runs */
 } lc_task;
 /* task user values: 1 coroutine, 2 the error it raised, 3 current waits */
 
@@ -301,6 +303,7 @@ lc_task *lc_testtask(lua_State *L, int idx, const lc_runtime *rt);
 lc_task *lc_new_task(lua_State *L, lc_runtime *rt, int fidx, int n);
 int lc_new_task_p(lua_State *L);
 void lc_resume_task(lua_State *L, lc_runtime *rt, lc_task *t);
+int lc_sweep_closed(lc_runtime *rt);
 void lc_pending_error(lua_State *L, lc_runtime *rt, int idx);
 int lc_take_pending(lua_State *L, lc_runtime *rt);
 

@@ -38,31 +38,32 @@ local pcall = pcall
 -- park the running coroutine: true and the index of the wait that fired, or
 -- false and the error the core raised
 local function park_here(fname, ...)
-  local ok, i, ioerr = pcall(park, fname, ...)
+  local ok, i = pcall(park, fname, ...)
   if ok and i == TOKEN then
-    i, ioerr = yield(TOKEN)
+    i = yield(TOKEN)
   end
-  return ok, i, ioerr
+  return ok, i
 end
 
 -- Lua 5.1 only: a wait made inside a check.pcall body (a coroutine of its
 -- own) is parked by the task that runs it (see lcontext/check.lua)
 local outer = check.outer
 
--- wait(fname, waitable...) -> index of the one that fired [, error]: the
--- error of an fd that cannot be waited on (not open), which also "fires"
+-- wait(fname, waitable...) -> the index of the one that fired; negated for
+-- an fd that cannot be waited on (not open), which also "fires". (Kept
+-- lean: a task's coroutine stack starts small, and every wait runs here.)
 local function wait(fname, ...)
-  local ok, i, ioerr
+  local ok, i
   if outer then
-    ok, i, ioerr = outer(park_here, fname, ...)
+    ok, i = outer(park_here, fname, ...)
   else -- park_here(fname, ...), inline
-    ok, i, ioerr = pcall(park, fname, ...)
+    ok, i = pcall(park, fname, ...)
     if ok and i == TOKEN then
-      i, ioerr = yield(TOKEN)
+      i = yield(TOKEN)
     end
   end
   if not ok then error(i, 3) end
-  return i, ioerr
+  return i
 end
 
 local check_ctx, check_seconds = check.ctx, check.seconds
@@ -114,11 +115,9 @@ function M.wait_fd(ctx, fd, mode)
     error(("bad argument #3 to 'wait_fd' (\"r\", \"w\" or \"rw\" expected, got %s)")
       :format(tostring(mode)), 2)
   end
-  local i, ioerr = wait("wait_fd", ctx, { fd = n, mode = mode })
-  if i == 2 then
-    if ioerr then return nil, ("wait_fd: fd %d: %s"):format(n, ioerr) end
-    return true
-  end
+  local i = wait("wait_fd", ctx, { fd = n, mode = mode })
+  if i == 2 then return true end
+  if i == -2 then return nil, ("wait_fd: fd %d is not open (bad file descriptor)"):format(n) end
   return nil, ctx:err()
 end
 
@@ -140,9 +139,9 @@ function M.select(...)
   if n == 0 then
     error("bad argument #1 to 'select' (waitable expected, got no value)", 2)
   end
-  local i, ioerr = wait("select", ...)
-  if ioerr then -- an fd that cannot be waited on: not open, or closed since
-    error(("bad argument #%d to 'select' (%s)"):format(i, ioerr), 2)
+  local i = wait("select", ...)
+  if i < 0 then -- an fd that cannot be waited on: not open, or closed since
+    error(("bad argument #%d to 'select' (fd %d is not open)"):format(-i, (select(-i, ...)).fd), 2)
   end
   return i, (select(i, ...))
 end
