@@ -115,53 +115,46 @@ int lc_push_cause(lua_State *L, lc_runtime *rt, int ctxidx) {
   return 0;
 }
 
+/* what lc_keep does at each context of the chain */
+typedef struct keep_op {
+  lc_runtime *rt;
+  int cbidx;
+  int add;
+} keep_op;
+
+static int keep_visit(lua_State *L, lc_ctx *c, int idx, void *arg) {
+  const keep_op *k = (const keep_op *)arg;
+  if (!lc_hasnode(c)) return 0;
+  if (slot_get(L, k->rt, c, idx, SLOT_KEEP) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    if (!k->add) return 0;
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    slot_set(L, k->rt, c, idx, SLOT_KEEP);
+  }
+  if (k->add)
+    lua_pushvalue(L, k->cbidx);
+  else
+    lua_pushnil(L);
+  lua_rawsetp(L, -2, lua_touserdata(L, k->cbidx));
+  lua_pop(L, 1);
+  return 0;
+}
+
 /*
 ** [-0, +0, m] Add (or remove) the waiter at cbidx in the keep sets of every
 ** context whose cancel could end the one at ctxidx: itself and its
 ** cancellable ancestors, up to a root or a without_cancel, through every
-** input of a merge. So a weak waiter lives as long as something could still
-** wake it, as in Go, where parents hold their children. Removing never
-** allocates. Iterative: a deep chain does not recurse.
+** input of a merge (lc_walk). So a weak waiter lives as long as something
+** could still wake it, as in Go, where parents hold their children.
+** Removing never allocates.
 */
 void lc_keep(lua_State *L, lc_runtime *rt, int ctxidx, int cbidx, int add) {
-  int base;
-  void *p;
-  ctxidx = lua_absindex(L, ctxidx);
-  cbidx = lua_absindex(L, cbidx);
-  p = lua_touserdata(L, cbidx);
-  base = lua_gettop(L);
-  luaL_checkstack(L, 8, "context chain too deep");
-  lua_pushvalue(L, ctxidx);
-  while (lua_gettop(L) > base) {
-    lc_ctx *c = (lc_ctx *)lua_touserdata(L, -1);
-    if (lc_hasnode(c)) {
-      if (slot_get(L, rt, c, -1, SLOT_KEEP) != LUA_TTABLE) {
-        lua_pop(L, 1);
-        if (!add) goto next;
-        lua_newtable(L);
-        lua_pushvalue(L, -1);
-        slot_set(L, rt, c, -3, SLOT_KEEP);
-      }
-      if (add)
-        lua_pushvalue(L, cbidx);
-      else
-        lua_pushnil(L);
-      lua_rawsetp(L, -2, p);
-      lua_pop(L, 1);
-    }
-  next:
-    if (c->kind == LK_MERGE) {
-      int top = lua_gettop(L), i;
-      luaL_checkstack(L, (int)c->klen + 8, "too many merged contexts");
-      for (i = (int)c->klen; i >= 1; i--) lua_getiuservalue(L, top, i);
-      lua_remove(L, top);
-    } else if (c->kind != LK_WITHOUT && c->parent != NULL &&
-               c->parent->kind != LK_BACKGROUND && c->parent->kind != LK_TODO) {
-      lua_getiuservalue(L, -1, 1);
-      lua_replace(L, -2);
-    } else
-      lua_pop(L, 1);
-  }
+  keep_op k;
+  k.rt = rt;
+  k.cbidx = lua_absindex(L, cbidx);
+  k.add = add;
+  lc_walk(L, ctxidx, LC_WALK_CANCEL, keep_visit, &k);
 }
 
 /* }====================================================================== */

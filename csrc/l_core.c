@@ -61,6 +61,50 @@ int lc_iscallable(lua_State *L, int idx) {
 }
 
 /* {======================================================================
+** The one walk of a context's chain
+** ======================================================================= */
+
+/*
+** [-0, +(0|1), m] Visit the context at idx and those above it, depth first
+** and in order: a merge's inputs one after the other, each up to its root
+** (roots themselves are not visited). With LC_WALK_CANCEL the walk follows
+** cancellation only: it does not go past a without_cancel. visit(L, c, i,
+** arg) gets the context c at stack index i; a non-zero result stops the
+** walk with that context left on the top of the stack, and lc_walk returns
+** 1; else it returns 0 and leaves the stack as it was. Iterative: a chain
+** 100,000 deep does not recurse.
+*/
+int lc_walk(lua_State *L, int idx, int flags, lc_visit visit, void *arg) {
+  int base = lua_gettop(L);
+  idx = lua_absindex(L, idx);
+  luaL_checkstack(L, 8, "context chain too deep");
+  lua_pushvalue(L, idx);
+  while (lua_gettop(L) > base) {
+    lc_ctx *c = (lc_ctx *)lua_touserdata(L, -1);
+    if (visit(L, c, lua_gettop(L), arg)) {
+      lua_copy(L, -1, base + 1);
+      lua_settop(L, base + 1);
+      return 1;
+    }
+    if (c->kind == LK_MERGE) {
+      int top = lua_gettop(L), i;
+      luaL_checkstack(L, (int)c->klen + 8, "too many merged contexts");
+      for (i = (int)c->klen; i >= 1; i--) lua_getiuservalue(L, top, i);
+      lua_remove(L, top);
+    } else if (c->parent != NULL && c->parent->kind != LK_BACKGROUND &&
+               c->parent->kind != LK_TODO &&
+               !((flags & LC_WALK_CANCEL) && c->kind == LK_WITHOUT)) {
+      lua_getiuservalue(L, -1, 1);
+      lua_replace(L, -2);
+    } else
+      lua_pop(L, 1);
+  }
+  return 0;
+}
+
+/* }====================================================================== */
+
+/* {======================================================================
 ** Anchors: waiters that must stay alive while parked, queued or running,
 ** in a registry table keyed by their address
 ** ======================================================================= */

@@ -248,172 +248,6 @@ static int l_merge(lua_State *L) {
 
 /* }====================================================================== */
 
-/* {======================================================================
-** Values
-** A key is described in C (identity, bytes or number) so that a lookup
-** walks the chain through C pointers and touches the Lua API only to push
-** the value it found.
-** ======================================================================= */
-
-typedef struct keyd {
-  uint8_t t, ptype;
-  uint32_t len;
-  lc_keyx x;
-} keyd;
-
-static void check_key(lua_State *L, int arg, const char *fname, keyd *k) {
-  size_t len;
-  lua_Number n;
-  memset(k, 0, sizeof *k);
-  switch (lua_type(L, arg)) {
-  case LUA_TNONE:
-  case LUA_TNIL:
-    lc_argerror(L, arg, fname, "key must not be nil");
-    break;
-  case LUA_TNUMBER:
-    if (lua_isinteger(L, arg)) {
-      k->t = KT_INT;
-      k->x.i = lua_tointeger(L, arg);
-      break;
-    }
-    n = lua_tonumber(L, arg);
-    if (n != n) lc_argerror(L, arg, fname, "key must not be NaN");
-    if (lua_numbertointeger(n, &k->x.i) && (lua_Number)k->x.i == n)
-      k->t = KT_INT; /* 1.0 and 1 are the same key, as in a table */
-    else {
-      k->t = KT_NUM;
-      k->x.n = n;
-    }
-    break;
-  case LUA_TBOOLEAN:
-    k->t = lua_toboolean(L, arg) ? KT_TRUE : KT_FALSE;
-    break;
-  case LUA_TSTRING:
-    k->t = KT_STR;
-    k->x.s = lua_tolstring(L, arg, &len);
-    if (len > 0xffffffffu) lc_argerror(L, arg, fname, "key too long");
-    k->len = (uint32_t)len;
-    break;
-  default:
-    k->t = KT_PTR;
-    k->ptype = (uint8_t)lua_type(L, arg);
-    k->x.p = lua_topointer(L, arg);
-    break;
-  }
-}
-
-static int key_eq(const lc_ctx *h, const keyd *k) {
-  const lc_vctx *c = (const lc_vctx *)h;
-  if (c->ktype != k->t) return 0;
-  switch (k->t) {
-  case KT_PTR: return c->x.p == k->x.p && c->ptype == k->ptype;
-  case KT_STR:
-    return h->klen == k->len &&
-           (c->x.s == k->x.s || memcmp(c->x.s, k->x.s, k->len) == 0);
-  case KT_INT: return c->x.i == k->x.i;
-  case KT_NUM: return c->x.n == k->x.n;
-  default: return 1; /* KT_TRUE, KT_FALSE */
-  }
-}
-
-/* context.with_value(parent, key, value) -> ctx */
-static int l_with_value(lua_State *L) {
-  lc_ctx *p = lc_checkctx(L, 1, "with_value");
-  lc_vctx *v;
-  keyd k;
-  check_key(L, 2, "with_value", &k);
-  lua_settop(L, 3);
-  if (k.t == KT_PTR && k.ptype == LUA_TUSERDATA) lc_validate_value(L, 2, 3);
-  v = (lc_vctx *)lua_newuserdatauv(L, sizeof(lc_vctx), 3);
-  memset(v, 0, sizeof *v);
-  v->h.kind = LK_VALUE;
-  v->h.cn = p->cn;
-  v->h.parent = p;
-  lc_set_depth(lc_rt(L), &v->h, p);
-  v->ktype = k.t;
-  v->ptype = k.ptype;
-  v->h.klen = k.len;
-  v->x = k.x;
-  lua_pushvalue(L, lc_uv(LC_UV_CTXMT));
-  lua_setmetatable(L, -2);
-  lua_pushvalue(L, 1);
-  lua_setiuservalue(L, -2, 1);
-  lua_pushvalue(L, 2);
-  lua_setiuservalue(L, -2, 2);
-  lua_pushvalue(L, 3);
-  lua_setiuservalue(L, -2, 3);
-  lua_pushvalue(L, -1); /* so that value() finds it from its address */
-  lua_rawsetp(L, lc_uv(LC_UV_VMAP), v);
-  return 1;
-}
-
-/*
-** [-0, +(0|1), m] Depth-first search of the contexts above (and including)
-** the one at idx, in order: a merge's inputs are searched one after the
-** other, each to its root. Leaves the first context for which pred holds
-** on the top of the stack and returns 1; else returns 0.
-*/
-static int search(lua_State *L, int idx,
-                  int (*pred)(const lc_ctx *c, const void *arg),
-                  const void *arg) {
-  int base = lua_gettop(L);
-  lua_pushvalue(L, idx);
-  while (lua_gettop(L) > base) {
-    const lc_ctx *c = (const lc_ctx *)lua_touserdata(L, -1);
-    if (pred(c, arg)) {
-      lua_copy(L, -1, base + 1);
-      lua_settop(L, base + 1);
-      return 1;
-    }
-    if (c->kind == LK_MERGE) {
-      int top = lua_gettop(L), i;
-      luaL_checkstack(L, (int)c->klen, "too many merged contexts");
-      for (i = (int)c->klen; i >= 1; i--) lua_getiuservalue(L, top, i);
-      lua_remove(L, top);
-    } else if (c->parent != NULL && !isroot(c->parent)) {
-      lua_getiuservalue(L, -1, 1);
-      lua_replace(L, -2);
-    } else
-      lua_pop(L, 1);
-  }
-  return 0;
-}
-
-static int pred_key(const lc_ctx *c, const void *arg) {
-  return c->kind == LK_VALUE && key_eq(c, (const keyd *)arg);
-}
-
-/* ctx:value(key) -> the nearest value for key, or nil */
-static int l_value(lua_State *L) {
-  lc_ctx *c = lc_checkctx(L, 1, "value"), *p;
-  int depth = 0;
-  keyd k;
-  check_key(L, 2, "value", &k);
-  for (p = c; p != NULL; p = p->parent, depth++) {
-    if (p->kind == LK_VALUE) {
-      if (key_eq(p, &k)) break;
-    } else if (p->kind == LK_MERGE) {
-      if (search(L, 1, pred_key, &k)) lua_getiuservalue(L, -1, 3);
-      else lua_pushnil(L);
-      return 1;
-    }
-  }
-  if (p == NULL) {
-    lua_pushnil(L);
-    return 1;
-  }
-  if (lua_rawgetp(L, lc_uv(LC_UV_VMAP), p) != LUA_TUSERDATA) {
-    lua_pushvalue(L, 1); /* not expected: walk the user values instead */
-    while (depth-- > 0) {
-      lua_getiuservalue(L, -1, 1);
-      lua_replace(L, -2);
-    }
-  }
-  lua_getiuservalue(L, -1, 3);
-  return 1;
-}
-
-/* }====================================================================== */
 
 /* {======================================================================
 ** Asking
@@ -502,14 +336,16 @@ static int l_remaining(lua_State *L) {
   return 1;
 }
 
-static int pred_node(const lc_ctx *c, const void *arg) {
+static int is_node(lua_State *L, lc_ctx *c, int idx, void *arg) {
+  (void)L;
+  (void)idx;
   return lc_hasnode(c) && lc_node(c) == (const ctx_node *)arg;
 }
 
 /* [-0, +1, m] the context that ended the one at idx (nil if running) */
 static int push_origin(lua_State *L, int idx, lc_ctx *c) {
-  if (lc_ctx_err(L, c) == CTX_ERR_NONE || !search(L, idx, pred_node,
-                                                   c->cn->o.origin)) {
+  if (lc_ctx_err(L, c) == CTX_ERR_NONE ||
+      !lc_walk(L, idx, 0, is_node, c->cn->o.origin)) {
     lua_pushnil(L);
     return 0;
   }
@@ -658,7 +494,7 @@ static int l_gc(lua_State *L) {
   {"with_cancel_cause", l_with_cancel_cause},\
   {"with_timeout", l_with_timeout},          \
   {"with_deadline", l_with_deadline},        \
-  {"with_value", l_with_value},              \
+  {"with_value", lc_with_value},             \
   {"without_cancel", l_without_cancel},      \
   {"merge", l_merge}
 
@@ -679,7 +515,7 @@ const luaL_Reg lc_ctx_methods[] = {
   {"check", l_check},
   {"deadline", l_deadline},
   {"remaining", l_remaining},
-  {"value", l_value},
+  {"value", lc_value},
   {"cause", l_cause},
   {"origin", l_origin},
   {NULL, NULL}

@@ -1,13 +1,7 @@
 /*
 ** l_loop.c — the libev loop that drives the wait core: the wheel's timer,
-** fd watchers, the drain of the ready queue, run/step, and waiting (in a
-** task: park and yield; on the main thread: run the loop until a wait
-** fires). README, "Scheduler".
-**
-** Suspending is left to Lua code (lua/lcontext/init.lua): core._park
-** registers the waits of the running task and returns a token, on which
-** the Lua side yields; the loop resumes it with the index of the wait that
-** fired. No lua_yieldk, so the same protocol serves LuaJIT.
+** fd watchers, the drain of the ready queue, run and step. README,
+** "Scheduler". (Waiting itself is l_park.c.)
 **
 ** Errors: the drain runs under a protected call on the main thread. An
 ** error that escapes it (an interrupt from lua.c's SIGINT hook, a memory
@@ -137,7 +131,7 @@ static int drain_p(lua_State *L) {
 /* Run what is ready, until nothing is, on the main thread, protected.
 ** Returns 0 if an error escaped: it is pending for the Lua caller if there
 ** is one (can_raise), else reported. */
-static int drain(lc_runtime *rt, int can_raise) {
+int lc_drain(lc_runtime *rt, int can_raise) {
   lua_State *L = rt->L;
   int ok = 1;
   if (rt->draining) return 1;
@@ -169,7 +163,7 @@ static int drain(lc_runtime *rt, int can_raise) {
 /* from libev, when the host runs the loop (run() drains by itself) */
 static void host_drain(lc_runtime *rt) {
   if (rt->in_run || rt->draining) return;
-  drain(rt, 0);
+  lc_drain(rt, 0);
 }
 
 static void wtimer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -196,7 +190,7 @@ static void step_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 }
 
 /* could anything still happen without the main thread doing something? */
-static int can_progress(lc_runtime *rt) {
+int lc_can_progress(lc_runtime *rt) {
   return wt_pending(&rt->sched) || rt->nsig > 0;
 }
 
@@ -224,7 +218,7 @@ static void sweep(lc_runtime *rt) {
 }
 
 /* one blocking (or not) iteration of libev, then the wheel */
-static void iterate(lc_runtime *rt, int flags) {
+void lc_iterate(lc_runtime *rt, int flags) {
   if (!(flags & EVRUN_NOWAIT)) sweep(rt);
   arm(rt);
   rt->in_run++;
@@ -264,7 +258,7 @@ void lc_need_loop(lua_State *L, lc_runtime *rt) {
   if (rt->sched.ready != NULL) ev_idle_start(rt->loop, &rt->idle);
 }
 
-static void check_loop_caller(lua_State *L, lc_runtime *rt, const char *fname) {
+void lc_loop_caller(lua_State *L, lc_runtime *rt, const char *fname) {
   if (rt->current != NULL || rt->draining)
     luaL_error(L, "context.%s: cannot run the loop from inside a task or callback",
                fname);
@@ -272,56 +266,42 @@ static void check_loop_caller(lua_State *L, lc_runtime *rt, const char *fname) {
   lc_need_loop(L, rt);
 }
 
-/* raise the error that escaped the loop, if any (after the caller made
-** everything consistent) */
-static void raise_pending(lua_State *L, lc_runtime *rt) {
-  if (lc_take_pending(L, rt)) lua_error(L);
-}
 
-/* is an error pending? (looks, takes nothing) */
-static int has_pending(lua_State *L, lc_runtime *rt) {
-  int r;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_pending);
-  lua_rawgeti(L, -1, 1);
-  r = lua_toboolean(L, -1);
-  lua_pop(L, 2);
-  return r;
-}
 
 /* context.run([mode]) -> more work left (boolean) */
 static int l_run(lua_State *L) {
   static const char *const modes[] = {"default", "once", "nowait", NULL};
   lc_runtime *rt = lc_rt(L);
   int mode = luaL_checkoption(L, 1, "default", modes);
-  check_loop_caller(L, rt, "run");
-  if (!drain(rt, 1)) raise_pending(L, rt);
+  lc_loop_caller(L, rt, "run");
+  if (!lc_drain(rt, 1)) lc_raise_pending(L, rt);
   if (mode == 0) {
     while (alive(rt)) {
-      if (!can_progress(rt) && lc_sweep_closed(rt) > 0) {
-        drain(rt, 1);
-        raise_pending(L, rt);
+      if (!lc_can_progress(rt) && lc_sweep_closed(rt) > 0) {
+        lc_drain(rt, 1);
+        lc_raise_pending(L, rt);
         continue;
       }
-      if (!can_progress(rt))
+      if (!lc_can_progress(rt))
         return luaL_error(L, "context.run: deadlock: %d task(s) wait for "
                           "something nothing can bring", (int)rt->ntasks);
-      iterate(rt, EVRUN_ONCE);
-      drain(rt, 1);
-      raise_pending(L, rt);
+      lc_iterate(rt, EVRUN_ONCE);
+      lc_drain(rt, 1);
+      lc_raise_pending(L, rt);
     }
   } else {
     if (mode == 2)
-      iterate(rt, EVRUN_NOWAIT);
-    else if (alive(rt) && can_progress(rt)) {
+      lc_iterate(rt, EVRUN_NOWAIT);
+    else if (alive(rt) && lc_can_progress(rt)) {
       uint64_t w0 = rt->sched.wakeups;
       do { /* until something happens, not just a move inside the wheel */
-        iterate(rt, EVRUN_ONCE);
-        raise_pending(L, rt);
+        lc_iterate(rt, EVRUN_ONCE);
+        lc_raise_pending(L, rt);
       } while (rt->sched.wakeups == w0 && rt->sched.ready == NULL &&
-               can_progress(rt));
+               lc_can_progress(rt));
     }
-    drain(rt, 1);
-    raise_pending(L, rt);
+    lc_drain(rt, 1);
+    lc_raise_pending(L, rt);
   }
   lua_pushboolean(L, alive(rt));
   return 1;
@@ -331,8 +311,8 @@ static int l_run(lua_State *L) {
 static int l_step(lua_State *L) {
   lc_runtime *rt = lc_rt(L);
   lua_Number t = lua_isnoneornil(L, 1) ? 0 : lc_checkduration(L, 1, "step");
-  check_loop_caller(L, rt, "step");
-  if (!drain(rt, 1)) raise_pending(L, rt);
+  lc_loop_caller(L, rt, "step");
+  if (!lc_drain(rt, 1)) lc_raise_pending(L, rt);
   /* wait only if something is left: work that ended in the drain above
   ** (or none at all) leaves nothing to wait for */
   if (t > 0 && rt->sched.ready == NULL && alive(rt)) {
@@ -341,14 +321,14 @@ static int l_step(lua_State *L) {
     ev_now_update(rt->loop);
     ev_timer_start(rt->loop, &rt->steptimer);
     do /* a wake-up of the wheel that only moves timers is not "more" */
-      iterate(rt, EVRUN_ONCE);
+      lc_iterate(rt, EVRUN_ONCE);
     while (rt->sched.wakeups == w0 && ev_is_active(&rt->steptimer) &&
-           !has_pending(L, rt));
+           !lc_has_pending(L, rt));
     ev_timer_stop(rt->loop, &rt->steptimer);
   } else
-    iterate(rt, EVRUN_NOWAIT);
-  drain(rt, 1);
-  raise_pending(L, rt);
+    lc_iterate(rt, EVRUN_NOWAIT);
+  lc_drain(rt, 1);
+  lc_raise_pending(L, rt);
   lua_pushboolean(L, alive(rt));
   return 1;
 }
@@ -356,162 +336,8 @@ static int l_step(lua_State *L) {
 /* }====================================================================== */
 
 /* {======================================================================
-** Parking: core._park(fname, waitable...)
+** For runtimes that drive the wheel themselves, and figures
 ** ======================================================================= */
-
-static const char *const iomodes[] = {"r", "w", "rw", NULL};
-
-/* Check the waitable at idx and describe it in x, arming nothing (so that
-** a bad argument leaves nothing behind). */
-static void prepare(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
-                    const char *fname) {
-  lc_ctx *c;
-  lc_task *t;
-  switch (lua_type(L, idx)) {
-  case LUA_TNUMBER: {
-    lua_Number secs = lua_tonumber(L, idx);
-    int64_t now = lc_now(), at;
-    if (secs != secs) lc_argerror(L, idx - 1, fname, "number is NaN");
-    if (secs == HUGE_VAL || secs == -HUGE_VAL)
-      lc_argerror(L, idx - 1, fname, "number is not finite");
-    if (secs <= 0)
-      at = now;
-    else if (secs * 1e9 >= (lua_Number)(TW_NEVER - now))
-      at = TW_NEVER - 1;
-    else
-      at = now + (int64_t)ceil(secs * 1e9);
-    wt_wait_sleep(x, at);
-    return;
-  }
-  case LUA_TTABLE: {
-    int isnum, mode;
-    lua_Integer fd;
-    lua_getfield(L, idx, "fd");
-    fd = lua_tointegerx(L, -1, &isnum);
-    lua_pop(L, 1);
-    if (!isnum || fd < 0 || fd > INT_MAX)
-      lc_argerror(L, idx - 1, fname, "bad file descriptor");
-    lua_getfield(L, idx, "mode");
-    if (lua_isnil(L, -1))
-      mode = 0;
-    else {
-      const char *m = lua_tostring(L, -1);
-      for (mode = 0; iomodes[mode] != NULL; mode++)
-        if (m != NULL && lua_type(L, -1) == LUA_TSTRING &&
-            strcmp(m, iomodes[mode]) == 0)
-          break;
-      if (iomodes[mode] == NULL)
-        lc_argerror(L, idx - 1, fname, "mode must be \"r\", \"w\" or \"rw\"");
-    }
-    lua_pop(L, 1);
-    wt_wait_io(x, (int)fd, mode == 0 ? WT_IO_READ : mode == 1 ? WT_IO_WRITE
-                                                  : WT_IO_READ | WT_IO_WRITE);
-    return;
-  }
-  case LUA_TUSERDATA:
-    if ((c = lc_testctx(L, idx)) != NULL) {
-      lc_wait_ctx(x, c);
-      return;
-    }
-    if ((t = lc_testtask(L, idx, rt)) != NULL) {
-      wt_wait_source(x, &t->end);
-      return;
-    }
-    /* FALLTHROUGH */
-  default:
-    lc_argerror(L, idx - 1, fname,
-                lua_pushfstring(L, "waitable expected (a context, a task, a "
-                                   "number of seconds or context.fd(fd, mode)), "
-                                   "got %s", luaL_typename(L, idx)));
-  }
-}
-
-/* [-0, +1, -] the index of the wait that fired, negated if it is an fd
-** that cannot be watched (not open) */
-static int push_fired(lua_State *L, lc_wait *waits, int i) {
-  int ioerr = waits[i - 1].src == WS_IO &&
-              (waits[i - 1].u.io.revents & WT_IO_ERROR);
-  lua_pushinteger(L, ioerr ? -i : i);
-  return 1;
-}
-
-/* The main thread waits: run the loop until one of its waits fires. Every
-** way out releases the waiter (it lives on this C stack). */
-static int park_main(lua_State *L, lc_runtime *rt, lc_waiter *w,
-                     lc_wait *waits, const char *fname) {
-  int fired, woken;
-  for (;;) {
-    if (!drain(rt, 1)) break; /* an error is pending */
-    if (w->state != WT_PARKED) break;
-    if (!can_progress(rt) && lc_sweep_closed(rt) > 0) continue;
-    if (!can_progress(rt)) {
-      wt_release(&rt->sched, w);
-      return luaL_error(L, "context.%s: deadlock: waiting for something "
-                        "nothing can bring", fname);
-    }
-    iterate(rt, EVRUN_ONCE);
-    if (has_pending(L, rt)) break;
-  }
-  woken = w->state != WT_PARKED;
-  fired = w->fired;
-  wt_release(&rt->sched, w); /* out of its waits, or of the queue */
-  if (woken) drain(rt, 1); /* what woke it may have woken others */
-  raise_pending(L, rt);
-  return push_fired(L, waits, fired);
-}
-
-static int l_park(lua_State *L) {
-  lc_runtime *rt = lc_rt(L);
-  const char *fname = luaL_checkstring(L, 1);
-  int n = lua_gettop(L) - 1, i, ismain, fired;
-  lc_waiter *w, mainw;
-  lc_wait *waits;
-  if (n < 1) return lc_typeerror(L, 2, fname, "waitable");
-  if (n > 0xffff) return lc_argerror(L, 1, fname, "too many waitables");
-  ismain = lua_pushthread(L);
-  lua_pop(L, 1);
-  if (ismain) {
-    check_loop_caller(L, rt, fname);
-    wt_waiter_init(&mainw, WK_MAIN, 0);
-    w = &mainw;
-  } else if (rt->current == NULL || rt->current->co != L)
-    return luaL_error(L, "context.%s: called from a coroutine that lcontext "
-                      "does not run (start it with context.go)", fname);
-  else if (!lc_isyieldable(L, 2))
-    return luaL_error(L, "context.%s: cannot wait here: a C function is on "
-                      "the stack (a table.sort comparator, a gsub callback, "
-                      "a metamethod called from C...), so the task cannot "
-                      "yield", fname);
-  else
-    w = &rt->current->w;
-  /* allocate and check everything before arming anything */
-  waits = (lc_wait *)lua_newuserdatauv(L, sizeof(lc_wait) * (size_t)n, n);
-  memset(waits, 0, sizeof(lc_wait) * (size_t)n);
-  for (i = 0; i < n; i++) {
-    prepare(L, rt, &waits[i], i + 2, fname);
-    lua_pushvalue(L, i + 2);
-    lua_setiuservalue(L, -2, i + 1); /* keep what is waited on alive */
-  }
-  if (!ismain) { /* the task anchors its waits */
-    lc_push_anchored(L, rt, rt->current);
-    lua_pushvalue(L, -2);
-    lua_setiuservalue(L, -2, 3);
-    lua_pop(L, 1);
-  }
-  for (i = 0; i < n; i++)
-    if (waits[i].src == WS_IO) lc_need_loop(L, rt);
-  fired = wt_park(&rt->sched, w, waits, (uint16_t)n, lc_now());
-  if (fired != 0) return push_fired(L, waits, fired);
-  if (ismain) return park_main(L, rt, w, waits, fname);
-  lua_pushlightuserdata(L, rt); /* the token the Lua side yields */
-  return 1;
-}
-
-/* core._token() -> the value core._park returns when the caller must yield */
-static int l_token(lua_State *L) {
-  lua_pushlightuserdata(L, lc_rt(L));
-  return 1;
-}
 
 /* core._advance(): move the timer wheel to now (expired deadlines cancel
 ** their contexts), then call the watches that became due. For runtimes
@@ -618,9 +444,7 @@ const luaL_Reg lc_loop_funcs[] = {
   {"run", l_run},
   {"step", l_step},
   {"sched_stats", l_sched_stats},
-  {"_park", l_park},
   {"_advance", l_advance},
   {"_next_wakeup", l_next_wakeup},
-  {"_token", l_token},
   {NULL, NULL}
 };

@@ -199,6 +199,8 @@ LC_EXPORT int luaopen_lcontext_core(lua_State *L) {
   push_upvalues(L, uvt);
   luaL_setfuncs(L, lc_loop_funcs, LC_NUP);
   push_upvalues(L, uvt);
+  luaL_setfuncs(L, lc_park_funcs, LC_NUP);
+  push_upvalues(L, uvt);
   luaL_setfuncs(L, lc_metrics_funcs, LC_NUP);
   luaL_setfuncs(L, core_funcs, 0);
   lua_rawgeti(L, uvt, LC_UV_CANCELED);

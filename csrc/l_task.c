@@ -81,6 +81,22 @@ int lc_take_pending(lua_State *L, lc_runtime *rt) {
   return 1;
 }
 
+/* is an error pending? (looks, takes nothing) */
+int lc_has_pending(lua_State *L, lc_runtime *rt) {
+  int r;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_pending);
+  lua_rawgeti(L, -1, 1);
+  r = lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  return r;
+}
+
+/* raise the pending error, if any (once the caller made everything
+** consistent again) */
+void lc_raise_pending(lua_State *L, lc_runtime *rt) {
+  if (lc_take_pending(L, rt)) lua_error(L);
+}
+
 /* }====================================================================== */
 
 /* {======================================================================

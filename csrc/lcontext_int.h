@@ -48,9 +48,10 @@ struct lc_callback;
 ** The per-lua_State runtime.
 ** Files of the binding, each calling only those above it:
 **   l_core (upvalues, checks) < l_key < l_cancel (cancel objects, causes,
-**   keep sets, the after-cancel epilogue) < l_ctx < l_task (tasks, parking
-**   state, errors) < l_callback (after_func, watches) < l_signal < l_loop
-**   (libev, drain, run/step, waiting on the main thread) ; l_metrics reads.
+**   keep sets, the after-cancel epilogue) < l_value < l_ctx < l_task
+**   (tasks, errors) < l_callback (after_func, watches) < l_signal < l_loop
+**   (libev, drain, run/step) < l_park (waiting) < l_metrics < l_open
+**   (luaopen: sets every file up).
 */
 typedef struct lc_runtime {
   ctx_tree tree;
@@ -266,6 +267,11 @@ typedef struct lc_callback {
 
 /* }====================================================================== */
 
+/* l_core.c: the chain walk */
+#define LC_WALK_CANCEL 1 /* only through cancellation (not past without_cancel) */
+typedef int (*lc_visit)(lua_State *L, lc_ctx *c, int idx, void *arg);
+int lc_walk(lua_State *L, int idx, int flags, lc_visit visit, void *arg);
+
 /* l_core.c: anchors (registry table: lightuserdata -> object) */
 void lc_anchor(lua_State *L, lc_runtime *rt, int idx);
 void lc_unanchor(lua_State *L, lc_runtime *rt, void *p);
@@ -283,6 +289,10 @@ void lc_after_cancel(lua_State *L, lc_runtime *rt, int ctxidx);
 void lc_drop_woken(lc_runtime *rt);
 void lc_external_add(lc_runtime *rt, lc_callback *cb);
 void lc_external_remove(lc_callback *cb);
+
+/* l_value.c */
+int lc_with_value(lua_State *L);
+int lc_value(lua_State *L);
 
 /* l_ctx.c */
 lc_ctx *lc_deadline_owner(lc_ctx *c);
@@ -306,6 +316,8 @@ void lc_resume_task(lua_State *L, lc_runtime *rt, lc_task *t);
 int lc_sweep_closed(lc_runtime *rt);
 void lc_pending_error(lua_State *L, lc_runtime *rt, int idx);
 int lc_take_pending(lua_State *L, lc_runtime *rt);
+int lc_has_pending(lua_State *L, lc_runtime *rt);
+void lc_raise_pending(lua_State *L, lc_runtime *rt);
 
 /* l_callback.c */
 extern const luaL_Reg lc_callback_funcs[];
@@ -324,6 +336,13 @@ extern const luaL_Reg lc_loop_funcs[];
 void lc_loop_init(lua_State *L, lc_runtime *rt);
 int lc_runtime_gc(lua_State *L);
 void lc_need_loop(lua_State *L, lc_runtime *rt);
+void lc_loop_caller(lua_State *L, lc_runtime *rt, const char *fname);
+int lc_drain(lc_runtime *rt, int can_raise);
+void lc_iterate(lc_runtime *rt, int flags);
+int lc_can_progress(lc_runtime *rt);
+
+/* l_park.c */
+extern const luaL_Reg lc_park_funcs[];
 
 /* l_metrics.c */
 extern const luaL_Reg lc_metrics_funcs[];

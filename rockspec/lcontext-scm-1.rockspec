@@ -40,9 +40,10 @@ build = {
       sources = {
         "csrc/core/clock.c", "csrc/core/ctx.c", "csrc/core/tw.c",
         "csrc/core/wait.c",
-        "csrc/l_core.c", "csrc/l_key.c", "csrc/l_cancel.c", "csrc/l_ctx.c",
+        "csrc/l_core.c", "csrc/l_key.c", "csrc/l_cancel.c", "csrc/l_value.c",
+        "csrc/l_ctx.c",
         "csrc/l_task.c", "csrc/l_callback.c", "csrc/l_signal.c",
-        "csrc/l_loop.c", "csrc/l_metrics.c", "csrc/l_open.c",
+        "csrc/l_loop.c", "csrc/l_park.c", "csrc/l_metrics.c", "csrc/l_open.c",
       },
       incdirs = { "csrc", "$(LIBEV_INCDIR)" },
       libdirs = { "$(LIBEV_LIBDIR)" },
