@@ -1,0 +1,68 @@
+#!/bin/sh
+# fuzz_api.sh — the Lua-level API fuzzer (tools/fuzz_api.lua, issue 9):
+#   (a) under the ASan/UBSan build (build-asan/, `make asan`), FUZZ_ASAN_SEEDS
+#       seeds of FUZZ_ASAN_OPS operations, one process per seed;
+#   (b) under valgrind with the plain build (build/), FUZZ_VG_SEEDS seeds of
+#       FUZZ_VG_OPS operations.
+# Defaults fit `make test` (about 30 s each on a 2-core machine); raise them
+# for `make fuzz`, e.g.
+#   FUZZ_ASAN_SEEDS=200 FUZZ_ASAN_OPS=5000 FUZZ_VG_SEEDS=10 sh tools/fuzz_api.sh
+# FUZZ_SEED: the first seed (default: the time); FUZZ_AVOID_KNOWN: passed on
+# (default "all": skip what reaches the crashes issue 9 lists; "" = none).
+# A seed passes when the fuzzer exits 0 and the sanitizer/valgrind says
+# nothing; the last line is `N passed, N failed`.
+LUA=${LUA:-lua5.4}
+SEED=${FUZZ_SEED:-$(date +%s)}
+ASAN_SEEDS=${FUZZ_ASAN_SEEDS:-16}
+ASAN_OPS=${FUZZ_ASAN_OPS:-3000}
+VG_SEEDS=${FUZZ_VG_SEEDS:-3}
+VG_OPS=${FUZZ_VG_OPS:-1500}
+AVOID=${FUZZ_AVOID_KNOWN-all}
+LIMIT=${FUZZ_TIMEOUT:-120} # seconds per seed before it counts as a hang
+cd "$(dirname "$0")/.." || exit 1
+[ -f build/lcontext/core.so ] || make -s build >/dev/null || exit 1
+[ -f build-asan/lcontext/core.so ] || make -s asan >/dev/null || exit 1
+passed=0 failed=0
+log=$(mktemp) || exit 1
+trap 'rm -f "$log"' EXIT
+
+# one_seed LABEL SEED OPS CMD... : run one seed, count it, show what failed
+one_seed() {
+  label=$1 seed=$2 ops=$3; shift 3
+  FUZZ_AVOID_KNOWN=$AVOID timeout "$LIMIT" "$@" tools/fuzz_api.lua --seed "$seed" --ops "$ops" >"$log" 2>&1
+  rc=$?
+  if [ $rc -eq 0 ] && ! grep -q "ERROR: AddressSanitizer\|runtime error:\|ERROR SUMMARY: [1-9]" "$log"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    [ $rc -eq 124 ] && echo "fuzz_api ($label): seed $seed hung (over $LIMIT s)"
+    echo "fuzz_api ($label): seed $seed failed (exit $rc):"
+    grep -v "^fuzz_api: seed\|passed, .* failed\|ops in .* s (" "$log" | head -40 | sed 's/^/  /'
+    echo "  replay: $REPLAY_ENV FUZZ_AVOID_KNOWN=$AVOID $* tools/fuzz_api.lua --seed $seed --ops $ops --verbose"
+  fi
+}
+
+ASAN_LIB=$(${CC:-cc} -print-file-name=libasan.so)
+t0=$(date +%s)
+i=0
+while [ $i -lt "$ASAN_SEEDS" ]; do
+  REPLAY_ENV="LD_PRELOAD=$ASAN_LIB ASAN_OPTIONS=detect_leaks=0 LUA_CPATH='./build-asan/?.so;;'" \
+  LD_PRELOAD=$ASAN_LIB ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1 \
+  LUA_CPATH='./build-asan/?.so;;' one_seed asan $((SEED + i)) "$ASAN_OPS" "$LUA"
+  i=$((i + 1))
+done
+t1=$(date +%s)
+echo "fuzz_api: asan, $ASAN_SEEDS seeds x $ASAN_OPS ops from seed $SEED in $((t1 - t0)) s"
+if command -v valgrind >/dev/null 2>&1; then
+  i=0
+  while [ $i -lt "$VG_SEEDS" ]; do
+    REPLAY_ENV="FUZZ_SLOW=20 LUA_CPATH='./build/?.so;;'" FUZZ_SLOW=20 LUA_CPATH='./build/?.so;;' \
+    one_seed valgrind $((SEED + 1000 + i)) "$VG_OPS" valgrind -q --error-exitcode=99 "$LUA"
+    i=$((i + 1))
+  done
+  echo "fuzz_api: valgrind, $VG_SEEDS seeds x $VG_OPS ops in $(( $(date +%s) - t1 )) s"
+else
+  echo "fuzz_api: valgrind not installed, skipped"
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
