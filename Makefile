@@ -3,7 +3,7 @@
 #   make demo    install what is missing, build, run examples/demo.lua
 #   make test    install what is missing, build, run every test suite
 #   make bench   the benchmark table (lcontext beside Go and plain Lua)
-#   make fuzz    the timer-wheel fuzzer, bounded in time
+#   make fuzz    the fuzzers (timer wheel, public API) for longer than make test
 #
 # Dependencies come from Debian packages only (see `deps`).
 
@@ -108,9 +108,14 @@ bench: build
 	@sh tools/deps.sh $(DEB_PKGS) $(BENCH_PKGS)
 	@sh bench/run.sh
 
-fuzz:
+# The fuzzers, for longer than `make test` runs them: the timer wheel's
+# (FUZZ_SECONDS) and the API fuzzer under ASan and valgrind (FUZZ_ASAN_SEEDS
+# x FUZZ_ASAN_OPS, FUZZ_VG_SEEDS x FUZZ_VG_OPS; FUZZ_SEED to replay).
+fuzz: deps build asan
 	@sh tools/deps.sh $(FUZZ_PKGS)
 	@sh tools/fuzz.sh
+	@FUZZ_ASAN_SEEDS=$${FUZZ_ASAN_SEEDS:-200} FUZZ_ASAN_OPS=$${FUZZ_ASAN_OPS:-5000} \
+	 FUZZ_VG_SEEDS=$${FUZZ_VG_SEEDS:-10} sh tools/fuzz_api.sh
 
 # The Lua 5.4 suite with random pauses at clock reads (tools/stall.c):
 # finds timing-fragile tests. Not part of `make test`.
@@ -122,4 +127,4 @@ $(BUILD)/stall.so: tools/stall.c
 	$(CC) $(CSTD) -O2 -shared -fPIC -o $@ tools/stall.c -ldl
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-5.3 build-5.1 build-jit

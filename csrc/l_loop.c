@@ -272,7 +272,16 @@ void lc_loop_caller(lua_State *L, lc_runtime *rt, const char *fname) {
 static int l_run(lua_State *L) {
   static const char *const modes[] = {"default", "once", "nowait", NULL};
   lc_runtime *rt = lc_rt(L);
-  int mode = luaL_checkoption(L, 1, "default", modes);
+  int mode = 0;
+  if (!lua_isnoneornil(L, 1)) {
+    const char *m = lua_tostring(L, 1);
+    if (lua_type(L, 1) != LUA_TSTRING) return lc_typeerror(L, 1, "run", "string");
+    for (mode = 0; modes[mode] != NULL && strcmp(modes[mode], m) != 0; mode++)
+      ;
+    if (modes[mode] == NULL)
+      return lc_argerror(L, 1, "run", lua_pushfstring(L, "invalid option '%s' "
+                         "(\"once\" or \"nowait\" expected)", m));
+  }
   lc_loop_caller(L, rt, "run");
   if (!lc_drain(rt, 1)) lc_raise_pending(L, rt);
   if (mode == 0) {

@@ -127,7 +127,10 @@ static void signal_cb(struct ev_loop *loop, ev_signal *sw, int revents) {
   lua_State *L = rt->L;
   (void)loop;
   (void)revents;
-  if (rt->closed || s->c->cn == NULL || s->c->cn->err != CTX_ERR_NONE) return;
+  if (rt->closed || s->c->cn == NULL ||
+      ctx_poll(&rt->tree, s->c->cn, lc_now()) != CTX_ERR_NONE)
+    return; /* ended meanwhile (perhaps by a deadline noticed only now):
+               its watchers have stopped */
   lua_pushcfunction(L, signal_p);
   lua_pushlightuserdata(L, rt);
   lua_pushlightuserdata(L, s);
@@ -176,7 +179,9 @@ static int l_signal(lua_State *L) {
   lua_pushvalue(L, ctxidx);
   lua_setiuservalue(L, -2, 1);
   lc_anchor(L, rt, -1); /* allocated: now arm */
-  lc_wait_ctx(&s->wait, c);
+  /* on the node alone: a signal context does not keep run() alive, nor
+  ** does its parent's deadline on its account (noticed by signal_cb) */
+  wt_wait_ctx(&s->wait, c->cn, NULL);
   if (wt_park(&rt->sched, &s->w, &s->wait, 1, lc_now()) != 0) {
     lc_unanchor(L, rt, s); /* parent already done */
     lua_pop(L, 1);

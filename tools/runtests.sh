@@ -7,7 +7,7 @@
 # module under ASan+UBSan, busted under valgrind, busted with an aggressive
 # GC hook. SUITES="c lua asan valgrind gc" selects some of them.
 
-SUITES=${SUITES:-"c lua asan valgrind gc lua5.3 lua5.1 luajit ngx allocfail"}
+SUITES=${SUITES:-"c lua asan valgrind gc lua5.3 lua5.1 luajit ngx allocfail fuzz"}
 MAKE=${MAKE:-make}
 LUA=${LUA:-lua5.4}
 BUSTED="$LUA /usr/bin/busted"
@@ -95,6 +95,12 @@ for s in $SUITES; do
     # OpenResty: a real nginx with ngx_lua on LuaJIT
     $MAKE -s build-jit >/dev/null || { echo "ngx: build failed" | tee -a "$OUT/failures"; F=$((F + 1)); continue; }
     run ngx sh spec/ngx/run.sh
+    ;;
+  fuzz)
+    # the API fuzzer (tools/fuzz_api.lua): bounded seeds under ASan and
+    # valgrind; the seeds are printed, each replayable (`make fuzz` runs more)
+    $MAKE -s build asan >/dev/null || { echo "fuzz: build failed" | tee -a "$OUT/failures"; F=$((F + 1)); continue; }
+    run fuzz sh tools/fuzz_api.sh
     ;;
   allocfail)
     # the allocation-failure sweep (tools/allocfail.c): every N-th
