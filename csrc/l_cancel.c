@@ -176,16 +176,6 @@ static void drop_woken(lc_runtime *rt, lc_callback *cb) {
   rt->lost++;
 }
 
-void lc_drop_woken(lc_runtime *rt) {
-  while (rt->to_anchor != NULL) {
-    lc_callback *cb = rt->to_anchor;
-    rt->to_anchor = cb->anext;
-    cb->anext = NULL;
-    cb->listed = 0;
-    if (cb->w.state == WT_READY || cb->w.state == WT_HELD) drop_woken(rt, cb);
-  }
-}
-
 /* the list of external watches woken and not yet called: doubly linked,
 ** so that an unwatch (or a collection) takes one out at once */
 void lc_external_add(lc_runtime *rt, lc_callback *cb) {

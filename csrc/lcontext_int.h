@@ -286,7 +286,6 @@ void lc_set_cause(lua_State *L, lc_runtime *rt, lc_ctx *c, int ctxidx,
 int lc_push_cause(lua_State *L, lc_runtime *rt, int ctxidx);
 void lc_keep(lua_State *L, lc_runtime *rt, int ctxidx, int cbidx, int add);
 void lc_after_cancel(lua_State *L, lc_runtime *rt, int ctxidx);
-void lc_drop_woken(lc_runtime *rt);
 void lc_external_add(lc_runtime *rt, lc_callback *cb);
 void lc_external_remove(lc_callback *cb);
 

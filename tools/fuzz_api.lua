@@ -240,7 +240,10 @@ end
 
 -- drained: the loop has just run (nothing ready), so every task parked by
 -- the yield wrapper is parked in C; otherwise some may be queued (woken)
+local core_stats = require("lcontext.core").sched_stats
 local function check_metrics(drained, exact)
+  local lost = core_stats().lost
+  if lost ~= 0 then violate("%d woken callback(s) had nothing to keep them (sched_stats().lost)", lost) end
   if not isyieldable then return end
   local live, closed = 0, 0
   for co in pairs(parked) do
