@@ -179,9 +179,10 @@ static int l_signal(lua_State *L) {
   lua_pushvalue(L, ctxidx);
   lua_setiuservalue(L, -2, 1);
   lc_anchor(L, rt, -1); /* allocated: now arm */
-  /* on the node alone: a signal context does not keep run() alive, nor
-  ** does its parent's deadline on its account (noticed by signal_cb) */
-  wt_wait_ctx(&s->wait, c->cn, NULL);
+  /* a parent's deadline ends it, and its listening, on time (so run()
+  ** waits for that deadline, as Go waits for NotifyContext's goroutine);
+  ** with no deadline it does not keep run() alive */
+  lc_wait_ctx(&s->wait, c);
   if (wt_park(&rt->sched, &s->w, &s->wait, 1, lc_now()) != 0) {
     lc_unanchor(L, rt, s); /* parent already done */
     lua_pop(L, 1);

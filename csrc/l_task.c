@@ -279,10 +279,11 @@ int lc_sweep_closed(lc_runtime *rt) {
   int found = 0;
   for (t = rt->tasks; t != NULL; t = t->tnext) {
     lua_State *co = t->co;
-    if ((t->w.state == WT_PARKED || t->w.state == WT_READY) && !t->closed &&
-        t->nargs < 0 && lua_status(co) == LUA_OK && lua_gettop(co) == 0) {
+    /* a parked task's coroutine is suspended in a yield; if it is not,
+    ** it was closed (whatever its __close handlers left on its stack) */
+    if (t->w.state == WT_PARKED && !t->closed && lua_status(co) != LUA_YIELD) {
       t->closed = 1;
-      if (t->w.state == WT_PARKED) wt_push(&rt->sched, &t->w);
+      wt_push(&rt->sched, &t->w);
       found++;
     }
   }

@@ -56,4 +56,33 @@ describe("regress: coroutine.close of a task parked on a sleep", function()
     ]], { limit = 8 })
     H.child_ok(out, rc, "a closed task beside a busy one")
   end)
+
+  -- found by the API fuzzer: a __close that raises while the coroutine is
+  -- closed leaves the error on its stack, and the sweep took the coroutine
+  -- for a live one
+  it("also when one of the task's <close> handlers raises", function()
+    if not coroutine.close then
+      pending("coroutine.close exists from Lua 5.4 on: nothing closes a task's coroutine here")
+      return
+    end
+    local out, rc = H.child([[
+      local context = require "lcontext"
+      local bg = context.background()
+      local co
+      local t = context.go(function()
+        co = coroutine.running()
+        local _ <close> = setmetatable({}, { __close = function() error("boom in close") end })
+        context.sleep(bg, 3600)
+      end)
+      context.run("nowait")
+      local ok, err = coroutine.close(co)
+      assert(ok == false and tostring(err):find("boom in close"), "close: " .. tostring(err))
+      local t0 = context.now()
+      context.run()
+      assert(context.now() - t0 < 2, "run() waited for the closed task's sleep")
+      assert(t:status() == "failed", "the closed task is " .. t:status())
+      print("OK")
+    ]], { limit = 8 })
+    H.child_ok(out, rc, "a closed task whose __close raised")
+  end)
 end)
