@@ -122,6 +122,8 @@ static int park_main(lua_State *L, lc_runtime *rt, lc_waiter *w,
   wt_release(&rt->sched, w); /* out of its waits, or of the queue */
   if (woken) lc_drain(rt, 1); /* what woke it may have woken others */
   lc_raise_pending(L, rt);
+  if (fired == 0) /* not reached: only a pending error ends it unwoken */
+    return luaL_error(L, "context.%s: the wait ended with nothing fired", fname);
   return push_fired(L, waits, fired);
 }
 
