@@ -147,12 +147,13 @@ end
 -- is not the task; so a wait made in a proxy asks the coroutine that called
 -- check.pcall to park instead (check.outer), up to the task itself.
 
--- can a coroutine yield across pcall here?
-local yieldable_pcall = (function()
-  local co = coroutine.create(function() return pcall(coroutine.yield, true) end)
-  local ok, yielded = coroutine.resume(co)
-  return ok and yielded == true
-end)()
+-- can a coroutine yield across pcall here? Everywhere but Lua 5.1 (LuaJIT
+-- can). Known from the version, not tried with a coroutine: loading this
+-- module must never yield, and in OpenResty a coroutine resumed while a
+-- handler requires lcontext yields the request's own light thread, across
+-- require ("attempt to yield across C-call boundary", then "loop or
+-- previous error loading module" on every later request).
+local yieldable_pcall = _VERSION ~= "Lua 5.1" or type(rawget(_G, "jit")) == "table"
 
 --- native_pcall: true where check.pcall and check.xpcall are the runtime's
 -- own (everywhere but Lua 5.1)
