@@ -95,6 +95,7 @@ for s in $SUITES; do
     # OpenResty: a real nginx with ngx_lua on LuaJIT
     $MAKE -s build-jit >/dev/null || { echo "ngx: build failed" | tee -a "$OUT/failures"; F=$((F + 1)); continue; }
     run ngx sh spec/ngx/run.sh
+    run ngx-lazy sh spec/ngx/lazy.sh
     ;;
   fuzz)
     # the API fuzzer (tools/fuzz_api.lua): bounded seeds under ASan and
