@@ -98,6 +98,26 @@ function M.install_methods(module, methods)
   end
 end
 
+--- load_core() -> require "lcontext.core"; a core built for another Lua
+-- runtime (a 5.4 build loaded by LuaJIT in nginx: "undefined symbol:
+-- lua_absindex") is an error that says so and how to build the right one.
+function M.load_core()
+  local ok, core = pcall(require, "lcontext.core")
+  if ok then return core end
+  local msg = tostring(core)
+  if msg:find("undefined symbol", 1, true) then
+    local runtime = type(rawget(_G, "jit")) == "table" and "LuaJIT (OpenResty)" or _VERSION
+    error(("lcontext: the C core found on package.cpath was built for another Lua "
+      .. "runtime than this one, %s (%s). Build it for %s: `make build-jit` for "
+      .. "LuaJIT and OpenResty, `make build-5.1`, `make build-5.3`, `make build` for 5.4; "
+      .. "or `luarocks --lua-version %s make rockspec/lcontext-scm-1.rockspec`%s")
+      :format(runtime, msg:match("undefined symbol: [%w_]+") or msg, runtime,
+        _VERSION:match("%d+%.%d+"),
+        runtime:find("LuaJIT") and " LUA_INCDIR=/usr/include/luajit-2.1" or ""), 2)
+  end
+  error(core, 0)
+end
+
 -- {=== runtime shims (Lua 5.1, LuaJIT 2.1, 5.3, 5.4) ===
 -- Where the runtime has the function, the shim is that very function. The
 -- shims are reached through this module's __index, not stored in it: Lua

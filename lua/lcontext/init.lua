@@ -11,7 +11,7 @@ if type(ngx) == "table" and type(ngx.config) == "table" and ngx.config.ngx_lua_v
   return require "lcontext.ngx"
 end
 
-local core = require "lcontext.core"
+local core = require("lcontext.check").load_core()
 
 local M = {}
 for k, v in pairs(core) do

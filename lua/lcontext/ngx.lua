@@ -34,8 +34,8 @@ if type(ngx) ~= "table" or type(ngx.thread) ~= "table" or type(ngx.timer) ~= "ta
   error("lcontext.ngx needs ngx_lua (OpenResty); outside nginx use require \"lcontext\"", 2)
 end
 
-local core = require "lcontext.core"
 local check = require "lcontext.check"
+local core = check.load_core()
 local semaphore = require "ngx.semaphore"
 
 local type, error, tostring, pcall, xpcall, select = type, error, tostring, pcall, xpcall, select
