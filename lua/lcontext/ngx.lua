@@ -155,6 +155,8 @@ local function ms_seconds(s)
   return (ms + 0.5) / 1000 -- wait() multiplies by 1000 and truncates
 end
 
+local start_runner -- after_func's runner (below)
+
 local function drive_loop()
   local sema = drv.sema
   if not sema then
@@ -163,6 +165,7 @@ local function drive_loop()
   end
   while true do
     advance()
+    start_runner() -- callbacks a refused timer left queued (a no-op if none)
     local w = next_wakeup()
     if not w or exiting() then return end
     if w > DRIVER_SLICE then w = DRIVER_SLICE end
@@ -485,12 +488,18 @@ end
 
 -- Callbacks whose context is done wait in a queue; ONE runner timer at a
 -- time (ngx.timer.at(0)) starts each in a light thread of its own, so that
--- many contexts ending at once do not take many pending timers.
+-- many contexts ending at once do not take many pending timers. A queued
+-- callback is a record: stop() marks it stopped until it has started, and
+-- the runner skips it (as on the libev backend: stop() after the cancel that
+-- queued it returns true and prevents the run).
 local cb_queue, cb_n, cb_scheduled = {}, 0, false
 
-local function run_callback(fn)
+local function run_callback(rec)
+  if rec.stopped then return end
+  rec.started = true
+  stats.callbacks = stats.callbacks - 1
   local tb
-  local ok, err = xpcall(fn, function(e)
+  local ok, err = xpcall(rec.fn, function(e)
     tb = traceback(tostring(e), 2)
     return e
   end)
@@ -503,27 +512,39 @@ local function run_callbacks()
     local q, n = cb_queue, cb_n
     cb_queue, cb_n = {}, 0
     for i = 1, n do
-      local ok = pcall(spawn, run_callback, q[i])
-      if not ok then run_callback(q[i]) end
+      local rec = q[i]
+      if not rec.stopped then
+        local ok = pcall(spawn, run_callback, rec)
+        if not ok then run_callback(rec) end
+      end
     end
   end
 end
 
-local function queue_callback(fn)
-  cb_n = cb_n + 1
-  cb_queue[cb_n] = fn
-  if cb_scheduled then return end
+-- Start the runner for the queued callbacks. Never runs them in place
+-- (that would be inside the cancel() that queued them) unless the worker is
+-- exiting, when no timer will ever run them; when nginx refuses a timer for
+-- another reason (lua_max_pending_timers), they stay queued, and the next
+-- callback queued or the deadline driver tries again.
+function start_runner()
+  if cb_scheduled or cb_n == 0 then return end
   local ok, started, err = pcall(timer_at, 0, run_callbacks)
   if ok and started then
     cb_scheduled = true
-  else
-    -- no timer (the worker exits, too many pending timers): run them here
-    log(WARN, "lcontext: after_func: no timer (", tostring(ok and err or started),
-      "), running callbacks in place")
+  elseif exiting() then
     local q, n = cb_queue, cb_n
     cb_queue, cb_n = {}, 0
     for i = 1, n do run_callback(q[i]) end
+  else
+    log(WARN, "lcontext: after_func: no timer for the callbacks (",
+      tostring(ok and err or started), "); they wait for the next chance")
   end
+end
+
+local function queue_callback(rec)
+  cb_n = cb_n + 1
+  cb_queue[cb_n] = rec
+  start_runner()
 end
 
 --- context.after_func(ctx, fn) -> stop
@@ -534,30 +555,19 @@ function M.after_func(ctx, fn)
   if not callable(fn) then
     error(("bad argument #2 to 'after_func' (function expected, got %s)"):format(type(fn)), 2)
   end
-  local armed = true
+  local rec = { fn = fn } -- armed until it starts or is stopped
   local function fire()
-    if armed then
-      armed = false
-      stats.callbacks = stats.callbacks - 1
-    end
-    queue_callback(fn)
+    if not rec.stopped then queue_callback(rec) end
   end
   stats.callbacks = stats.callbacks + 1
   local h = watch(ctx, fire, "weak") -- lives while something can cancel ctx
-  if not h then
-    fire()
-    return function() return false end
-  end
-  kick()
+  if not h then fire() else kick() end
   return function()
-    if not armed then return false end
-    if unwatch(h) then
-      armed = false
-      stats.callbacks = stats.callbacks - 1
-      settle()
-      return true
-    end
-    return false
+    if rec.stopped or rec.started then return false end
+    rec.stopped = true
+    stats.callbacks = stats.callbacks - 1
+    if h and unwatch(h) then settle() end
+    return true
   end
 end
 
