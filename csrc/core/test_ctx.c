@@ -6,29 +6,8 @@
 #include <stdlib.h>
 
 #include "ctx.h"
+#include "unit.h"
 
-static int passed, failed, cur_failed;
-
-#define CHECK(cond)                                                      \
-  do {                                                                   \
-    if (!(cond)) {                                                       \
-      printf("  FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);           \
-      cur_failed = 1;                                                    \
-    }                                                                    \
-  } while (0)
-
-#define RUN(fn)                                                          \
-  do {                                                                   \
-    cur_failed = 0;                                                      \
-    fn();                                                                \
-    if (cur_failed) {                                                    \
-      failed++;                                                          \
-      printf("not ok %s\n", #fn);                                        \
-    } else {                                                             \
-      passed++;                                                          \
-      printf("ok %s\n", #fn);                                            \
-    }                                                                    \
-  } while (0)
 
 static int done_calls;
 static void count_done(ctx_tree *t, ctx_node *n) {
@@ -243,6 +222,5 @@ int main(void) {
   RUN(test_no_parent_deadline);
   RUN(test_deep_chain);
   RUN(test_wide);
-  printf("%d passed, %d failed\n", passed, failed);
-  return failed != 0;
+  return UNIT_SUMMARY();
 }

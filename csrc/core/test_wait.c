@@ -10,30 +10,9 @@
 #include <string.h>
 
 #include "ctx.h"
+#include "unit.h"
 #include "wait.h"
 
-static int passed, failed, cur_failed;
-
-#define CHECK(cond)                                                      \
-  do {                                                                   \
-    if (!(cond)) {                                                       \
-      printf("  FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);           \
-      cur_failed = 1;                                                    \
-    }                                                                    \
-  } while (0)
-
-#define RUN(fn)                                                          \
-  do {                                                                   \
-    cur_failed = 0;                                                      \
-    fn();                                                                \
-    if (cur_failed) {                                                    \
-      failed++;                                                          \
-      printf("not ok %s\n", #fn);                                        \
-    } else {                                                             \
-      passed++;                                                          \
-      printf("ok %s\n", #fn);                                            \
-    }                                                                    \
-  } while (0)
 
 /* {======================================================================
 ** A fake event loop: fds 0..NFD-1 are "open" unless closed[]
@@ -417,6 +396,5 @@ int main(int argc, char **argv) {
   RUN(test_wheel);
   RUN(test_source_and_hold);
   RUN(test_model_runs);
-  printf("%d passed, %d failed\n", passed, failed);
-  return failed != 0;
+  return UNIT_SUMMARY();
 }

@@ -11,27 +11,7 @@
 # whatever happens. The last line is `N passed, N failed`.
 set -u
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-NGINX=${NGINX:-nginx}
-LUA=${LUA:-lua5.4}
-MODULES=${NGX_MODULES:-/usr/lib/nginx/modules}
-BUILD=${LCONTEXT_JIT_BUILD:-$ROOT/build-jit}
-
-P=0; F=0
-pass() { P=$((P + 1)); echo "ok - $*"; }
-fail() { F=$((F + 1)); echo "not ok - $*"; }
-DIR=; MASTER=
-cleanup() {
-  if [ -n "$MASTER" ] && kill -0 "$MASTER" 2>/dev/null; then
-    kill -TERM "$MASTER" 2>/dev/null
-    sleep 1
-    kill -0 "$MASTER" 2>/dev/null && kill -KILL "$MASTER" 2>/dev/null
-  fi
-  if [ -n "$DIR" ] && [ "${KEEP:-0}" != 1 ]; then rm -rf "$DIR"; fi
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-finish() { echo "$P passed, $F failed"; [ "$F" = 0 ]; exit $?; }
+. "$(dirname "$0")/common.sh"
 
 command -v "$NGINX" >/dev/null 2>&1 || { fail "nginx is not installed"; finish; }
 [ -f "$MODULES/ngx_http_lua_module.so" ] || { fail "no ngx_http_lua_module.so"; finish; }
