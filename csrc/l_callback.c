@@ -126,7 +126,7 @@ static int l_after_func(lua_State *L) {
   lua_pushlightuserdata(L, rt);
   lua_pushcclosure(L, l_stop, 2);
   lua_insert(L, 3); /* stop, cb */
-  weak = cancel_only(c) && lc_ctx_err(L, c) == CTX_ERR_NONE;
+  weak = cancel_only(c) && lc_ctx_err(L, rt, c, 1) == CTX_ERR_NONE;
   if (c->cn != NULL) keep_callback(L, rt, cb, weak);
   if (c->cn == NULL || weak) { /* it may be collected unrun */
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_cbmt);
@@ -184,10 +184,7 @@ static int l_watch(lua_State *L) {
   if (!lc_iscallable(L, 2)) lc_typeerror(L, 2, "watch", "function");
   weak = lua_type(L, 3) == LUA_TSTRING && strcmp(lua_tostring(L, 3), "weak") == 0;
   lua_settop(L, 2);
-  if (lc_ctx_err(L, c) != CTX_ERR_NONE) {
-    lc_after_cancel(L, rt, 1); /* a deadline noticed now: tell the others */
-    return 0;
-  }
+  if (lc_ctx_err(L, rt, c, 1) != CTX_ERR_NONE) return 0;
   cb = new_callback(L, WK_EXTERNAL);
   if (!weak || c->cn != NULL) { /* a weak watch nothing can end: nothing keeps it */
     keep_callback(L, rt, cb, weak && cancel_only(c));

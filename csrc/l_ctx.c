@@ -30,27 +30,26 @@ void lc_push_err(lua_State *L, int err) {
     lua_pushnil(L);
 }
 
-/* The state of c now, noticing a passed deadline. */
-int lc_ctx_err(lua_State *L, lc_ctx *c) {
-  ctx_node *n = c->cn;
-  if (n == NULL) return CTX_ERR_NONE;
-  if (n->err != CTX_ERR_NONE || n->deadline == CTX_NEVER) return n->err;
-  return ctx_poll(&lc_rt(L)->tree, n, lc_now());
-}
-
-/* The same, for the public questions (err, is_done, ...): a deadline they
-** notice has passed tells the external watches at once, as a fired timer
-** or a cancel would. */
-static int ctx_err_public(lua_State *L, lc_ctx *c) {
-  ctx_node *n = c->cn;
-  lc_runtime *rt;
-  if (n == NULL) return CTX_ERR_NONE;
-  if (n->err != CTX_ERR_NONE || n->deadline == CTX_NEVER) return n->err;
-  rt = lc_rt(L);
-  if (ctx_poll(&rt->tree, n, lc_now()) != CTX_ERR_NONE)
-    lc_after_cancel(L, rt, 1); /* the context asked is at 1 */
+/* [-0, +0, m] Notice whether the node n (of the context at idx) has passed
+** its deadline at now: if that ends it, the epilogue of a cancel runs
+** (lc_after_cancel), as a fired timer or a cancel would. Returns n->err. */
+static int poll(lua_State *L, lc_runtime *rt, ctx_node *n, int idx,
+                int64_t now) {
+  if (n->err == CTX_ERR_NONE && n->deadline != CTX_NEVER &&
+      ctx_poll(&rt->tree, n, now) != CTX_ERR_NONE)
+    lc_after_cancel(L, rt, idx);
   return n->err;
 }
+
+/* The state of the context c at idx now, noticing a passed deadline. */
+int lc_ctx_err(lua_State *L, lc_runtime *rt, lc_ctx *c, int idx) {
+  ctx_node *n = c->cn;
+  if (n == NULL) return CTX_ERR_NONE;
+  if (n->err != CTX_ERR_NONE || n->deadline == CTX_NEVER) return n->err;
+  return poll(L, rt, n, idx, lc_now());
+}
+
+#define ctx_err_public(L, c) lc_ctx_err(L, lc_rt(L), c, 1)
 
 /* {======================================================================
 ** Deriving
@@ -77,7 +76,7 @@ static lc_ctx *derive_rt(lua_State *L, lc_runtime *rt, lc_ctx *p, int kind,
   lc_cctx *c;
   if (pn != NULL && pn->err == CTX_ERR_NONE && pn->deadline != CTX_NEVER) {
     if (now == 0) now = lc_now();
-    ctx_poll(&rt->tree, pn, now);
+    poll(L, rt, pn, 1, now);
   }
   c = (lc_cctx *)lua_newuserdatauv(L, size, anchored);
   memset(&c->h, 0, sizeof c->h);
@@ -211,7 +210,7 @@ static int l_merge(lua_State *L) {
     if (c->cn != NULL && c->cn->err == CTX_ERR_NONE &&
         c->cn->deadline != CTX_NEVER) {
       if (now == 0) now = lc_now();
-      ctx_poll(&rt->tree, c->cn, now);
+      poll(L, rt, c->cn, i, now);
     }
   }
   m = (lc_cctx *)lua_newuserdatauv(
@@ -331,7 +330,7 @@ static int l_remaining(lua_State *L) {
     return 1;
   }
   now = lc_now();
-  if (c->cn->err == CTX_ERR_NONE) ctx_poll(&lc_rt(L)->tree, c->cn, now);
+  poll(L, lc_rt(L), c->cn, 1, now);
   lua_pushnumber(L, (lua_Number)(c->cn->deadline - now) * 1e-9);
   return 1;
 }
@@ -344,7 +343,7 @@ static int is_node(lua_State *L, lc_ctx *c, int idx, void *arg) {
 
 /* [-0, +1, m] the context that ended the one at idx (nil if running) */
 static int push_origin(lua_State *L, int idx, lc_ctx *c) {
-  if (lc_ctx_err(L, c) == CTX_ERR_NONE ||
+  if (lc_ctx_err(L, lc_rt(L), c, idx) == CTX_ERR_NONE ||
       !lc_walk(L, idx, 0, is_node, c->cn->o.origin)) {
     lua_pushnil(L);
     return 0;

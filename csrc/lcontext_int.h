@@ -300,7 +300,7 @@ extern const luaL_Reg lc_ctx_methods[]; /* methods of contexts */
 extern const luaL_Reg lc_ctx_meta[];    /* metamethods of contexts */
 extern const luaL_Reg lc_ctx_gcmeta[];  /* __gc of linked contexts */
 void lc_push_err(lua_State *L, int err);
-int lc_ctx_err(lua_State *L, lc_ctx *c);
+int lc_ctx_err(lua_State *L, lc_runtime *rt, lc_ctx *c, int idx);
 void lc_wait_ctx(lc_wait *x, lc_ctx *c);
 
 /* l_task.c */
