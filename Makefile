@@ -34,7 +34,7 @@ RUNTIME_PKGS = lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit2 libluajit2-5.
 BENCH_PKGS   = golang-go
 FUZZ_PKGS    = clang
 
-.PHONY: all build deps demo test bench fuzz stress clean allocfail
+.PHONY: all build deps demo test bench bench-cg fuzz stress clean allocfail
 
 all: build
 build: $(MODULE)
@@ -103,6 +103,11 @@ asan: $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS)
 	$(CC) $(CSTD) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
 	    -fno-sanitize-recover=undefined -fPIC -I$(LUA_INC) -Icsrc -shared $(LDFLAGS_MOD) \
 	    -o build-asan/lcontext/core.so $(CORE_LIB_SRC) $(BIND_SRC) $(LIBS)
+
+# instruction counts of the scheduler's paths, beside a base revision:
+# make bench-cg BASE=<rev>
+bench-cg: build
+	@sh bench/callgrind.sh $(BASE)
 
 bench: build
 	@sh tools/deps.sh $(DEB_PKGS) $(BENCH_PKGS)
