@@ -1,6 +1,8 @@
 # lcontext — Go's context package for Lua.
 #
 #   make demo    install what is missing, build, run examples/demo.lua
+#   make repl    a lua5.4 prompt with this build and `context` loaded
+#                (LUA=luajit, LUA=lua5.3, LUA=lua5.1: that runtime's build)
 #   make test    install what is missing, build, run every test suite
 #   make bench   the benchmark table (lcontext beside Go and plain Lua)
 #   make fuzz    the fuzzers (timer wheel, public API) for longer than make test
@@ -34,7 +36,7 @@ RUNTIME_PKGS = lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit2 libluajit2-5.
 BENCH_PKGS   = golang-go
 FUZZ_PKGS    = clang
 
-.PHONY: all build deps demo test bench bench-cg fuzz stress clean allocfail
+.PHONY: all build deps demo repl test bench bench-cg fuzz stress clean allocfail
 
 all: build
 build: $(MODULE)
@@ -67,6 +69,12 @@ deps:
 
 demo: deps build
 	$(LUA) tools/with_paths.lua examples/demo.lua
+
+# The prompt: `$(LUA) -i tools/with_paths.lua` with the build of that runtime
+# (made if missing) and `context` loaded. README, "At the prompt".
+REPL_BUILD = $(if $(findstring jit,$(LUA)),build-jit,$(if $(findstring 5.3,$(LUA)),build-5.3,$(if $(findstring 5.1,$(LUA)),build-5.1,$(BUILD))))
+repl: $(REPL_BUILD)/lcontext/core.so
+	@LCONTEXT_BUILD=$(REPL_BUILD) $(LUA) -i $(CURDIR)/tools/with_paths.lua
 
 # Every suite; the last line is `N passed, N failed` summed over all of them.
 test: deps build $(BUILD)/embed-host
