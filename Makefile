@@ -6,6 +6,7 @@
 #   make test    install what is missing, build, run every test suite
 #   make bench   the benchmark table (lcontext beside Go and plain Lua)
 #   make fuzz    the fuzzers (timer wheel, public API) for longer than make test
+#   make rock    dist/: the release tarball and .src.rock, from the checkout, offline
 #
 # Dependencies come from Debian packages only (see `deps`).
 
@@ -36,7 +37,7 @@ RUNTIME_PKGS = lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit2 libluajit2-5.
 BENCH_PKGS   = golang-go
 FUZZ_PKGS    = clang
 
-.PHONY: all build deps demo repl test bench bench-cg fuzz stress clean allocfail
+.PHONY: all build deps demo repl test bench bench-cg fuzz stress clean allocfail rock dist
 
 all: build
 build: $(MODULE)
@@ -45,7 +46,7 @@ $(MODULE): $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -shared $(LDFLAGS_MOD) -o $@ $(CORE_LIB_SRC) $(BIND_SRC) $(LIBS)
 
-# The module for the other runtimes (issue: Runtimes): build-5.3, build-5.1,
+# The module for the other runtimes: build-5.3, build-5.1,
 # build-jit (LuaJIT 2.1, OpenResty's fork). Same sources, lc_compat.h.
 OTHER_CFLAGS = $(CSTD) $(OPT) -g -fPIC -fvisibility=hidden -Icsrc
 build-5.3/lcontext/core.so: $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS) Makefile
@@ -139,5 +140,40 @@ $(BUILD)/stall.so: tools/stall.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CSTD) -O2 -shared -fPIC -o $@ tools/stall.c -ldl
 
+# The release (rockspec/lcontext-$(VERSION)-$(ROCKREV).rockspec): the source
+# tarball, `git archive` of ROCK_REV (HEAD: commit first) under the prefix
+# lcontext-$(VERSION)/, and the .src.rock, a zip of the release rockspec and
+# that tarball (what `luarocks pack` makes, but without fetching source.url:
+# offline). `luarocks install dist/lcontext-$(VERSION)-$(ROCKREV).src.rock`
+# installs it.
+VERSION     = 0.1.0
+ROCKREV     = 1
+ROCK_REV   ?= HEAD
+DIST       ?= dist
+ROCKSPEC    = rockspec/lcontext-$(VERSION)-$(ROCKREV).rockspec
+TARBALL     = $(DIST)/lcontext-$(VERSION).tar.gz
+SRC_ROCK    = $(DIST)/lcontext-$(VERSION)-$(ROCKREV).src.rock
+
+rock: $(SRC_ROCK)
+dist: rock
+
+$(TARBALL): FORCE
+	@mkdir -p $(DIST)
+	git archive --format=tar.gz --prefix=lcontext-$(VERSION)/ -o $@ $(ROCK_REV)
+
+$(SRC_ROCK): $(TARBALL) $(ROCKSPEC)
+	@command -v zip >/dev/null || sh tools/deps.sh zip
+	rm -rf $@ $(DIST)/pack && mkdir -p $(DIST)/pack
+	cp $(ROCKSPEC) $(TARBALL) $(DIST)/pack/
+	cd $(DIST)/pack && zip -q -X ../$(notdir $@) $(notdir $(ROCKSPEC)) $(notdir $(TARBALL))
+	rm -rf $(DIST)/pack
+	@echo "$@: luarocks install $@"
+
+.PHONY: FORCE
+FORCE:
+
+# Also what `luarocks make` leaves in the checkout (it builds in place):
+# csrc/**/*.o and lcontext/core.so.
 clean:
-	rm -rf $(BUILD) build-asan build-5.3 build-5.1 build-jit
+	rm -rf $(BUILD) build-asan build-5.3 build-5.1 build-jit dist lcontext
+	rm -f csrc/*.o csrc/core/*.o

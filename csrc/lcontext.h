@@ -18,6 +18,10 @@
 **
 ** Close the lua_State before destroying the loop: closing it stops every
 ** watcher lcontext started.
+**
+** The rock installs this header in its directory, as conf/lcontext.h
+** (`luarocks show --rock-dir lcontext`); README's "Embedding in a C host"
+** gives the build line. The module exports luaopen_lcontext_core alone.
 */
 #ifndef LCONTEXT_H
 #define LCONTEXT_H

@@ -23,6 +23,13 @@
 #include "core/tw.h"
 #include "core/wait.h"
 
+/* Internal: hidden from the module's dynamic symbol table whatever CFLAGS
+** the build uses (only luaopen_lcontext_core is exported). After the
+** includes, since the pragma also marks external declarations. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
 /* upvalues shared by every function of the module */
 #define LC_UV_CTXMT 1    /* metatable of contexts without __gc */
 #define LC_UV_CTXMTGC 2  /* metatable of contexts linked below a parent */
@@ -359,5 +366,9 @@ extern const luaL_Reg lc_key_funcs[];
 extern const luaL_Reg lc_key_meta[];
 void lc_new_sentinels(lua_State *L); /* pushes canceled, deadline_exceeded */
 void lc_validate_value(lua_State *L, int kidx, int vidx);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #endif

@@ -1,4 +1,6 @@
--- luarocks --lua-version 5.4 make rockspec/lcontext-scm-1.rockspec
+-- The development rockspec: build the checkout (the build and test sections
+-- are the same as the release rockspec's, spec/rockspec_spec.lua checks it).
+--   luarocks --lua-version 5.4 make rockspec/lcontext-scm-1.rockspec
 rockspec_format = "3.0"
 package = "lcontext"
 version = "scm-1"
@@ -13,6 +15,9 @@ description = {
     coroutines (tasks) suspend on ctx:done(), sleeps and fd waits.
   ]],
   license = "MIT",
+  homepage = "https://example.invalid/lcontext",
+  issues_url = "https://example.invalid/lcontext/issues",
+  maintainer = "the lcontext authors",
   labels = { "context", "cancellation", "deadline", "timeout", "libev", "coroutines" },
 }
 dependencies = {
@@ -50,5 +55,15 @@ build = {
       libraries = { "ev", "m" },
     },
   },
+  install = {
+    -- the embedding header: $(luarocks show --rock-dir lcontext)/conf/lcontext.h
+    conf = { ["lcontext.h"] = "csrc/lcontext.h" },
+  },
   copy_directories = { "examples" },
+}
+-- `luarocks test`: the busted specs on the targeted Lua, with busted as
+-- installed (offline; see tools/rocktest.lua)
+test = {
+  type = "command",
+  script = "tools/rocktest.lua",
 }

@@ -8,7 +8,18 @@
 
 #include <stdint.h>
 
+/* Internal: hidden from the module's dynamic symbol table whatever CFLAGS
+** the build uses (only luaopen_lcontext_core is exported). After the
+** includes, since the pragma also marks external declarations. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
 int64_t clk_mono_ns(void); /* CLOCK_MONOTONIC, nanoseconds */
 double clk_real(void);     /* CLOCK_REALTIME, epoch seconds with fraction */
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #endif

@@ -24,6 +24,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Internal: hidden from the module's dynamic symbol table whatever CFLAGS
+** the build uses (only luaopen_lcontext_core is exported). After the
+** includes, since the pragma also marks external declarations. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
 #define CTX_NEVER INT64_MAX /* "no deadline", in monotonic nanoseconds */
 
 enum ctx_err {
@@ -162,5 +169,9 @@ void ctx_detach(ctx_tree *t, ctx_node *n);
 
 /* Is n linked below some parent (needs ctx_detach before it is freed)? */
 int ctx_is_linked(const ctx_node *n);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #endif

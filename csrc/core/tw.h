@@ -16,6 +16,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Internal: hidden from the module's dynamic symbol table whatever CFLAGS
+** the build uses (only luaopen_lcontext_core is exported). After the
+** includes, since the pragma also marks external declarations. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
 #define TW_NEVER INT64_MAX     /* "no deadline" / "nothing to wait for" */
 #define TW_TICK_NS 1000000     /* one tick: 1 ms */
 #define TW_LEVEL_BITS 6
@@ -77,5 +84,9 @@ size_t  tw_advance(tw_wheel *w, int64_t now_ns,
 ** if consistent, else a positive code naming the broken invariant. Must not
 ** be called from inside fire. */
 int     tw_check(const tw_wheel *w);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #endif

@@ -33,6 +33,13 @@
 #include "ctx.h"
 #include "tw.h"
 
+/* Internal: hidden from the module's dynamic symbol table whatever CFLAGS
+** the build uses (only luaopen_lcontext_core is exported). After the
+** includes, since the pragma also marks external declarations. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
 typedef struct wt_sched wt_sched;
 typedef struct wt_waiter wt_waiter;
 typedef struct ctx_watch wt_wait; /* what ctx.h calls a node's watch */
@@ -210,5 +217,9 @@ int wt_pending(const wt_sched *s);
 
 /* For tests: verify the invariants of w (0 if they hold, else a code). */
 int wt_check_waiter(const wt_sched *s, const wt_waiter *w);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #endif

@@ -8,9 +8,9 @@
 ** watchers (here a heartbeat timer). Exit status 0 when the script's
 ** expectations held.
 **
-** Build: cc -std=c99 -I/usr/include/lua5.4 -Icsrc examples/embed/host.c \
-**        csrc/core/{clock,ctx,tw}.c csrc/l_*.c -llua5.4 -lev -lm
-** Run:   ./host examples/embed/script.lua   (from the repository root)
+** Build: make build/embed-host   (lcontext's sources compiled in; README's
+**        "Embedding in a C host" builds it against an installed rock)
+** Run:   ./build/embed-host examples/embed/script.lua   (from the repository root)
 */
 #include <stdio.h>
 
