@@ -401,6 +401,15 @@ describe("context.breaker state store", function()
   end)
 end)
 
+describe("context.breaker_open", function()
+  it("prints and concatenates as its message", function()
+    local bo = context.breaker_open
+    assert.are.equal("circuit breaker is open", tostring(bo))
+    assert.are.equal("call failed: circuit breaker is open", "call failed: " .. bo)
+    assert.are.equal("circuit breaker is open (2)", bo .. " (" .. 2 .. ")")
+  end)
+end)
+
 describe("context.breaker arguments", function()
   it("names bad arguments and options", function()
     h.argerr(1, "breaker", function() context.breaker(5) end)

@@ -16,6 +16,19 @@ describe("deadline()", function()
     end
   end)
 
+  it("must be an epoch time: one before 2000 (a monotonic context.now() + n) is refused", function()
+    for _, d in ipairs { context.now() + 1, 0, -5, 946684799.5 } do
+      local ok, msg = pcall(context.with_deadline, bg, d)
+      assert.is_false(ok, "with_deadline(bg, " .. d .. ") accepted")
+      assert.is_true(h.names_arg(msg, 2, "with_deadline"), tostring(msg))
+      assert.is_truthy(tostring(msg):find("context.time()", 1, true), tostring(msg))
+      ok = pcall(function() return bg:with_deadline(d, "cause") end)
+      assert.is_false(ok, "method form")
+    end
+    -- 2000-01-01 itself is an epoch time: a deadline long past
+    h.is(context.with_deadline(bg, 946684800):err(), DE, "2000-01-01")
+  end)
+
   it("of with_timeout(bg, 10) is about os.time() + 10", function()
     local before = h.now()
     local ctx = context.with_timeout(bg, 10)

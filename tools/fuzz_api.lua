@@ -581,6 +581,7 @@ local function badarg()
   local argv, n = {}, #s - 2
   for i = 1, n do argv[i] = good(s[i + 2]) end
   if s[1] == "hedge" then argv[3] = { delay = 0.001 } end
+  if s[1] == "with_deadline" then argv[2] = context.time() + 0.001 end -- an epoch time
   local i = R(n)
   local e = pick(BAD[s[i + 2]])
   if e[3] and AV[e[3]] then return end
