@@ -1,6 +1,6 @@
 /*
 ** l_ctx.c — the context type: roots, derivations, and the questions a
-** context answers (API.md sections 1-3).
+** context answers (README, "API reference": Roots, Deriving, Asking).
 **
 ** Layout of a context userdata: see lc_ctx in lcontext_int.h. Contexts
 ** linked below a running parent get the metatable with __gc (so the parent's

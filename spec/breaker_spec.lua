@@ -1,4 +1,4 @@
--- context.breaker (API.md §7, issue 4 item 3): consecutive and failure-ratio
+-- context.breaker (docs/resilience.md): consecutive and failure-ratio
 -- modes, cooldown and half-open probes (at most half_open_max, re-armed when
 -- one hangs or is cancelled), generations, what counts as a failure,
 -- on_state_change, the two-step allow()/done(err), the state store.

@@ -1,8 +1,8 @@
 local context = require "lcontext"
 local h = require "spec.helpers"
 
--- API.md §2 with_cancel_cause / with_timeout(…, cause) / with_deadline(…, cause)
--- and §3 ctx:cause() / context.cause(ctx).
+-- with_cancel_cause / with_timeout(…, cause) / with_deadline(…, cause) and
+-- ctx:cause() / context.cause(ctx) (README, "Deriving" and "Asking").
 
 local bg = context.background()
 local DE = context.deadline_exceeded

@@ -1,9 +1,9 @@
 local context = require "lcontext"
 local h = require "spec.helpers"
 
--- API.md §2/§3: deadlines and timeouts, with NO loop running. Every wait here
--- is a plain sleep (LuaSocket) or a busy wait: the contract says a passed
--- deadline is noticed by err() even when no loop runs.
+-- Deadlines and timeouts, with NO loop running. Every wait here is a plain
+-- sleep (LuaSocket) or a busy wait: a passed deadline is noticed by err()
+-- even when no loop runs (README, "A tour for Go programmers").
 
 local bg = context.background()
 local DE = context.deadline_exceeded

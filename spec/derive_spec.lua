@@ -1,7 +1,7 @@
 local context = require "lcontext"
 local h = require "spec.helpers"
 
--- API.md §2: deriving contexts, cancellation and the Go rules.
+-- README, "Deriving": deriving contexts, cancellation and the Go rules.
 
 local bg = context.background()
 

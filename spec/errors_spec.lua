@@ -1,7 +1,7 @@
 local context = require "lcontext"
 local h = require "spec.helpers"
 
--- API.md §3 "Errors": context.canceled, context.deadline_exceeded,
+-- The errors (README, "Asking"): context.canceled, context.deadline_exceeded,
 -- context.is_canceled, context.is_deadline_exceeded.
 
 local bg = context.background()

@@ -1,4 +1,4 @@
--- Acceptance tests of fd readiness (API.md §5): context.wait_fd(ctx, fd, mode)
+-- Acceptance tests of fd readiness (README, "Scheduler"): context.wait_fd(ctx, fd, mode)
 -- with LuaSocket objects (:getfd()) and with integer fds, and context.fd()
 -- waitables in context.select. Sockets are local TCP pairs on 127.0.0.1,
 -- port 0. Assertions are made on the main thread.

@@ -1,4 +1,4 @@
--- Acceptance tests of context.signal (API.md §5): a context cancelled with
+-- Acceptance tests of context.signal (README, "Scheduler"): a context cancelled with
 -- cause "signal SIGxxx" when a listed signal arrives. Signals are sent to
 -- this very process with kill(1); only USR1 and USR2 are used.
 --

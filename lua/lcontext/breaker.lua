@@ -1,4 +1,4 @@
---- lcontext.breaker: a circuit breaker (API.md §7, issue 4 item 3).
+--- lcontext.breaker: a circuit breaker (docs/resilience.md).
 --
 --   local br = context.breaker{ threshold = 5, cooldown = 30 }
 --   local res, err = br:call(ctx, fn, ...)   -- nil, context.breaker_open while open
@@ -413,7 +413,10 @@ return function(context)
   end
 
   --- context.breaker(opts) -> br
-  local function breaker(opts) return new_breaker(opts, "breaker", 1) end
+  local function breaker(opts)
+    local br = new_breaker(opts, "breaker", 1) -- (not a tail call: on Lua 5.1
+    return br                                   -- errors would lose the position)
+  end
 
   -- figures for context.metrics_text (lcontext_breaker_*), per breaker name
   local function metrics_families()

@@ -1,5 +1,5 @@
 --- lcontext.hedge: hedged requests, "The Tail at Scale" (Dean & Barroso,
--- 2013) (issue 4 item 4).
+-- 2013); docs/resilience.md.
 --
 --   context.hedge(ctx, fn, { delay = 0.05 [, attempts = 2] })
 --     -> the first success's results | nil, err

@@ -752,7 +752,8 @@ function M.shared_breaker(dict, opts)
   -- the clock the dict's ttls run on (docs/resilience.md, the state store)
   if o.clock == nil then o.clock = ngx.now end
   -- (its options checked as context.breaker's, named as this function's)
-  return M._new_breaker(o, "shared_breaker", 2)
+  local br = M._new_breaker(o, "shared_breaker", 2)
+  return br
 end
 
 -- every function whose first argument is a context is also a method (the

@@ -1,5 +1,5 @@
 --- lcontext.observe: structured logging, request info, carrying values onto
--- another context, and timeout policies (issue 5, items 4, 5 and 6).
+-- another context, and timeout policies (docs/observability.md).
 --
 --   context.log_fields(ctx)                 -> {request_id=, trace_id=, span_id=, user_id=, remaining_ms=, ctx_err=}
 --   context.logger([sink [, opts]])         -> logger: info/warn/error/debug(ctx, msg [, fields])

@@ -1,4 +1,4 @@
---- lcontext.patterns: deadline patterns from the field (API.md §8).
+--- lcontext.patterns: deadline patterns from the field (docs/patterns.md).
 --
 -- adaptive_timeout, split, with_min_timeout, service_timeouts, classify,
 -- classify_timeout, scope, fallback and errors. Built only from the public

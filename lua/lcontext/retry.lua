@@ -1,6 +1,5 @@
 --- lcontext.retry: retries with exponential backoff and jitter, deadline
--- aware, with a structured give-up and retry budgets (API.md §7, issue 4
--- item 2).
+-- aware, with a structured give-up and retry budgets (docs/resilience.md).
 --
 --   context.retry(ctx, fn, opts) -> fn's results | nil, last_err, attempts, reason
 --   context.backoff(opts)        -> b; b:next() gives the successive delays (pure)

@@ -1,5 +1,5 @@
 --- lcontext.trace: W3C Trace Context (`traceparent`, `tracestate`),
--- `x-request-id` and deadline propagation across services (issue 5, item 3).
+-- `x-request-id` and deadline propagation across services (docs/observability.md).
 --
 --   local trace = require "lcontext.trace"
 --   -- server side: one call turns the incoming headers into a context
