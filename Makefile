@@ -8,7 +8,8 @@
 #   make fuzz    the fuzzers (timer wheel, public API) for longer than make test
 #   make rock    dist/: the release tarball and .src.rock, from the checkout, offline
 #
-# Dependencies come from Debian packages only (see `deps`).
+# Dependencies come from Debian packages only (see `deps`; `deps-demo` is
+# the part `make demo` needs).
 
 LUA_VERSION ?= 5.4
 LUA         ?= lua$(LUA_VERSION)
@@ -30,14 +31,16 @@ BIND_SRC     = $(wildcard csrc/l_*.c)
 HDRS         = $(wildcard csrc/*.h csrc/core/*.h)
 MODULE       = $(BUILD)/lcontext/core.so
 
-DEB_PKGS     = lua5.4 liblua5.4-dev libev-dev lua-busted luarocks lua-socket lua-cjson lua-dkjson valgrind prometheus
+# what `make demo` needs (build + run on Lua 5.4), then what the tests add
+DEMO_PKGS    = lua5.4 liblua5.4-dev libev-dev
+DEB_PKGS     = $(DEMO_PKGS) lua-busted luarocks lua-socket lua-cjson lua-dkjson valgrind prometheus
 # the other runtimes and OpenResty (nginx with ngx_lua on OpenResty's LuaJIT)
 RUNTIME_PKGS = lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit2 libluajit2-5.1-dev \
                nginx libnginx-mod-http-lua lua-resty-core
 BENCH_PKGS   = golang-go
 FUZZ_PKGS    = clang
 
-.PHONY: all build deps demo repl test bench bench-cg fuzz stress clean allocfail rock dist
+.PHONY: all build deps deps-demo demo repl test bench bench-cg fuzz stress clean allocfail rock dist
 
 all: build
 build: $(MODULE)
@@ -46,7 +49,7 @@ $(MODULE): $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -shared $(LDFLAGS_MOD) -o $@ $(CORE_LIB_SRC) $(BIND_SRC) $(LIBS)
 
-# The module for the other runtimes: build-5.3, build-5.1,
+# The module for the other runtimes (README, "Runtimes"): build-5.3, build-5.1,
 # build-jit (LuaJIT 2.1, OpenResty's fork). Same sources, lc_compat.h.
 OTHER_CFLAGS = $(CSTD) $(OPT) -g -fPIC -fvisibility=hidden -Icsrc
 build-5.3/lcontext/core.so: $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS) Makefile
@@ -64,11 +67,14 @@ build-5.1: build-5.1/lcontext/core.so
 build-jit: build-jit/lcontext/core.so
 runtimes: build-5.3 build-5.1 build-jit
 
-# deps: install what is missing (Debian, as root); does nothing when all is present.
+# deps: install what is missing (Debian, as root); does nothing when all is
+# present. deps-demo: only what `make demo` needs.
 deps:
 	@sh tools/deps.sh $(DEB_PKGS) $(RUNTIME_PKGS)
+deps-demo:
+	@sh tools/deps.sh $(DEMO_PKGS)
 
-demo: deps build
+demo: deps-demo build
 	$(LUA) tools/with_paths.lua examples/demo.lua
 
 # The prompt: `$(LUA) -i tools/with_paths.lua` with the build of that runtime
@@ -93,7 +99,7 @@ $(BUILD)/embed-host: examples/embed/host.c $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS)
 	$(CC) $(CSTD) $(CFLAGS) -I$(LUA_INC) -Icsrc -o $@ examples/embed/host.c \
 	    $(CORE_LIB_SRC) $(BIND_SRC) -llua$(LUA_VERSION) $(LIBS)
 
-# The allocation-failure sweep (issue 9): a host with lcontext linked in,
+# The allocation-failure sweep (README, "Tests"): a host with lcontext linked in,
 # under ASan + UBSan (+ LeakSanitizer: not a module, so LSan works), whose
 # allocator fails the N-th allocation, for every N of each scenario in
 # tools/allocfail_scenarios.lua. `make allocfail` builds and runs it.

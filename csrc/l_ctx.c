@@ -1,6 +1,6 @@
 /*
 ** l_ctx.c — the context type: roots, derivations, and the questions a
-** context answers (API.md sections 1-3).
+** context answers (README, "API reference": Roots, Deriving, Asking).
 **
 ** Layout of a context userdata: see lc_ctx in lcontext_int.h. Contexts
 ** linked below a running parent get the metatable with __gc (so the parent's
@@ -148,11 +148,22 @@ static int l_with_timeout(lua_State *L) {
                       clk_real() + secs);
 }
 
+/* The least deadline with_deadline takes: 2000-01-01T00:00:00Z. Anything
+** earlier is no wall-clock time of this century: most likely a monotonic
+** time (context.now() + n), which would give a context done at once. */
+#define LC_MIN_EPOCH 946684800.0
+
 /* context.with_deadline(parent, epoch_seconds [, cause]) -> ctx, cancel */
 static int l_with_deadline(lua_State *L) {
   lc_ctx *p = lc_checkctx(L, 1, "with_deadline");
   lua_Number at = lc_checkduration(L, 2, "with_deadline");
-  int64_t now = lc_now();
+  int64_t now;
+  if (at < LC_MIN_EPOCH)
+    lc_argerror(L, 2, "with_deadline",
+                lua_pushfstring(L, "epoch seconds expected (context.time() + "
+                                   "n), got %f, before the year 2000",
+                                at));
+  now = lc_now();
   return derive_timer(L, lc_rt(L), p, deadline_after(now, at - clk_real()),
                       now, at);
 }
@@ -445,7 +456,18 @@ static int l_tostring(lua_State *L) {
     switch (x->kind) {
     case LK_BACKGROUND: luaL_addstring(&b, "context.Background"); break;
     case LK_TODO: luaL_addstring(&b, "context.TODO"); break;
-    case LK_CANCEL: luaL_addstring(&b, ".WithCancel"); break;
+    case LK_CANCEL:
+      if (x->flags & LCF_SIGNAL) { /* context.signal: the signals it ends on */
+        luaL_addstring(&b, ".WithSignal(");
+        lua_rawgeti(L, LUA_REGISTRYINDEX, lc_rt(L)->ref_signames);
+        lua_pushvalue(L, i);
+        lua_rawget(L, -2);
+        lua_remove(L, -2);
+        add_tostring(L, &b);
+        luaL_addstring(&b, ")");
+      } else
+        luaL_addstring(&b, ".WithCancel");
+      break;
     case LK_WITHOUT: luaL_addstring(&b, ".WithoutCancel"); break;
     case LK_TIMER:
       if (lc_node(x)->flags & CTX_F_OWN_DEADLINE) {

@@ -92,16 +92,26 @@ static int l_sentinel_tostring(lua_State *L) {
   return 1;
 }
 
+/* __concat: a sentinel concatenates as its message, on either side
+** ("failed: " .. ctx:err()); the other operand as tostring gives it */
+static int l_sentinel_concat(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  luaL_tolstring(L, 2, NULL);
+  lua_concat(L, 2);
+  return 1;
+}
+
 static int l_sentinel_newindex(lua_State *L) {
   return luaL_error(L, "%s is read-only", lua_tostring(L, lua_upvalueindex(1)));
 }
 
 /* [-0, +1, m] one error sentinel: an empty, read-only table whose fields
-** (message, timeout) come from its metatable; prints as its message. */
+** (message, timeout) come from its metatable; prints and concatenates as
+** its message. */
 static void new_sentinel(lua_State *L, const char *msg, const char *name,
                          int timeout) {
   lua_newtable(L);
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 6);
   lua_createtable(L, 0, 2); /* __index */
   lua_pushstring(L, msg);
   lua_setfield(L, -2, "message");
@@ -110,6 +120,8 @@ static void new_sentinel(lua_State *L, const char *msg, const char *name,
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, l_sentinel_tostring);
   lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, l_sentinel_concat);
+  lua_setfield(L, -2, "__concat");
   lua_pushstring(L, name);
   lua_pushcclosure(L, l_sentinel_newindex, 1);
   lua_setfield(L, -2, "__newindex");

@@ -52,6 +52,10 @@ static void prepare(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
     int isnum, mode;
     lua_Integer fd;
     lua_getfield(L, idx, "fd");
+    if (lua_isnil(L, -1)) { /* no fd at all: not a context.fd(...) */
+      lua_pop(L, 1);
+      goto notwaitable;
+    }
     fd = lua_tointegerx(L, -1, &isnum);
     lua_pop(L, 1);
     if (!isnum || fd < 0 || fd > INT_MAX)
@@ -84,6 +88,7 @@ static void prepare(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
     }
     /* FALLTHROUGH */
   default:
+  notwaitable:
     lc_argerror(L, idx - 1, fname,
                 lua_pushfstring(L, "waitable expected (a context, a task, a "
                                    "number of seconds or context.fd(fd, mode)), "

@@ -144,6 +144,32 @@ static void signal_cb(struct ev_loop *loop, ev_signal *sw, int revents) {
   }
 }
 
+/* [-0, +0, m] tell tostring what the signal context c (at ctxidx) listens
+** for: "SIGINT, SIGTERM" (each name once, in the order given at 2..n+1) in
+** rt->ref_signames, and the LCF_SIGNAL flag once it is there */
+static void set_names(lua_State *L, lc_runtime *rt, lc_ctx *c, int ctxidx,
+                      int n) {
+  luaL_Buffer b;
+  const char *name;
+  unsigned seen = 0;
+  int i;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_signames);
+  lua_pushvalue(L, ctxidx);
+  luaL_buffinit(L, &b);
+  for (i = 2; i <= n + 1; i++) {
+    int k = sigindex(signum_of(L, i, &name));
+    if (seen & (1u << k)) continue;
+    if (seen) luaL_addstring(&b, ", ");
+    seen |= 1u << k;
+    luaL_addstring(&b, "SIG");
+    luaL_addstring(&b, name);
+  }
+  luaL_pushresult(&b);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  c->flags |= LCF_SIGNAL;
+}
+
 /* context.signal(parent, "INT", "TERM", ...) -> ctx, cancel */
 static int l_signal(lua_State *L) {
   lc_runtime *rt = lc_rt(L);
@@ -168,6 +194,7 @@ static int l_signal(lua_State *L) {
   lua_remove(L, -3);
   ctxidx = lua_gettop(L) - 1;
   c = (lc_ctx *)lua_touserdata(L, ctxidx);
+  set_names(L, rt, c, ctxidx, n);
   s = (lc_sigctx *)lua_newuserdatauv(
       L, sizeof(lc_sigctx) + (size_t)(n - 1) * sizeof(ev_signal), 1);
   memset(s, 0, sizeof *s);
@@ -204,6 +231,8 @@ void lc_signal_init(lua_State *L, lc_runtime *rt) {
   memset(ss, 0, sizeof *ss);
   luaL_ref(L, LUA_REGISTRYINDEX); /* for the state's life */
   rt->sigsaved = ss;
+  lc_weak_table(L, "k");
+  rt->ref_signames = luaL_ref(L, LUA_REGISTRYINDEX);
   memset(rt->sigcount, 0, sizeof rt->sigcount);
 }
 

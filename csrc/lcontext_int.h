@@ -104,6 +104,8 @@ typedef struct lc_runtime {
   long lost;             /* woken weak waiters no keep set held (a bug) */
   const void *canceled_p, *deadline_p; /* the sentinels, as pointers */
   int ref_tracked;       /* registry, weak keys: context -> creation record */
+  int ref_signames;      /* registry, weak keys: signal context -> the names
+                            of its signals ("SIGINT, SIGTERM"), for tostring */
 } lc_runtime;
 
 /* kinds of context */
@@ -130,6 +132,8 @@ enum lc_keytype {
 /* lc_ctx.flags */
 #define LCF_TCAUSE 1 /* a timer cause is stored (see lc_set_cause) */
 #define LCF_UVT 2    /* Lua 5.1: has a user-value table of its own */
+#define LCF_SIGNAL 4 /* a signal context (LK_CANCEL): its signals' names are
+                        in the rt->ref_signames table (l_signal.c) */
 
 /*
 ** The head of every context userdata.

@@ -79,7 +79,8 @@ local main = context.go(function()
     say("GET %s with a 200 ms deadline", path)
     local body, err = fetch(ctx, path)
     if body then
-      say("  -> %q", body)
+      -- (%q would break the line at the body's "\n": show it escaped)
+      say("  -> %s", (("%q"):format(body):gsub("\\\n", "\\n")))
     else
       say("  -> gave up: %s", tostring(err))
     end

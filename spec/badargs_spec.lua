@@ -1,8 +1,8 @@
 local context = require "lcontext"
 local h = require "spec.helpers"
 
--- API.md §2 "Bad arguments ... raise a Lua error that names the function and
--- argument, as luaL_argerror does". Expected form:
+-- Bad arguments raise a Lua error that names the function and argument, as
+-- luaL_argerror does (README, "Asking"). Expected form:
 --   bad argument #N to 'NAME' (...)
 -- (NAME may carry a prefix such as "lcontext."). Function-form calls must
 -- give the exact argument number; method-form calls may count `self` or not

@@ -1,4 +1,4 @@
--- context.breaker (API.md §7, issue 4 item 3): consecutive and failure-ratio
+-- context.breaker (docs/resilience.md): consecutive and failure-ratio
 -- modes, cooldown and half-open probes (at most half_open_max, re-armed when
 -- one hangs or is cancelled), generations, what counts as a failure,
 -- on_state_change, the two-step allow()/done(err), the state store.
@@ -398,6 +398,15 @@ describe("context.breaker state store", function()
 
   it("rejects a store without the interface", function()
     h.argerr(1, "breaker", function() context.breaker { store = { get = print } } end)
+  end)
+end)
+
+describe("context.breaker_open", function()
+  it("prints and concatenates as its message", function()
+    local bo = context.breaker_open
+    assert.are.equal("circuit breaker is open", tostring(bo))
+    assert.are.equal("call failed: circuit breaker is open", "call failed: " .. bo)
+    assert.are.equal("circuit breaker is open (2)", bo .. " (" .. 2 .. ")")
   end)
 end)
 

@@ -1,7 +1,7 @@
 local context = require "lcontext"
 local h = require "spec.helpers"
 
--- API.md §3: ctx:check() and context.origin(ctx).
+-- README, "Asking": ctx:check() and context.origin(ctx).
 
 local bg = context.background()
 local C, DE = context.canceled, context.deadline_exceeded

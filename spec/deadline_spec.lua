@@ -1,9 +1,9 @@
 local context = require "lcontext"
 local h = require "spec.helpers"
 
--- API.md §2/§3: deadlines and timeouts, with NO loop running. Every wait here
--- is a plain sleep (LuaSocket) or a busy wait: the contract says a passed
--- deadline is noticed by err() even when no loop runs.
+-- Deadlines and timeouts, with NO loop running. Every wait here is a plain
+-- sleep (LuaSocket) or a busy wait: a passed deadline is noticed by err()
+-- even when no loop runs (README, "A tour for Go programmers").
 
 local bg = context.background()
 local DE = context.deadline_exceeded
@@ -14,6 +14,19 @@ describe("deadline()", function()
       h.near(context.with_deadline(bg, d):deadline(), d, 1e-6, "function form")
       h.near(bg:with_deadline(d):deadline(), d, 1e-6, "method form")
     end
+  end)
+
+  it("must be an epoch time: one before 2000 (a monotonic context.now() + n) is refused", function()
+    for _, d in ipairs { context.now() + 1, 0, -5, 946684799.5 } do
+      local ok, msg = pcall(context.with_deadline, bg, d)
+      assert.is_false(ok, "with_deadline(bg, " .. d .. ") accepted")
+      assert.is_true(h.names_arg(msg, 2, "with_deadline"), tostring(msg))
+      assert.is_truthy(tostring(msg):find("context.time()", 1, true), tostring(msg))
+      ok = pcall(function() return bg:with_deadline(d, "cause") end)
+      assert.is_false(ok, "method form")
+    end
+    -- 2000-01-01 itself is an epoch time: a deadline long past
+    h.is(context.with_deadline(bg, 946684800):err(), DE, "2000-01-01")
   end)
 
   it("of with_timeout(bg, 10) is about os.time() + 10", function()

@@ -1,9 +1,10 @@
 local context = require "lcontext"
 local h = require "spec.helpers"
 
--- API.md §3 ctx:done(), the parts that need no task: "From the main thread it
--- runs the loop until ctx is done. From a coroutine that the scheduler does
--- not own it raises an error saying so." (Tasks are §5, not covered here.)
+-- ctx:done(), the parts that need no task: from the main thread it runs the
+-- loop until ctx is done; from a coroutine that the scheduler does not own
+-- it raises an error saying so (README, "Scheduler"; tasks are
+-- spec/sched_spec.lua's).
 -- Every context waited on here ends by itself within 50 ms.
 
 local bg = context.background()

@@ -1,7 +1,7 @@
 local context = require "lcontext"
 local h = require "spec.helpers"
 
--- API.md §3 "Errors": context.canceled, context.deadline_exceeded,
+-- The errors (README, "Asking"): context.canceled, context.deadline_exceeded,
 -- context.is_canceled, context.is_deadline_exceeded.
 
 local bg = context.background()
@@ -27,6 +27,16 @@ describe("error sentinels", function()
   it("print as Go's messages", function()
     assert.are.equal("context canceled", tostring(C))
     assert.are.equal("context deadline exceeded", tostring(DE))
+  end)
+
+  it("concatenate as their messages, on either side", function()
+    local a, cancel = context.with_cancel(bg)
+    cancel()
+    assert.are.equal("failed: context canceled", "failed: " .. a:err())
+    assert.are.equal("context deadline exceeded (after 2 s)", DE .. " (after " .. 2 .. " s)")
+    assert.are.equal("1context canceled", 1 .. C)
+    assert.are.equal("context canceledcontext deadline exceeded", C .. DE)
+    assert.are.equal("circuit breaker is open: context canceled", context.breaker_open .. ": " .. C)
   end)
 
   it("deadline_exceeded.timeout is true, canceled's is not", function()

@@ -71,7 +71,7 @@ local expect = {
   },
   ["fetch_with_deadline.lua"] = {
     "GET /fast with a 200 ms deadline",
-    "%-> \"hello from /fast",
+    "%-> \"hello from /fast\\n\"\n", -- on one line
     "GET /slow with a 200 ms deadline",
     "gave up: context deadline exceeded",
   },

@@ -1,4 +1,4 @@
--- Acceptance tests of fd readiness (API.md §5): context.wait_fd(ctx, fd, mode)
+-- Acceptance tests of fd readiness (README, "Scheduler"): context.wait_fd(ctx, fd, mode)
 -- with LuaSocket objects (:getfd()) and with integer fds, and context.fd()
 -- waitables in context.select. Sockets are local TCP pairs on 127.0.0.1,
 -- port 0. Assertions are made on the main thread.
@@ -317,6 +317,24 @@ describe("context.wait_fd", function()
     assert.is_false((pcall(context.fd, b, "x")))
     assert.is_false((pcall(context.fd, "nope", "r")))
     assert.are.equal(0, fd_waits())
+  end)
+end)
+
+describe("context.select's waitables", function()
+  it("a table that is no context.fd(...) is not a waitable; a bad fd in one is a bad fd", function()
+    local ok, msg = pcall(context.select, {})
+    assert.is_false(ok)
+    assert.is_truthy(tostring(msg):find("bad argument #1 to 'select' (waitable expected (a context, "
+      .. "a task, a number of seconds or context.fd(fd, mode)), got table)", 1, true), msg)
+    ok, msg = pcall(context.select, 0.01, { mode = "r" })
+    assert.is_false(ok)
+    assert.is_truthy(tostring(msg):find("bad argument #2 to 'select' (waitable expected", 1, true), msg)
+    ok, msg = pcall(context.select, { fd = -1 })
+    assert.is_false(ok)
+    assert.is_truthy(tostring(msg):find("bad argument #1 to 'select' (bad file descriptor)", 1, true), msg)
+    ok, msg = pcall(context.select, { fd = "x" })
+    assert.is_false(ok)
+    assert.is_truthy(tostring(msg):find("(bad file descriptor)", 1, true), msg)
   end)
 end)
 

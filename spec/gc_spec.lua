@@ -1,9 +1,9 @@
 local context = require "lcontext"
 local h = require "spec.helpers"
 
--- API.md §2: "A context that nobody references and nobody waits on is
--- reclaimed by the garbage collector even when cancel was never called (its
--- timer goes with it)", plus the anchoring that the opposite needs: whatever
+-- README, "A tour for Go programmers": a context that nobody references and
+-- nobody waits on is reclaimed by the garbage collector even when cancel was
+-- never called (its timer goes with it); plus the anchoring that the opposite needs: whatever
 -- is still referenced keeps working after a full GC.
 --
 -- Objects under test are made inside helper functions so that no dead stack

@@ -1,4 +1,4 @@
--- context.group (API.md §6, issue 4 item 1): Go's errgroup, plus g:go
+-- context.group (docs/resilience.md): Go's errgroup, plus g:go
 -- returning false after the first failure, g:errors(), and Lua errors raised
 -- in a task becoming its failure with a traceback.
 --

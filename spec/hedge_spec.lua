@@ -1,4 +1,4 @@
--- context.hedge and context.latency_estimator (issue 4 item 4): "the tail at
+-- context.hedge and context.latency_estimator (docs/resilience.md): "the tail at
 -- scale" hedged requests — a second attempt after a delay (fixed, or a
 -- quantile of observed durations), the first success wins, the losers'
 -- contexts are cancelled, the caller's deadline is never exceeded.

@@ -1,7 +1,7 @@
 local context = require "lcontext"
 local h = require "spec.helpers"
 
--- API.md §2: context.merge(a, b, ...) -> ctx, cancel.
+-- README, "Deriving": context.merge(a, b, ...) -> ctx, cancel.
 
 local bg = context.background()
 local DE = context.deadline_exceeded

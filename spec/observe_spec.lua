@@ -1,5 +1,5 @@
 -- observe_spec.lua — lcontext.observe: log_fields, logger, request info,
--- copy_values, policy (issue 5, items 4, 5 and 6).
+-- copy_values, policy (docs/observability.md).
 local context = require "lcontext"
 local trace = require "lcontext.trace"
 local helpers = require "spec.helpers"

@@ -1,4 +1,4 @@
--- lcontext.patterns (API.md §8), part 2: context.adaptive_timeout.
+-- lcontext.patterns (docs/patterns.md), part 2: context.adaptive_timeout.
 -- Durations come from an injected clock where the value matters, so the
 -- learned numbers are exact; only the timer-driven rules use real time.
 local context = require "lcontext"

@@ -1,4 +1,4 @@
--- Shared by the patterns_*_spec.lua files (lcontext.patterns, API.md §8).
+-- Shared by the patterns_*_spec.lua files (lcontext.patterns, docs/patterns.md).
 -- Not a spec itself. Load with `local P = require "spec.patterns_helpers"`.
 --
 -- Timing: lower bounds are strict (a deadline never fires early), upper

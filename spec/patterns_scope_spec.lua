@@ -1,4 +1,4 @@
--- lcontext.patterns (API.md §8), part 3: context.scope, context.fallback,
+-- lcontext.patterns (docs/patterns.md), part 3: context.scope, context.fallback,
 -- context.errors.
 local context = require "lcontext"
 local h = require "spec.helpers"

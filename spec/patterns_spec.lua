@@ -1,4 +1,4 @@
--- lcontext.patterns (API.md §8), part 1: classify, classify_timeout,
+-- lcontext.patterns (docs/patterns.md), part 1: classify, classify_timeout,
 -- with_min_timeout, service_timeouts, split.
 -- Part 2 (adaptive_timeout) and part 3 (scope, fallback, errors) are
 -- spec/patterns_adaptive_spec.lua and spec/patterns_scope_spec.lua.

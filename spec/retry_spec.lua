@@ -1,5 +1,5 @@
--- context.retry, context.backoff, context.retry_budget (API.md §7, issue 4
--- item 2): backoff and jitter, the deadline-aware rules, the structured
+-- context.retry, context.backoff, context.retry_budget (docs/resilience.md):
+-- backoff and jitter, the deadline-aware rules, the structured
 -- give-up (nil, last_err, attempts, reason), retry_after, retry budgets, and
 -- the AWS "exponential backoff and jitter" comparison in simulated time.
 --

@@ -1,7 +1,7 @@
 local context = require "lcontext"
 local h = require "spec.helpers"
 
--- API.md §1: context.background() and context.todo().
+-- README, "Roots": context.background() and context.todo().
 
 describe("roots", function()
   local roots = {

@@ -1,5 +1,5 @@
 -- runtime_spec.lua — what lets the Lua modules run on Lua 5.4, 5.3, 5.1 and
--- LuaJIT 2.1 alike (issue 6, item 1): the shims of lcontext.check, and
+-- LuaJIT 2.1 alike (README, "Runtimes"): the shims of lcontext.check, and
 -- above all check.pcall / check.xpcall, under which a task may wait even on
 -- Lua 5.1, whose pcall cannot yield. Runs on every runtime.
 local context = require "lcontext"
@@ -9,7 +9,7 @@ local h = require "spec.helpers"
 local bg = context.background()
 local C, DE = context.canceled, context.deadline_exceeded
 
--- the Lua modules of issue 6 item 1 (lcontext.ngx is OpenResty's, LuaJIT only)
+-- the Lua modules (README, "Runtimes"; lcontext.ngx is OpenResty's, LuaJIT only)
 local MODULES = { "init", "check", "group", "retry", "breaker", "hedge", "patterns",
   "metrics", "observe", "trace" }
 

@@ -1,4 +1,4 @@
--- Acceptance tests of the scheduler (API.md §4 after_func, §5 scheduler):
+-- Acceptance tests of the scheduler (README, "Scheduler"):
 -- go / task:wait / task:status, run and its modes, step, sleep, ctx:done()
 -- in tasks and on the main thread, select, after_func, on_error, yields that
 -- are not the scheduler's, now / time / in_task, deadlock detection, GC of

@@ -1,4 +1,4 @@
--- Acceptance tests of context.signal (API.md §5): a context cancelled with
+-- Acceptance tests of context.signal (README, "Scheduler"): a context cancelled with
 -- cause "signal SIGxxx" when a listed signal arrives. Signals are sent to
 -- this very process with kill(1); only USR1 and USR2 are used.
 --
@@ -207,6 +207,19 @@ describe("context.signal", function()
 
   -- "returns a cancel function usable with <close>": spec/close_54_spec.lua
   -- (Lua 5.4 only)
+
+  it("prints the signals it listens for", function()
+    local ctx, cancel = context.signal(bg, "USR1", "SIGUSR2", "USR1")
+    assert.are.equal("context.Background.WithSignal(SIGUSR1, SIGUSR2)", tostring(ctx))
+    local p, pcancel = context.with_cancel(bg)
+    local child = context.with_value(context.signal(p, "HUP"), "k", "v")
+    assert.are.equal("context.Background.WithCancel.WithSignal(SIGHUP).WithValue(k, v)", tostring(child))
+    cancel()
+    assert.are.equal("context.Background.WithSignal(SIGUSR1, SIGUSR2)", tostring(ctx), "once done too")
+    pcancel()
+    -- a plain with_cancel is not a signal context
+    assert.are.equal("context.Background.WithCancel", tostring((context.with_cancel(bg))))
+  end)
 
   it("rejects unknown signal names and a missing name", function()
     local function raises(pat, ...)

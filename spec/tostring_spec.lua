@@ -1,7 +1,7 @@
 local context = require "lcontext"
 local h = require "spec.helpers"
 
--- API.md §3: tostring(ctx) in Go's style:
+-- README, "Asking": tostring(ctx) in Go's style:
 --   context.Background.WithCancel
 --   context.Background.WithDeadline(<time> [<remaining>])
 --   ….WithValue(<key>, <value>)

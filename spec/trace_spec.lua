@@ -1,5 +1,5 @@
 -- trace_spec.lua — lcontext.trace: W3C trace context (traceparent,
--- tracestate), x-request-id and deadline propagation (issue 5, item 3).
+-- tracestate), x-request-id and deadline propagation (docs/observability.md).
 -- The header vectors follow the cases of the W3C trace-context test suite,
 -- restated here as tables.
 local context = require "lcontext"
@@ -186,6 +186,17 @@ describe("lcontext.trace", function()
       assert.truthy(why:find("ff", 1, true))
       assert.is_nil((trace.parse_traceparent(42)))
     end)
+  end)
+
+  it("info.problems says what docs/observability.md's example says", function()
+    local tp = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+    local _, _, info = trace.extract({ traceparent = tp, tracestate = "FOO=1" })
+    assert.are.equal('invalid key "FOO"', info.problems.tracestate)
+    assert.are.equal("0af7651916cd43dd8448eb211c80319c", info.trace_id)
+    _, _, info = trace.extract({ traceparent = "00-0af7...-00f0...-01", tracestate = "k=1" })
+    assert.are.equal("too short", info.problems.traceparent)
+    assert.are.equal("dropped with the traceparent", info.problems.tracestate)
+    assert.is_true(info.restarted)
   end)
 
   describe("tracestate", function()

@@ -1,7 +1,7 @@
 local context = require "lcontext"
 local h = require "spec.helpers"
 
--- API.md §2 with_value / key, §3 ctx:value(key).
+-- with_value / key and ctx:value(key) (README, "Deriving" and "Asking").
 
 local bg = context.background()
 

@@ -1,5 +1,5 @@
 /*
-** allocfail.c — the allocation-failure sweep (issue 9).
+** allocfail.c — the allocation-failure sweep (README, "Tests").
 **
 ** A C host with lcontext's C sources linked in (and so instrumented: build
 ** it with -fsanitize=address,undefined, `make build/allocfail`) whose Lua

@@ -1,5 +1,5 @@
 -- allocfail_scenarios.lua — the scenarios of the allocation-failure sweep
--- (tools/allocfail.c; issue 9) and the epilogue that checks, after each
+-- (tools/allocfail.c) and the epilogue that checks, after each
 -- run, that the runtime was left consistent.
 --
 -- A scenario is run(context, env) with the allocator armed: the N-th
@@ -68,7 +68,7 @@ scenario("after_func", function(context)
 end)
 
 -- Go's `defer stop()`: stop() of a callback that cancel() has queued
--- (issue 9, case 2), then collections, then the loop.
+-- (spec/regress/stop_after_cancel_spec.lua), then collections, then the loop.
 scenario("after_func_stop_queued", function(context)
   local a, ca = context.with_cancel(context.background())
   do

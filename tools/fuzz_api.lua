@@ -1,4 +1,4 @@
---- tools/fuzz_api.lua — the Lua-level API fuzzer (issue 9).
+--- tools/fuzz_api.lua — the Lua-level API fuzzer (README, "Tests").
 --
 --   lua5.4 tools/fuzz_api.lua [--seed N] [--ops N] [--seeds K] [--verbose]
 --                             [--avoid-known[=1,2,...]]
@@ -14,8 +14,19 @@
 -- parked (counted by wrapping coroutine.yield before lcontext is loaded);
 -- bad arguments raise and never crash. Every wait is bounded, and a count hook
 -- raises in anything that spins past the op's time budget.
--- --avoid-known skips the op kinds that reach the bugs listed in issue 9
--- (numbers as there). Exit status 0 when clean, 1 on a violation (the seed,
+-- --avoid-known skips the op kinds that reach the known bugs, numbered as
+-- below (all fixed since; each has its spec in spec/regress/):
+--   1 a wait in a frame that cannot yield (wait_in_c_frame_spec)
+--   2 stop() of a queued after_func callback (stop_after_cancel_spec)
+--   3 wait_fd on an fd that is not open (wait_fd_closed_fd_spec)
+--   4, 10 fd numbers out of the C int range (wait_fd_range_spec)
+--   5 a signal context lost the signal's disposition (signal_disposition_spec)
+--   6 a closed task's sleep kept run() waiting (close_parked_sleep_spec)
+--   7 a cause referring to its context leaked it on 5.1 (cause_self_ref_spec)
+--   9 a cancel from a __gc finaliser with callbacks (cancel_from_gc_spec)
+--   11 a closed group member stayed running (group_closed_member_spec)
+--   12 a closed hedge attempt (hedge_closed_attempt_spec)
+--   13 on_error's task argument for a callback (on_error_callback_task_spec) Exit status 0 when clean, 1 on a violation (the seed,
 -- the op index and a replay command are printed). Timing makes a replay
 -- approximate: the op sequence is the same, deadlines may fall differently.
 -- Runs on Lua 5.4 (everything), 5.3 (no <close>/coroutine.close ops) and,
@@ -35,7 +46,7 @@ local opt = {
   verbose = os.getenv("FUZZ_VERBOSE") == "1",
   slow = tonumber(os.getenv("FUZZ_SLOW") or "") or 1, -- time limits x this (valgrind: 20)
 }
-local AV = {} -- AV[n]: skip what reaches issue 9's known bug n
+local AV = {} -- AV[n]: skip what reaches known bug n (numbered at the top)
 local function set_avoid(s)
   if s == nil or s == "" then return end
   if s == "all" then s = "1,2,3,4,5,6,7,9,10,11,12,13" end
@@ -358,7 +369,7 @@ local function our_error(id) return setmetatable({ fuzz = id }, { __tostring = f
 -------------------------------------------------------------------------------
 local ACTS -- forward
 local spawn
-local function nonyield_wait(c) -- a wait from frames that cannot yield (issue 9 item 1)
+local function nonyield_wait(c) -- a wait from frames that cannot yield (known bug 1)
   local r = R(3)
   if r == 1 then
     return pcall(table.sort, { 3, 2, 1 }, function(a, b) context.sleep(c, 0.001) return a < b end)
@@ -582,6 +593,7 @@ local function badarg()
   local argv, n = {}, #s - 2
   for i = 1, n do argv[i] = good(s[i + 2]) end
   if s[1] == "hedge" then argv[3] = { delay = 0.001 } end
+  if s[1] == "with_deadline" then argv[2] = context.time() + 0.001 end -- an epoch time
   local i = R(n)
   local e = pick(BAD[s[i + 2]])
   if e[3] and AV[e[3]] then return end
@@ -641,11 +653,11 @@ local OPS = {
     if AV[2] and cb.ran == 0 and not cb.stopped and cb.node.ctx:is_done() then return end
     do_stop(cb)
   end },
-  { "defer_stop", 2, function() -- Go's `defer stop()` after a cancel (issue 9 item 2)
+  { "defer_stop", 2, function() -- Go's `defer stop()` after a cancel (known bug 2)
     if AV[2] then return end
     local n = cancellable(); if not n then return end
     new_callback(n); fire_cancel(n, rcause()); do_stop(M.cbs[#M.cbs])
-    if chance(0.7) then -- drop the stop object too (the issue's repro)
+    if chance(0.7) then -- drop the stop object too (as the bug's repro did)
       M.cbs[#M.cbs] = nil; n.cbs[#n.cbs] = nil
       collectgarbage(); collectgarbage(); context.step(0)
     end
@@ -707,7 +719,7 @@ local OPS = {
     for _, cb in ipairs(M.cbs) do if chance(0.7) then kcb[#kcb + 1] = cb end end
     M.cbs = kcb
   end },
-  { "gc_cancel", 2, function() -- a cancel from a __gc finaliser (issue 9 item 9 when it has callbacks)
+  { "gc_cancel", 2, function() -- a cancel from a __gc finaliser (known bug 9 when it has callbacks)
     local n = cancellable(); if not n or n.kind == "root" then return end
     local cause = rcause()
     setmetatable({}, { __gc = function() n.cancel(cause) end })

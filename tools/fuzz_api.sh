@@ -1,5 +1,5 @@
 #!/bin/sh
-# fuzz_api.sh — the Lua-level API fuzzer (tools/fuzz_api.lua, issue 9):
+# fuzz_api.sh — the Lua-level API fuzzer (tools/fuzz_api.lua; README, "Tests"):
 #   (a) under the ASan/UBSan build (build-asan/, `make asan`), FUZZ_ASAN_SEEDS
 #       seeds of FUZZ_ASAN_OPS operations, one process per seed;
 #   (b) under valgrind with the plain build (build/), FUZZ_VG_SEEDS seeds of

@@ -1,4 +1,4 @@
---- lcontext.breaker: a circuit breaker (API.md §7, issue 4 item 3).
+--- lcontext.breaker: a circuit breaker (docs/resilience.md).
 --
 --   local br = context.breaker{ threshold = 5, cooldown = 30 }
 --   local res, err = br:call(ctx, fn, ...)   -- nil, context.breaker_open while open
@@ -38,10 +38,12 @@ return function(context)
 
   local callable = check.callable
 
-  -- the sentinel returned while the breaker is open
+  -- the sentinel returned while the breaker is open; like the core's
+  -- sentinels it prints, and concatenates, as its message
   local breaker_open = setmetatable({}, {
     __name = "context.breaker_open",
     __tostring = function() return "circuit breaker is open" end,
+    __concat = function(a, b) return tostring(a) .. tostring(b) end,
     __newindex = function() error("context.breaker_open is read-only", 2) end,
     __metatable = "context.breaker_open",
   })
@@ -352,52 +354,32 @@ return function(context)
     transition(self, raw_state(self), "closed", true)
   end
 
-  local function num_opt(opts, name, default, lo, lo_open, integer)
-    local v = opts[name]
-    if v == nil then return default end
-    if type(v) ~= "number" then
-      argerr("breaker", 1, ("option '%s': number expected, got %s"):format(name, type(v)))
-    end
-    if v ~= v or v == huge or v == -huge then
-      argerr("breaker", 1, ("option '%s': number is not finite"):format(name))
-    end
-    if v < lo or (lo_open and v == lo) then
-      argerr("breaker", 1, ("option '%s' must be %s %s"):format(name,
-        lo_open and ">" or ">=", tostring(lo)))
-    end
-    if integer and v ~= floor(v) then
-      argerr("breaker", 1, ("option '%s' must be an integer"):format(name))
-    end
-    return v
+  -- the options, read through lcontext.check (one validator for every
+  -- options table of the API)
+  local options, number, func, oneof = check.options, check.number, check.func, check.oneof
+  local BREAKER_OPTS = check.names { "mode", "clock", "name", "store", "threshold",
+    "failure_ratio", "window", "buckets", "min_throughput", "cooldown", "half_open_max",
+    "success_threshold", "probe_timeout", "timeout", "is_failure", "on_state_change" }
+  local function count_opt(opts, name, default, F, n)
+    return number(opts, name, F, n, { default = default, lo = 1, integer = true })
+  end
+  local function seconds_opt(opts, name, default, F, n)
+    return number(opts, name, F, n, { default = default, lo = 0, lo_open = true })
   end
 
-  local function fn_opt(opts, name)
-    local v = opts[name]
-    if v ~= nil and not callable(v) then
-      argerr("breaker", 1, ("option '%s': function expected, got %s"):format(name, type(v)))
-    end
-    return v
-  end
-
-  --- context.breaker(opts) -> br
   local live_breakers = setmetatable({}, { __mode = "k" })
 
-  local function breaker(opts)
-    if opts == nil then opts = {} end
-    if type(opts) ~= "table" then
-      argerr("breaker", 1, ("table expected, got %s"):format(type(opts)))
-    end
-    local mode = opts.mode
-    if mode == nil then mode = opts.failure_ratio ~= nil and "ratio" or "consecutive" end
-    if mode ~= "consecutive" and mode ~= "ratio" then
-      argerr("breaker", 1, ("option 'mode': \"consecutive\" or \"ratio\" expected, got %s")
-        :format(tostring(mode)))
-    end
-    local clock = fn_opt(opts, "clock") or context.now
+  -- new_breaker(opts, fname, n): context.breaker(opts), its options being
+  -- argument n of fname (context.shared_breaker's are its second)
+  local function new_breaker(opts, F, n)
+    opts = options(opts, F, n, BREAKER_OPTS)
+    local mode = oneof(opts, "mode", F, n, { "consecutive", "ratio" },
+      opts.failure_ratio ~= nil and "ratio" or "consecutive")
+    local clock = func(opts, "clock", F, n) or context.now
     local name = opts.name
     if name == nil then name = "breaker" end
     if type(name) ~= "string" then
-      argerr("breaker", 1, ("option 'name': string expected, got %s"):format(type(name)))
+      argerr(F, n, ("option 'name': string expected, got %s"):format(type(name)))
     end
     local store = opts.store
     if store == nil then
@@ -406,31 +388,34 @@ return function(context)
       for _, m in ipairs({ "get", "set", "add", "incr", "delete" }) do
         local ok, f = pcall(function() return store[m] end)
         if not ok or not callable(f) then
-          argerr("breaker", 1, ("option 'store': no method '%s'"):format(m))
+          argerr(F, n, ("option 'store': no method '%s'"):format(m))
         end
       end
     end
-    local cooldown = num_opt(opts, "cooldown", 30, 0)
+    local cooldown = number(opts, "cooldown", F, n, { default = 30, lo = 0 })
     local br = setmetatable({
       name = name, prefix = name .. ":", mode = mode, clock = clock, store = store,
-      threshold = num_opt(opts, "threshold", 5, 1, false, true),
-      failure_ratio = num_opt(opts, "failure_ratio", 0.5, 0, true),
-      window = num_opt(opts, "window", 10, 0, true),
-      buckets = num_opt(opts, "buckets", 10, 1, false, true),
-      min_throughput = num_opt(opts, "min_throughput", 10, 1, false, true),
+      threshold = count_opt(opts, "threshold", 5, F, n),
+      failure_ratio = number(opts, "failure_ratio", F, n, { default = 0.5, lo = 0, lo_open = true, hi = 1 }),
+      window = seconds_opt(opts, "window", 10, F, n),
+      buckets = count_opt(opts, "buckets", 10, F, n),
+      min_throughput = count_opt(opts, "min_throughput", 10, F, n),
       cooldown = cooldown,
-      half_open_max = num_opt(opts, "half_open_max", 1, 1, false, true),
-      success_threshold = num_opt(opts, "success_threshold", 1, 1, false, true),
-      probe_timeout = num_opt(opts, "probe_timeout", cooldown > 0 and cooldown or 30, 0, true),
-      timeout = num_opt(opts, "timeout", nil, 0, true),
-      is_failure = fn_opt(opts, "is_failure"),
-      on_state_change = fn_opt(opts, "on_state_change"),
+      half_open_max = count_opt(opts, "half_open_max", 1, F, n),
+      success_threshold = count_opt(opts, "success_threshold", 1, F, n),
+      probe_timeout = seconds_opt(opts, "probe_timeout", cooldown > 0 and cooldown or 30, F, n),
+      timeout = seconds_opt(opts, "timeout", nil, F, n),
+      is_failure = func(opts, "is_failure", F, n),
+      on_state_change = func(opts, "on_state_change", F, n),
     }, Breaker)
-    if br.failure_ratio > 1 then
-      argerr("breaker", 1, "option 'failure_ratio' must be <= 1")
-    end
     live_breakers[br] = true
     return br
+  end
+
+  --- context.breaker(opts) -> br
+  local function breaker(opts)
+    local br = new_breaker(opts, "breaker", 1) -- (not a tail call: on Lua 5.1
+    return br                                   -- errors would lose the position)
   end
 
   -- figures for context.metrics_text (lcontext_breaker_*), per breaker name
@@ -466,6 +451,6 @@ return function(context)
     }
   end
 
-  return { breaker = breaker, breaker_open = breaker_open, breaker_store = breaker_store,
+  return { breaker = breaker, _new_breaker = new_breaker, breaker_open = breaker_open, breaker_store = breaker_store,
     _metrics_breaker = metrics_families }
 end

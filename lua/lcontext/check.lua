@@ -67,6 +67,167 @@ function M.finite(v)
   return type(v) == "number" and v == v and v ~= huge and v ~= -huge
 end
 
+-- {=== options tables ===
+-- Every options table of the API goes through these: options() refuses
+-- what is not a table and any key the function does not know (a
+-- misspelled option is a bug, not a default), suggesting the closest known
+-- name; number() and func() read one option each. The messages:
+--   bad argument #3 to 'retry' (unknown option 'attemps'; did you mean 'attempts'?)
+--   bad argument #3 to 'retry' (option 'base': number expected, got string)
+--   bad argument #3 to 'retry' (option 'base' must be >= 0)
+
+--- distance(a, b) -> the edit distance between two strings: insertions,
+-- deletions, substitutions and swaps of two neighbours count 1 each
+-- ("optimal string alignment"; "attemps" -> "attempts" is 1, "treshold"
+-- -> "threshold" is 1, "defualt" -> "default" is 1)
+local function distance(a, b)
+  local la, lb = #a, #b
+  local d = {}
+  for i = 0, la do d[i] = { [0] = i } end
+  for j = 1, lb do d[0][j] = j end
+  for i = 1, la do
+    local ca = a:byte(i)
+    for j = 1, lb do
+      local cb = b:byte(j)
+      local cost = ca == cb and 0 or 1
+      local v = d[i - 1][j] + 1
+      if d[i][j - 1] + 1 < v then v = d[i][j - 1] + 1 end
+      if d[i - 1][j - 1] + cost < v then v = d[i - 1][j - 1] + cost end
+      if i > 1 and j > 1 and ca == b:byte(j - 1) and a:byte(i - 1) == cb
+          and d[i - 2][j - 2] + 1 < v then
+        v = d[i - 2][j - 2] + 1
+      end
+      d[i][j] = v
+    end
+  end
+  return d[la][lb]
+end
+M.distance = distance
+
+--- closest(name, known [, within]) -> the known name nearest to `name`
+-- (a string) when at most `within` (2) edits away, else nil. known: a
+-- set {name = true}. Ties go to the first in alphabetical order, so the
+-- suggestion does not depend on pairs().
+function M.closest(name, known, within)
+  if type(name) ~= "string" then return nil end
+  within = within or 2
+  local best, bestd = nil, within + 1
+  for cand in pairs(known) do
+    if type(cand) == "string" and cand ~= name then
+      local dist = distance(name, cand)
+      if dist < bestd or (dist == bestd and best and cand < best) then
+        best, bestd = cand, dist
+      end
+    end
+  end
+  return best
+end
+
+-- a key as the messages show it: 'name' ("name" for fields: see options)
+local function show_key(k, noun)
+  if type(k) == "string" then
+    if noun == "option" then return "'" .. k .. "'" end
+    return ("%q"):format(k)
+  end
+  if type(k) == "number" or type(k) == "boolean" then return "[" .. tostring(k) .. "]" end
+  return "of type " .. type(k)
+end
+
+--- unknown(fname, n, key, known [, noun [, where]]): raise "unknown
+-- option 'key'", with "; did you mean 'x'?" when a known name is close;
+-- where: a prefix saying which table, for nested ones ("rules[1]: ")
+function M.unknown(fname, n, key, known, noun, where)
+  noun = noun or "option"
+  local msg = ("%sunknown %s %s"):format(where or "", noun, show_key(key, noun))
+  local near = M.closest(key, known)
+  if near then msg = msg .. ("; did you mean %s?"):format(show_key(near, noun)) end
+  M.argerr(fname, n, msg)
+end
+
+--- names{"a", "b", ...} -> the set {a = true, b = true}: the known names
+-- of an options table, made once where the function is defined
+function M.names(list)
+  local set = {}
+  for _, k in ipairs(list) do set[k] = true end
+  return set
+end
+
+--- options(opts, fname, n, known [, noun]) -> opts
+-- opts: nil (then {}) or a table whose every key is in known (a set made
+-- by names()); otherwise a bad argument #n to fname.
+-- noun: "option" (default), or "field" for the tables whose entries the
+-- documentation calls fields (context.policy, with_request_info), which
+-- quote the key as %q does.
+function M.options(opts, fname, n, known, noun)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
+    M.argerr(fname, n, "table expected, got " .. tname(opts))
+  end
+  for k in pairs(opts) do
+    if not known[k] then M.unknown(fname, n, k, known, noun) end
+  end
+  return opts
+end
+
+--- number(opts, name, fname, n [, spec]) -> opts[name], or spec.default
+-- when nil. spec: lo (the least value), lo_open (lo itself excluded), hi
+-- (the greatest), integer, inf (math.huge allowed), ok(v) with what (a
+-- further rule and its description: "must be <what>, got <v>").
+function M.number(opts, name, fname, n, spec)
+  spec = spec or {}
+  local v = opts[name]
+  if v == nil then return spec.default end
+  if type(v) ~= "number" then
+    M.argerr(fname, n, ("option '%s': number expected, got %s"):format(name, tname(v)))
+  end
+  if v ~= v or (v == -huge) or (v == huge and not spec.inf) then
+    M.argerr(fname, n, ("option '%s': number is not finite"):format(name))
+  end
+  local lo, hi = spec.lo, spec.hi
+  if lo and (v < lo or (spec.lo_open and v == lo)) then
+    M.argerr(fname, n, ("option '%s' must be %s %s, got %s"):format(name,
+      spec.lo_open and ">" or ">=", tostring(lo), tostring(v)))
+  end
+  if hi and v > hi then
+    M.argerr(fname, n, ("option '%s' must be <= %s, got %s"):format(name, tostring(hi), tostring(v)))
+  end
+  if spec.integer and v ~= huge and v ~= floor(v) then
+    M.argerr(fname, n, ("option '%s' must be an integer, got %s"):format(name, tostring(v)))
+  end
+  if spec.ok and not spec.ok(v) then
+    M.argerr(fname, n, ("option '%s' must be %s, got %s"):format(name, spec.what, tostring(v)))
+  end
+  return v
+end
+
+--- func(opts, name, fname, n) -> opts[name] (a function, or a value with
+-- __call), or nil
+function M.func(opts, name, fname, n)
+  local v = opts[name]
+  if v ~= nil and not M.callable(v) then
+    M.argerr(fname, n, ("option '%s': function expected, got %s"):format(name, tname(v)))
+  end
+  return v
+end
+
+--- oneof(opts, name, fname, n, choices, default) -> opts[name], one of the
+-- strings in the list `choices`, or default when nil
+function M.oneof(opts, name, fname, n, choices, default)
+  local v = opts[name]
+  if v == nil then return default end
+  for _, c in ipairs(choices) do
+    if v == c then return v end
+  end
+  local quoted = {}
+  for i, c in ipairs(choices) do quoted[i] = '"' .. c .. '"' end
+  local list = #quoted > 1
+    and table.concat(quoted, ", ", 1, #quoted - 1) .. " or " .. quoted[#quoted]
+    or quoted[1]
+  M.argerr(fname, n, ("option '%s': %s expected, got %s"):format(name, list,
+    type(v) == "string" and ("%q"):format(v) or tostring(v)))
+end
+-- ===}
+
 --- The public functions whose first argument is a context, which are also
 -- methods of contexts: `context.sleep(ctx, 1)` is `ctx:sleep(1)` (README).
 -- The core's own (with_*, without_cancel, merge, cause, origin) are methods

@@ -1,4 +1,5 @@
---- lcontext.group: Go's errgroup (API.md §6), with what its users asked for.
+--- lcontext.group: Go's errgroup (README, "Resilience and
+-- deadline patterns"; docs/resilience.md), with what its users asked for.
 --
 --   local g, gctx = context.group(parent [, limit])
 --   g:go(fn, ...)      -- runs fn(gctx, ...) as a task; false once the group failed

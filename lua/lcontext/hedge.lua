@@ -1,5 +1,5 @@
 --- lcontext.hedge: hedged requests, "The Tail at Scale" (Dean & Barroso,
--- 2013) (issue 4 item 4).
+-- 2013); docs/resilience.md.
 --
 --   context.hedge(ctx, fn, { delay = 0.05 [, attempts = 2] })
 --     -> the first success's results | nil, err
@@ -64,38 +64,26 @@ return function(context)
     return self.cached
   end
 
-  local function est_num(opts, name, default, lo, hi, allow_inf)
-    local v = opts[name]
-    if v == nil then return default end
-    if type(v) ~= "number" or v ~= v or (not allow_inf and not finite(v)) then
-      argerr("latency_estimator", 1, ("option '%s': finite number expected, got %s")
-        :format(name, tostring(v)))
-    end
-    if v < lo or (hi and v > hi) then
-      argerr("latency_estimator", 1, ("option '%s' out of range"):format(name))
-    end
-    return v
-  end
+  -- the options, read through lcontext.check (one validator for every
+  -- options table of the API)
+  local options, number, func = check.options, check.number, check.func
+  local ESTIMATOR_OPTS = check.names { "quantile", "size", "min_samples", "initial", "min", "max" }
+  local HEDGE_OPTS = check.names { "delay", "attempts", "on_attempt", "retryable" }
 
   --- context.latency_estimator{quantile = 0.95, size = 100, min_samples = 10,
   ---   initial = 0.05, min = 0, max = math.huge} -> est
   local function latency_estimator(opts)
-    if opts == nil then opts = {} end
-    if type(opts) ~= "table" then
-      argerr("latency_estimator", 1, ("table expected, got %s"):format(type(opts)))
-    end
+    local F = "latency_estimator"
+    opts = options(opts, F, 1, ESTIMATOR_OPTS)
     local e = setmetatable({
-      quantile = est_num(opts, "quantile", 0.95, 0, 1),
-      size = est_num(opts, "size", 100, 1),
-      min_samples = est_num(opts, "min_samples", 10, 0),
-      initial = est_num(opts, "initial", 0.05, 0),
-      min = est_num(opts, "min", 0, 0),
-      max = est_num(opts, "max", huge, 0, nil, true),
+      quantile = number(opts, "quantile", F, 1, { default = 0.95, lo = 0, hi = 1 }),
+      size = number(opts, "size", F, 1, { default = 100, lo = 1, integer = true }),
+      min_samples = number(opts, "min_samples", F, 1, { default = 10, lo = 0 }),
+      initial = number(opts, "initial", F, 1, { default = 0.05, lo = 0 }),
+      min = number(opts, "min", F, 1, { default = 0, lo = 0 }),
+      max = number(opts, "max", F, 1, { default = huge, lo = 0, inf = true }),
       samples = {}, n = 0, pos = 0,
     }, Estimator)
-    if e.size ~= math.floor(e.size) then
-      argerr("latency_estimator", 1, "option 'size' must be an integer")
-    end
     if e.min > e.max then argerr("latency_estimator", 1, "option 'min' exceeds 'max'") end
     e.min_samples = min(e.min_samples, e.size)
     return e
@@ -121,9 +109,8 @@ return function(context)
     if not callable(fn) then
       argerr("hedge", 2, ("function expected, got %s"):format(type(fn)))
     end
-    if type(opts) ~= "table" then
-      argerr("hedge", 3, ("table expected, got %s"):format(type(opts)))
-    end
+    if opts == nil then argerr("hedge", 3, "table expected, got nil") end
+    options(opts, "hedge", 3, HEDGE_OPTS)
     local d, est = opts.delay, nil
     if type(d) == "table" and not callable(d) then
       local ok, f = pcall(function() return d.delay end)
@@ -139,18 +126,9 @@ return function(context)
       argerr("hedge", 3, ("option 'delay': non-negative finite number expected, got %s")
         :format(tostring(d)))
     end
-    local attempts = opts.attempts or 2
-    if type(attempts) ~= "number" or attempts < 1 or attempts ~= math.floor(attempts)
-        or attempts == huge then
-      argerr("hedge", 3, "option 'attempts' must be a positive integer")
-    end
-    local on_attempt, retryable = opts.on_attempt, opts.retryable
-    if on_attempt ~= nil and not callable(on_attempt) then
-      argerr("hedge", 3, ("option 'on_attempt': function expected, got %s"):format(type(on_attempt)))
-    end
-    if retryable ~= nil and not callable(retryable) then
-      argerr("hedge", 3, ("option 'retryable': function expected, got %s"):format(type(retryable)))
-    end
+    local attempts = number(opts, "attempts", "hedge", 3, { default = 2, lo = 1, integer = true })
+    local on_attempt = func(opts, "on_attempt", "hedge", 3)
+    local retryable = func(opts, "retryable", "hedge", 3)
     local observe = est and est.observe
 
     local e = ctx:err()

@@ -28,7 +28,7 @@ return function(context)
 
   -- ====}
 
-  -- {==== operations: the seed's TimeoutTracker, as metrics ============
+  -- {==== operations: per-operation timeout tracking, as metrics ======
 
   local operations = {}
 

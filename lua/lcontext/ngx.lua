@@ -660,6 +660,9 @@ end
 local REQ_KEY = "lcontext.request"
 local REQUEST_PHASES = { rewrite = true, access = true, content = true }
 
+local FROM_REQUEST_OPTS = check.names { "parent", "timeout", "reserve", "max_timeout",
+  "new_trace", "sampled", "request_id", "abort", "max_headers" }
+
 --- context.from_request([opts]) -> ctx, cancel, info
 -- The context of the current request, made on the first call (the same one
 -- is returned by later calls in the request, in any phase): the deadline
@@ -674,10 +677,7 @@ local REQUEST_PHASES = { rewrite = true, access = true, content = true }
 -- cancel(cause) ends it; context.finish_request() does it from any phase
 -- (log_by_lua), so that nothing outlives the request.
 function M.from_request(opts)
-  if opts == nil then opts = {} end
-  if type(opts) ~= "table" then
-    error(("bad argument #1 to 'from_request' (table expected, got %s)"):format(type(opts)), 2)
-  end
+  opts = check.options(opts, "from_request", 1, FROM_REQUEST_OPTS)
   local phase = get_phase()
   if not REQUEST_PHASES[phase] then
     error(("lcontext.ngx: from_request needs a request (rewrite, access or content phase), "
@@ -761,7 +761,9 @@ function M.shared_breaker(dict, opts)
   o.store = store
   -- the clock the dict's ttls run on (docs/resilience.md, the state store)
   if o.clock == nil then o.clock = ngx.now end
-  return M.breaker(o)
+  -- (its options checked as context.breaker's, named as this function's)
+  local br = M._new_breaker(o, "shared_breaker", 2)
+  return br
 end
 
 -- every function whose first argument is a context is also a method (the

@@ -1,5 +1,5 @@
 --- lcontext.observe: structured logging, request info, carrying values onto
--- another context, and timeout policies (issue 5, items 4, 5 and 6).
+-- another context, and timeout policies (docs/observability.md).
 --
 --   context.log_fields(ctx)                 -> {request_id=, trace_id=, span_id=, user_id=, remaining_ms=, ctx_err=}
 --   context.logger([sink [, opts]])         -> logger: info/warn/error/debug(ctx, msg [, fields])
@@ -94,9 +94,7 @@ return function(context)
     end
     for k, v in pairs(info) do
       local rule = INFO_FIELDS[k]
-      if not rule then
-        argerr("with_request_info", 2, "unknown field " .. show(k))
-      end
+      if not rule then check.unknown("with_request_info", 2, k, INFO_FIELDS, "field") end
       if not rule[1](v) then
         argerr("with_request_info", 2, ("field '%s': %s expected, got %s"):format(k, rule[2], show(v)))
       end
@@ -198,6 +196,8 @@ return function(context)
     return os.date("!%Y-%m-%dT%H:%M:%S", s) .. sfmt(".%03dZ", ms)
   end
 
+  local LOGGER_OPTS = check.names { "level", "fields", "clock", "time", "encode" }
+
   local Logger = {}
   Logger.__index = Logger
   Logger.__name = "lcontext.logger"
@@ -226,6 +226,7 @@ return function(context)
     end
     if opts == nil then opts = {} end
     if type(opts) ~= "table" then argerr("logger", 2, "table expected, got " .. type(opts)) end
+    check.options(opts, "logger", 2, LOGGER_OPTS)
     local level = opts.level or "info"
     if not LEVELS[level] then
       argerr("logger", 2, "level must be \"debug\", \"info\", \"warn\" or \"error\", got " .. show(level))
@@ -362,9 +363,7 @@ return function(context)
   -- field otherwise.
   local function validate(spec, fname)
     if type(spec) ~= "table" then argerr(fname, 1, "table expected, got " .. type(spec)) end
-    for k in pairs(spec) do
-      if not POLICY_FIELDS[k] then argerr(fname, 1, "unknown field " .. show(k)) end
-    end
+    check.options(spec, fname, 1, POLICY_FIELDS, "field")
     local s = { operations = {}, rules = {} }
     local function seconds(v, what)
       if not seconds_ok(v) then
@@ -409,7 +408,7 @@ return function(context)
         local what = ("rules[%d]"):format(i)
         if type(r) ~= "table" then argerr(fname, 1, what .. " must be a table, got " .. type(r)) end
         for k in pairs(r) do
-          if not RULE_FIELDS[k] then argerr(fname, 1, what .. ": unknown field " .. show(k)) end
+          if not RULE_FIELDS[k] then check.unknown(fname, 1, k, RULE_FIELDS, "field", what .. ": ") end
         end
         if not callable(r.when) then
           argerr(fname, 1, what .. ".when must be a function, got " .. type(r.when))

@@ -1,4 +1,4 @@
---- lcontext.patterns: deadline patterns from the field (API.md §8).
+--- lcontext.patterns: deadline patterns from the field (docs/patterns.md).
 --
 -- adaptive_timeout, split, with_min_timeout, service_timeouts, classify,
 -- classify_timeout, scope, fallback and errors. Built only from the public
@@ -78,24 +78,15 @@ return function(context)
     return v
   end
 
-  -- an option field: opts[key], `what` describes what it must be
-  local function field(opts, key, fname, n, ok, what, default)
-    local v = opts[key]
-    if v == nil then return default end
-    if not number_ok(v, ok) then
-      argerror(n, fname, fmt("field '%s' must be %s, got %s", key, what,
-        type(v) == "number" and tostring(v) or tname(v)), 3)
-    end
-    return v
-  end
-
-  local function field_function(opts, key, fname, n)
-    local v = opts[key]
-    if v ~= nil and type(v) ~= "function" then
-      argerror(n, fname, fmt("field '%s' must be a function, got %s", key, tname(v)), 3)
-    end
-    return v
-  end
+  -- the options, read through lcontext.check (one validator for every
+  -- options table of the API)
+  local options, number, func, names = check.options, check.number, check.func, check.names
+  local ADAPTIVE_OPTS = names { "base", "max", "window", "percentile", "multiplier", "min_samples", "clock" }
+  local SPLIT_OPTS = names { "min", "reserve", "total" }
+  local FALLBACK_OPTS = names { "timeout", "fallback_timeout", "any_error", "on_fallback" }
+  local ERRORS_OPTS = names { "threshold" }
+  -- service_timeouts' keys are service names, but for these two
+  local SERVICE_RESERVED = names { "default", "overhead" }
 
   local function ms(s) return fmt("%.0f ms", s * 1000) end
 
@@ -161,19 +152,18 @@ return function(context)
   --- context.adaptive_timeout([opts]) -> at
   function M.adaptive_timeout(opts)
     local F = "adaptive_timeout"
-    opts = check_table(opts, F, 1, true)
-    local base = field(opts, "base", F, 1, positive, "a positive number", 1)
-    local maxv = field(opts, "max", F, 1, function(v) return v >= base end,
-      "a number >= base", base * 10)
-    local window = field(opts, "window", F, 1, integer_ge1, "an integer >= 1", 100)
-    local p = field(opts, "percentile", F, 1,
-      function(v) return v > 0 and v <= 100 end, "in (0, 1], or a percent in (1, 100]", 0.95)
+    opts = options(opts, F, 1, ADAPTIVE_OPTS)
+    local base = number(opts, "base", F, 1, { default = 1, lo = 0, lo_open = true })
+    local maxv = number(opts, "max", F, 1, { default = base * 10,
+      ok = function(v) return v >= base end, what = "a number >= base (" .. base .. ")" })
+    local window = number(opts, "window", F, 1, { default = 100, lo = 1, integer = true })
+    local p = number(opts, "percentile", F, 1, { default = 0.95,
+      ok = function(v) return v > 0 and v <= 100 end, what = "in (0, 1], or a percent in (1, 100]" })
     if p > 1 then p = p / 100 end
-    local mult = field(opts, "multiplier", F, 1, positive, "a positive number", 1.5)
-    local min_samples = field(opts, "min_samples", F, 1,
-      function(v) return integer_ge1(v) and v <= window end,
-      "an integer in [1, window]", min(10, window))
-    local clock = field_function(opts, "clock", F, 1) or now
+    local mult = number(opts, "multiplier", F, 1, { default = 1.5, lo = 0, lo_open = true })
+    local min_samples = number(opts, "min_samples", F, 1, { default = min(10, window),
+      lo = 1, integer = true, hi = window })
+    local clock = func(opts, "clock", F, 1) or now
     return setmetatable({
       base = base, max = maxv, window = window, p = p, mult = mult,
       min_samples = min_samples, clock = clock,
@@ -301,7 +291,7 @@ return function(context)
     local F = "split"
     check_ctx(ctx, F, 1)
     check_table(shares, F, 2)
-    opts = check_table(opts, F, 3, true)
+    opts = options(opts, F, 3, SPLIT_OPTS)
     local weight, order, count = {}, nil, 0
     local function add(name, w, where)
       if type(name) ~= "string" then
@@ -346,10 +336,10 @@ return function(context)
         end
       end
     else
-      mins = field(opts, "min", F, 3, non_negative, "a non-negative number or a table", 0)
+      mins = number(opts, "min", F, 3, { default = 0, lo = 0 })
     end
-    local reserve = field(opts, "reserve", F, 3, non_negative, "a non-negative number", 0)
-    local total = field(opts, "total", F, 3, positive, "a positive number", nil)
+    local reserve = number(opts, "reserve", F, 3, { default = 0, lo = 0 })
+    local total = number(opts, "total", F, 3, { lo = 0, lo_open = true })
     return setmetatable({
       ctx = ctx, weight = weight, order = order, started = {},
       mins = mins, reserve = reserve,
@@ -437,6 +427,10 @@ return function(context)
       if type(name) ~= "string" then
         argerror(1, F, "service names must be strings, got " .. tname(name), 2)
       end
+      -- a service name one edit away from a reserved key is taken for its
+      -- misspelling (docs/patterns.md)
+      local near = not SERVICE_RESERVED[name] and check.closest(name, SERVICE_RESERVED, 1)
+      if near then check.unknown(F, 1, name, SERVICE_RESERVED) end
       local ok = name == "overhead" and non_negative or positive
       if not number_ok(v, ok) then
         argerror(1, F, fmt("'%s' must be a %s number of seconds, got %s", name,
@@ -627,10 +621,10 @@ return function(context)
     check_ctx(ctx, F, 1)
     check_function(primary, F, 2)
     check_function(fb, F, 3)
-    opts = check_table(opts, F, 4, true)
-    local ptimeout = field(opts, "timeout", F, 4, nil, "a number", nil)
-    local ftimeout = field(opts, "fallback_timeout", F, 4, nil, "a number", nil)
-    local on_fallback = field_function(opts, "on_fallback", F, 4)
+    opts = options(opts, F, 4, FALLBACK_OPTS)
+    local ptimeout = number(opts, "timeout", F, 4)
+    local ftimeout = number(opts, "fallback_timeout", F, 4)
+    local on_fallback = func(opts, "on_fallback", F, 4)
     if ctx:is_done() then return nil, ctx:err() end
 
     local pctx, pcancel
@@ -664,9 +658,8 @@ return function(context)
   --- context.errors([opts]) -> ec; opts.threshold: real failures that make
   -- should_abort() true (1)
   function M.errors(opts)
-    opts = check_table(opts, "errors", 1, true)
-    local threshold = field(opts, "threshold", "errors", 1, integer_ge1,
-      "an integer >= 1", 1)
+    opts = options(opts, "errors", 1, ERRORS_OPTS)
+    local threshold = number(opts, "threshold", "errors", 1, { default = 1, lo = 1, integer = true })
     return setmetatable({ entries = {}, threshold = threshold,
       counts = { canceled = 0, deadline_exceeded = 0, other = 0 } }, Errors)
   end

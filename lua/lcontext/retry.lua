@@ -1,6 +1,5 @@
 --- lcontext.retry: retries with exponential backoff and jitter, deadline
--- aware, with a structured give-up and retry budgets (API.md §7, issue 4
--- item 2).
+-- aware, with a structured give-up and retry budgets (docs/resilience.md).
 --
 --   context.retry(ctx, fn, opts) -> fn's results | nil, last_err, attempts, reason
 --   context.backoff(opts)        -> b; b:next() gives the successive delays (pure)
@@ -8,12 +7,12 @@
 --
 -- reason: "exhausted", "not_retryable", "deadline", "canceled" or "budget".
 return function(context)
-  local type, error, tostring, pcall, getmetatable = type, error, tostring, pcall, getmetatable
-  local min, max, floor, huge = math.min, math.max, math.floor, math.huge
+  local type, pcall, getmetatable = type, pcall, getmetatable
+  local min, max, floor = math.min, math.max, math.floor
   local canceled, deadline_exceeded = context.canceled, context.deadline_exceeded
 
-  -- Raise "bad argument #n to 'fname' (msg)" at the first caller outside
-  -- this file (the user's code), wherever the check is made.
+  -- check.argerr raises "bad argument #n to 'fname' (msg)" at the first
+  -- caller outside lcontext's files (the user's code)
   local check = require "lcontext.check"
   -- fn may wait: check.pcall lets it on Lua 5.1 too
   local pack, unpack, wpcall = check.pack, check.unpack, check.pcall
@@ -21,39 +20,15 @@ return function(context)
 
   local callable = check.callable
 
-  -- number_opt(fname, argn, opts, name, default, lo, allow_inf, lo_open):
-  -- one validated numeric option
-  local function number_opt(fname, argn, opts, name, default, lo, allow_inf, lo_open)
-    local v = opts[name]
-    if v == nil then return default end
-    if type(v) ~= "number" then
-      argerr(fname, argn, ("option '%s': number expected, got %s"):format(name, type(v)))
-    end
-    if v ~= v or (not allow_inf and (v == huge or v == -huge)) then
-      argerr(fname, argn, ("option '%s': number is not finite"):format(name))
-    end
-    if lo and (v < lo or (lo_open and v == lo)) then
-      argerr(fname, argn, ("option '%s' must be %s %s"):format(name,
-        lo_open and ">" or ">=", tostring(lo)))
-    end
-    return v
-  end
+  -- the options, read through lcontext.check (one validator for every
+  -- options table of the API)
+  local options, number, func, oneof = check.options, check.number, check.func, check.oneof
+  local names = check.names
 
-  local function function_opt(fname, argn, opts, name)
-    local v = opts[name]
-    if v ~= nil and not callable(v) then
-      argerr(fname, argn, ("option '%s': function expected, got %s"):format(name, type(v)))
-    end
-    return v
-  end
-
-  local function table_opts(fname, argn, opts)
-    if opts == nil then return {} end
-    if type(opts) ~= "table" then
-      argerr(fname, argn, ("table expected, got %s"):format(type(opts)))
-    end
-    return opts
-  end
+  local BACKOFF_OPTS = names { "base", "factor", "max", "jitter", "random" }
+  local RETRY_OPTS = names { "attempts", "base", "factor", "max", "jitter", "random",
+    "max_elapsed", "attempt_timeout", "retryable", "on_retry", "budget" }
+  local BUDGET_OPTS = names { "kind", "max_tokens", "token_ratio", "ratio", "min_per_second", "ttl", "clock" }
 
   -----------------------------------------------------------------------------
   -- Backoff: the delays, as a pure computation (no clock, no sleeping).
@@ -64,25 +39,20 @@ return function(context)
   --   equal:        t/2 + random(0, t/2), t = min(cap, base * factor^(n-1))
   --   decorrelated: min(cap, random(base, previous * 3)), previous starting at base
   -----------------------------------------------------------------------------
-  local jitters = { full = true, equal = true, decorrelated = true, none = true }
+  local jitters = { "full", "equal", "decorrelated", "none" }
 
   local Backoff = {}
   Backoff.__index = Backoff
   Backoff.__name = "context.backoff"
 
   local function backoff_opts(fname, argn, opts)
-    local o = {
-      base = number_opt(fname, argn, opts, "base", 0.1, 0),
-      factor = number_opt(fname, argn, opts, "factor", 2, 1),
-      max = number_opt(fname, argn, opts, "max", 5, 0),
-      jitter = opts.jitter == nil and "full" or opts.jitter,
-      random = function_opt(fname, argn, opts, "random") or math.random,
+    return {
+      base = number(opts, "base", fname, argn, { default = 0.1, lo = 0 }),
+      factor = number(opts, "factor", fname, argn, { default = 2, lo = 1 }),
+      max = number(opts, "max", fname, argn, { default = 5, lo = 0 }),
+      jitter = oneof(opts, "jitter", fname, argn, jitters, "full"),
+      random = func(opts, "random", fname, argn) or math.random,
     }
-    if not jitters[o.jitter] then
-      argerr(fname, argn, ("option 'jitter': \"full\", \"equal\", \"decorrelated\" or \"none\" expected, got %s")
-        :format(tostring(o.jitter)))
-    end
-    return o
   end
 
   local function new_backoff(o)
@@ -114,7 +84,7 @@ return function(context)
 
   --- context.backoff{base, factor, max, jitter, random} -> b
   local function backoff(opts)
-    opts = table_opts("backoff", 1, opts)
+    opts = options(opts, "backoff", 1, BACKOFF_OPTS)
     return new_backoff(backoff_opts("backoff", 1, opts))
   end
 
@@ -207,27 +177,25 @@ return function(context)
   --- context.retry_budget{kind = "token_bucket", max_tokens = 10, token_ratio = 0.1}
   --- context.retry_budget{kind = "ratio", ratio = 0.2, min_per_second = 10, ttl = 10, clock = fn}
   local function retry_budget(opts)
-    opts = table_opts("retry_budget", 1, opts)
-    local kind = opts.kind
-    if kind == nil then kind = opts.ratio ~= nil and "ratio" or "token_bucket" end
+    local F = "retry_budget"
+    opts = options(opts, F, 1, BUDGET_OPTS)
+    local kind = oneof(opts, "kind", F, 1, { "token_bucket", "ratio" },
+      opts.ratio ~= nil and "ratio" or "token_bucket")
     if kind == "token_bucket" then
-      local mt = number_opt("retry_budget", 1, opts, "max_tokens", 10, 0, false, true)
-      local tr = number_opt("retry_budget", 1, opts, "token_ratio", 0.1, 0, false, true)
+      local mt = number(opts, "max_tokens", F, 1, { default = 10, lo = 0, lo_open = true })
+      local tr = number(opts, "token_ratio", F, 1, { default = 0.1, lo = 0, lo_open = true })
       return setmetatable({ max_tokens = mt, token_ratio = tr, tokens = mt,
         retries = 0, refused = 0 }, TokenBucket)
-    elseif kind == "ratio" then
-      local clock = function_opt("retry_budget", 1, opts, "clock") or context.now
-      local b = setmetatable({
-        ratio = number_opt("retry_budget", 1, opts, "ratio", 0.2, 0),
-        min_per_second = number_opt("retry_budget", 1, opts, "min_per_second", 10, 0),
-        ttl = number_opt("retry_budget", 1, opts, "ttl", 10, 0, false, true),
-        clock = clock, buckets = {}, refused = 0,
-      }, Ratio)
-      for i = 1, NBUCKETS do b.buckets[i] = { requests = 0, retries = 0 } end
-      return b
     end
-    argerr("retry_budget", 1, ("option 'kind': \"token_bucket\" or \"ratio\" expected, got %s")
-      :format(tostring(kind)))
+    local clock = func(opts, "clock", F, 1) or context.now
+    local b = setmetatable({
+      ratio = number(opts, "ratio", F, 1, { default = 0.2, lo = 0 }),
+      min_per_second = number(opts, "min_per_second", F, 1, { default = 10, lo = 0 }),
+      ttl = number(opts, "ttl", F, 1, { default = 10, lo = 0, lo_open = true }),
+      clock = clock, buckets = {}, refused = 0,
+    }, Ratio)
+    for i = 1, NBUCKETS do b.buckets[i] = { requests = 0, retries = 0 } end
+    return b
   end
 
   -----------------------------------------------------------------------------
@@ -268,15 +236,13 @@ return function(context)
     if not callable(fn) then
       argerr("retry", 2, ("function expected, got %s"):format(type(fn)))
     end
-    opts = table_opts("retry", 3, opts)
-    local attempts = number_opt("retry", 3, opts, "attempts", 3, 1, true)
-    if attempts ~= huge and attempts ~= floor(attempts) then
-      argerr("retry", 3, "option 'attempts' must be a positive integer or math.huge")
-    end
-    local max_elapsed = number_opt("retry", 3, opts, "max_elapsed", nil, 0, true)
-    local attempt_timeout = number_opt("retry", 3, opts, "attempt_timeout", nil, 0, false, true)
-    local retryable = function_opt("retry", 3, opts, "retryable")
-    local on_retry = function_opt("retry", 3, opts, "on_retry")
+    opts = options(opts, "retry", 3, RETRY_OPTS)
+    local attempts = number(opts, "attempts", "retry", 3,
+      { default = 3, lo = 1, integer = true, inf = true })
+    local max_elapsed = number(opts, "max_elapsed", "retry", 3, { lo = 0, inf = true })
+    local attempt_timeout = number(opts, "attempt_timeout", "retry", 3, { lo = 0, lo_open = true })
+    local retryable = func(opts, "retryable", "retry", 3)
+    local on_retry = func(opts, "on_retry", "retry", 3)
     local budget = opts.budget
     if budget ~= nil and (type(budget) ~= "table" or not callable(budget.try_retry)) then
       argerr("retry", 3, "option 'budget': a retry budget expected (see context.retry_budget)")

@@ -1,5 +1,5 @@
 --- lcontext.trace: W3C Trace Context (`traceparent`, `tracestate`),
--- `x-request-id` and deadline propagation across services (issue 5, item 3).
+-- `x-request-id` and deadline propagation across services (docs/observability.md).
 --
 --   local trace = require "lcontext.trace"
 --   -- server side: one call turns the incoming headers into a context
@@ -390,11 +390,8 @@ function T.parse_tracestate(s)
   return out
 end
 
-local function check_opts(opts, fname, n)
-  if opts == nil then return {} end
-  if type(opts) ~= "table" then argerr(fname, n, "table expected, got " .. type(opts)) end
-  return opts
-end
+local EXTRACT_OPTS = check.names { "reserve", "max_timeout", "new_trace", "sampled", "request_id" }
+local START_OPTS = check.names { "sampled", "request_id" }
 
 local function check_seconds(v, fname, n, field, allow_zero)
   if type(v) ~= "number" or v ~= v or v == huge or v == -huge or v < 0 or (v == 0 and not allow_zero) then
@@ -420,7 +417,7 @@ function T.extract(headers, parent, opts)
   if type(headers) ~= "table" then argerr("extract", 1, "table expected, got " .. type(headers)) end
   local C = lc()
   if parent == nil then parent = C.background() else check_ctx(parent, "extract", 2) end
-  opts = check_opts(opts, "extract", 3)
+  opts = check.options(opts, "extract", 3, EXTRACT_OPTS)
   local reserve = opts.reserve
   if reserve == nil then reserve = DEFAULT_RESERVE else check_seconds(reserve, "extract", 3, "reserve", true) end
   local max_timeout = opts.max_timeout
@@ -561,7 +558,7 @@ end
 -- (default), false for none).
 function T.start(parent, opts)
   check_ctx(parent, "start", 1)
-  opts = check_opts(opts, "start", 2)
+  opts = check.options(opts, "start", 2, START_OPTS)
   local C = lc()
   local ctx = C.with_value(parent, T.TRACE_ID, T.new_trace_id())
   ctx = C.with_value(ctx, T.SPAN_ID, T.new_span_id())

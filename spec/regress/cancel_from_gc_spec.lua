@@ -1,4 +1,4 @@
--- Regression (issue 9 item 9, found by the API fuzzer): a cancel called
+-- Regression (found by the API fuzzer): a cancel called
 -- from a __gc finaliser (the API allows it) when the context was otherwise
 -- unreachable woke an after_func callback that nothing anchored (its
 -- weak-table entry had been cleared during the resurrection): the next

@@ -1,4 +1,4 @@
--- Regression (issue 9 item 7): on Lua 5.1 and LuaJIT a cause that refers to
+-- Regression: on Lua 5.1 and LuaJIT a cause that refers to
 -- its own context kept the context alive for ever: causes were kept in a
 -- weak-keyed side table, and those runtimes' weak tables are not
 -- ephemerons (a value that refers to its key keeps the key). 1000 of 1000

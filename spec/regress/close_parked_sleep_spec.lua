@@ -1,4 +1,4 @@
--- Regression (issue 9 item 6): after coroutine.close of a task parked in
+-- Regression: after coroutine.close of a task parked in
 -- sleep(bg, 3600), context.run() blocked for the whole hour: the sleep's
 -- timer stayed armed, and the loop only looked for closed tasks when
 -- nothing else could happen. Closing a task must release its waits at once

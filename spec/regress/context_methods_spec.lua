@@ -1,4 +1,4 @@
--- Regression (issue 9 item 14): README says every function that takes a
+-- Regression: README says every function that takes a
 -- context is also a method (`context.with_cancel(ctx)` is
 -- `ctx:with_cancel()`), but after_func, sleep, wait_fd, signal, group,
 -- retry, hedge and the patterns' functions were not methods.

@@ -1,4 +1,4 @@
--- Regression (issue 9 item 11): a group member whose coroutine is closed
+-- Regression: a group member whose coroutine is closed
 -- (coroutine.close of a member parked in a wait) stayed counted as running
 -- for ever, and with limit = 1 the next g:go spun in group.lua's limit loop
 -- (select returned at once for the ended member, again and again). A closed

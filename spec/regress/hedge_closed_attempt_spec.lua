@@ -1,4 +1,4 @@
--- Regression (issue 9 item 12): a hedge attempt whose task's coroutine is
+-- Regression: a hedge attempt whose task's coroutine is
 -- closed (coroutine.close while it waits) made context.hedge raise
 -- "hedge.lua: attempt to index a nil value (local 'r')". A closed attempt is
 -- a failed attempt: "task's coroutine was closed".

@@ -1,4 +1,4 @@
--- Regression (issue 9 item 13): on_error's third argument, for an error
+-- Regression: on_error's third argument, for an error
 -- raised in an after_func callback, was a userdata with no metatable (the
 -- task metatable was looked up from a C function with no upvalues): not a
 -- task, nothing one can call. It must be a task (README: the handler is

@@ -1,4 +1,4 @@
--- Regression (issue 9 item 8): Ctrl-C during a wait on the main thread was
+-- Regression: Ctrl-C during a wait on the main thread was
 -- swallowed. lua.c's SIGINT handler (installed around every chunk it runs,
 -- `lua script.lua` as well as the prompt) sets a hook that raises
 -- "interrupted!" at the next Lua instruction; run inside the loop, that

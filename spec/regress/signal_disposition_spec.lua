@@ -1,4 +1,4 @@
--- Regression (issue 9 item 5): a signal context destroyed the process's
+-- Regression: a signal context destroyed the process's
 -- previous disposition of its signal: under `trap '' PIPE`,
 -- context.signal(bg, "PIPE") then cancel() left SIGPIPE at SIG_DFL (libev
 -- resets a signal to SIG_DFL when its last watcher stops), and the next

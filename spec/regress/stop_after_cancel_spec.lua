@@ -1,4 +1,4 @@
--- Regression (issue 9 item 2): stop() of an after_func callback that
+-- Regression: stop() of an after_func callback that
 -- cancel() had already queued (Go's `defer stop()` idiom) marked it stopped
 -- and let it go while it was still in the ready queue: once collected, the
 -- loop read freed memory (heap-use-after-free in pop_ready). The same for an

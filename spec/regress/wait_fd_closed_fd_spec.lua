@@ -1,4 +1,4 @@
--- Regression (issue 9 item 3): wait_fd on a descriptor that is not open
+-- Regression: wait_fd on a descriptor that is not open
 -- aborted the process inside libev ("epoll_modify: Assertion ... invalid fd").
 -- It must return nil, err (an error that is not a context's) or raise a
 -- clear error, at once; never abort, and never report the fd ready. Each

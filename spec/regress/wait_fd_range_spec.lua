@@ -1,4 +1,4 @@
--- Regression (issue 9 items 4 and 10): fd numbers were truncated to C int:
+-- Regression: fd numbers were truncated to C int:
 -- wait_fd(ctx, 2^32, ...) waited on fd 0 and 2^32 + 1 on fd 1; fd 2^31 - 1
 -- crashed (a segfault) and fd 65536 aborted in libev. An fd out of the
 -- range of descriptors is a bad argument; one in range but not open is

@@ -1,4 +1,4 @@
--- Regression (issue 9 item 1): a wait inside a frame that cannot yield (a
+-- Regression: a wait inside a frame that cannot yield (a
 -- table.sort comparator, a string.gsub callback, a __tostring called by
 -- tostring; on Lua 5.1 a plain pcall in a task) armed its waits and marked
 -- the task parked, then the yield failed: the task ended with its waits
