@@ -14,11 +14,20 @@ fail() { F=$((F + 1)); echo "not ok - $*"; }
 
 DIR=
 MASTER=
+# the pids of the master's children (its workers), from /proc
+workers_of() {
+  for d in /proc/[0-9]*; do
+    [ "$(awk '{ print $4 }' "$d/stat" 2>/dev/null)" = "$1" ] && echo "${d#/proc/}"
+  done
+}
 cleanup() {
   if [ -n "$MASTER" ] && kill -0 "$MASTER" 2>/dev/null; then
-    kill -TERM "$MASTER" 2>/dev/null      # the master we started, by its pid
+    # the master we started and its workers, by pid: a worker orphaned by
+    # a master killed hard would otherwise live on (and may spin)
+    pids="$MASTER $(workers_of "$MASTER")"
+    kill -TERM $pids 2>/dev/null
     sleep 1
-    kill -0 "$MASTER" 2>/dev/null && kill -KILL "$MASTER" 2>/dev/null
+    for p in $pids; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
   fi
   if [ -n "$DIR" ] && [ "${KEEP:-0}" != 1 ]; then rm -rf "$DIR"; fi
 }

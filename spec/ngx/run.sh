@@ -98,10 +98,7 @@ fi
 
 # {=== libev untouched: a worker has nginx's own epoll fd, and no second
 # one (libev's default loop makes one when lcontext's scheduler is used) ===}
-workers=
-for d in /proc/[0-9]*; do
-  [ "$(awk '{ print $4 }' "$d/stat" 2>/dev/null)" = "$MASTER" ] && workers="$workers ${d#/proc/}"
-done
+workers=$(workers_of "$MASTER")
 nw=0; bad=
 for w in $workers; do
   n=$(ls -l "/proc/$w/fd" 2>/dev/null | grep -c 'anon_inode:\[eventpoll\]')
