@@ -35,6 +35,12 @@ static const luaL_Reg core_funcs[] = {
   {NULL, NULL}
 };
 
+/* the module's functions, by file (each with the shared upvalues) */
+static const luaL_Reg *const module_funcs[] = {
+  lc_ctx_funcs, lc_key_funcs, lc_task_funcs, lc_callback_funcs,
+  lc_signal_funcs, lc_loop_funcs, lc_park_funcs, lc_metrics_funcs, NULL
+};
+
 /* [-0, +LC_NUP, m] push the shared upvalues kept in table t */
 static void push_upvalues(lua_State *L, int t) {
   int i;
@@ -184,24 +190,12 @@ LC_EXPORT int luaopen_lcontext_core(lua_State *L) {
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
 
-  /* the module: functions, then what Lua-level modules build on */
+  /* the module: every file's functions, then what Lua-level modules build on */
   lua_newtable(L);
-  push_upvalues(L, uvt);
-  luaL_setfuncs(L, lc_ctx_funcs, LC_NUP);
-  push_upvalues(L, uvt);
-  luaL_setfuncs(L, lc_key_funcs, LC_NUP);
-  push_upvalues(L, uvt);
-  luaL_setfuncs(L, lc_task_funcs, LC_NUP);
-  push_upvalues(L, uvt);
-  luaL_setfuncs(L, lc_callback_funcs, LC_NUP);
-  push_upvalues(L, uvt);
-  luaL_setfuncs(L, lc_signal_funcs, LC_NUP);
-  push_upvalues(L, uvt);
-  luaL_setfuncs(L, lc_loop_funcs, LC_NUP);
-  push_upvalues(L, uvt);
-  luaL_setfuncs(L, lc_park_funcs, LC_NUP);
-  push_upvalues(L, uvt);
-  luaL_setfuncs(L, lc_metrics_funcs, LC_NUP);
+  for (i = 0; module_funcs[i] != NULL; i++) {
+    push_upvalues(L, uvt);
+    luaL_setfuncs(L, module_funcs[i], LC_NUP);
+  }
   luaL_setfuncs(L, core_funcs, 0);
   lua_rawgeti(L, uvt, LC_UV_CANCELED);
   lua_setfield(L, -2, "canceled");
