@@ -462,7 +462,7 @@ static pid_t spawn(int slot, const char *name, int sticky, unsigned long n,
   return pid;
 }
 
-/* one line of a sanitizer stack, shortened: "#3 l_park csrc/l_sched.c:1130" */
+/* one line of a sanitizer stack, shortened: "#3 l_park csrc/l_park.c:153" */
 static int frame_line(const char *l, char *buf, size_t sz) {
   const char *p = l, *in, *fn, *end;
   while (*p == ' ') p++;

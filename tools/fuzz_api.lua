@@ -187,6 +187,8 @@ local function observe(n)
   end
   n.done = { e, c, o }
   if e ~= CANCELED and e ~= DEADLINE then return violate("#%d: err() is %s", n.id, show(e)) end
+  -- the sentinels concatenate as their messages, on either side
+  if "<" .. e .. ">" ~= "<" .. tostring(e) .. ">" then violate("#%d: %s does not concatenate", n.id, show(e)) end
   if n.kind == "root" or n.kind == "wc" then return violate("#%d %s is done", n.id, n.kind) end
   if o == nil then return violate("#%d %s: done but origin is nil", n.id, n.kind) end
   if not rawequal(o:err(), e) or not rawequal(o:cause(), c) then
@@ -555,6 +557,8 @@ local BAD = {
   sig = { { "NOPE", 1 }, { NIL, 1 }, { {}, 1 }, { "" , 1 } },
   limit = { { 0, 1 }, { -1, 1 }, { 1.5, 1 }, { NAN, 1 }, { "x", 1 }, { {}, 1 }, { INF } },
   opts = { { 1, 1 }, { "x", 1 }, { true, 1 } },
+  -- options tables whose keys are all option names: a misspelled one is refused
+  sopts = { { 1, 1 }, { "x", 1 }, { true, 1 }, { { attemps = 1 }, 1 }, { { treshold = 2 }, 1 }, { { dleay = 0.1 }, 1 } },
   waitable = { { NIL, 1 }, { "x", 1 }, { {}, 1 }, { true, 1 }, { print, 1 }, { NAN, 1 } },
   mode_run = { { "bogus", 1 }, { {}, 1 }, { true, 1 } },
   num = { { NAN, 1 }, { "x", 1 }, { {}, 1 }, { -1 }, { 0 } },
@@ -564,7 +568,7 @@ local function good(kind)
   elseif kind == "fn" or kind == "fn_opt" then return function() end elseif kind == "key" then return "k"
   elseif kind == "fd" then return M.sock and M.sock[1] or 1 elseif kind == "mode" then return "w"
   elseif kind == "sig" then return "USR2" elseif kind == "limit" then return 2
-  elseif kind == "opts" then return {} elseif kind == "mode_run" then return "nowait" end
+  elseif kind == "opts" or kind == "sopts" then return {} elseif kind == "mode_run" then return "nowait" end
   return nil
 end
 local SPECS = {
@@ -576,8 +580,8 @@ local SPECS = {
   { "sleep", context.sleep, "ctx", "dur" }, { "wait_fd", context.wait_fd, "ctx", "fd", "mode" },
   { "fd", context.fd, "fd", "mode" }, { "signal", context.signal, "ctx", "sig" },
   { "run", context.run, "mode_run" }, { "step", context.step, "num" },
-  { "group", context.group, "ctx", "limit" }, { "retry", context.retry, "ctx", "fn", "opts" },
-  { "hedge", context.hedge, "ctx", "fn", "opts" }, { "breaker", context.breaker, "opts" },
+  { "group", context.group, "ctx", "limit" }, { "retry", context.retry, "ctx", "fn", "sopts" },
+  { "hedge", context.hedge, "ctx", "fn", "sopts" }, { "breaker", context.breaker, "sopts" },
   { "with_min_timeout", context.with_min_timeout, "ctx", "dur" }, { "scope", context.scope, "ctx" },
   { "split", context.split, "ctx", "opts" }, { "service_timeouts", context.service_timeouts, "opts" },
   { "fallback", context.fallback, "ctx", "fn", "fn" }, { "select", context.select, "waitable", "dur" },
@@ -694,6 +698,9 @@ local OPS = {
     local p, sigs = pnode(), { pick({ "USR1", "USR2" }) }
     if not AV[5] and chance(0.3) then sigs[2] = pick({ "HUP", "PIPE" }) end
     local c, k = context.signal(p.ctx, unpack(sigs))
+    if not tostring(c):find("WithSignal(SIG" .. sigs[1], 1, true) then
+      violate("tostring of a signal context: %s", tostring(c))
+    end
     M.sigs[#M.sigs + 1] = add("sig", c, k, { p }, { sig = sigs[1] })
   end },
   { "kill", 1, function()
