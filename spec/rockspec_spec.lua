@@ -278,7 +278,7 @@ describe("the rockspec #novalgrind #rock", function()
     assert.matches("lcontext/core%.so", out)
     local ok
     out, ok = sh("cd " .. q(dir) .. " && mkdir -p build-5.3 build-5.1 build-jit build-asan dist"
-      .. " && make -s clean && find . -name '*.o' -o -name '*.so' && ls -d build* dist lcontext 2>/dev/null; true")
+      .. " && make -s --no-print-directory clean && find . -name '*.o' -o -name '*.so' && ls -d build* dist lcontext 2>/dev/null; true")
     assert.is_true(ok, out)
     assert.are.equal("", out)
   end)
