@@ -61,9 +61,13 @@ local function start(cmd)
   assert(sh("mkfifo " .. s.input), "mkfifo")
   s.fifo = assert(io.open(s.input, "r+"))
   -- TERM=dumb: no escape sequences from readline
-  assert(sh(("(TERM=dumb timeout -k 2 %d script -qfec %s /dev/null < %s > %s 2>&1 & "
+  -- `script` runs the command with $SHELL -c: SHELL=/bin/sh makes that the
+  -- same everywhere, and `exec` leaves no shell between the terminal and
+  -- the command (dash, waiting on a child when Ctrl-C comes, kills itself
+  -- with SIGINT once the child has exited: status 130 for a clean exit)
+  assert(sh(("(TERM=dumb SHELL=/bin/sh timeout -k 2 %d script -qfec %s /dev/null < %s > %s 2>&1 & "
       .. "echo $! > %s/pid; wait $!; echo \"__rc=$?\" >> %s) > /dev/null 2>&1 &")
-    :format(LIMIT, sh_quote(cmd), s.input, s.out, dir, s.out)))
+    :format(LIMIT, sh_quote("exec " .. cmd), s.input, s.out, dir, s.out)))
   return s
 end
 
