@@ -96,6 +96,8 @@ for s in $SUITES; do
     $MAKE -s build-jit >/dev/null || { echo "ngx: build failed" | tee -a "$OUT/failures"; F=$((F + 1)); continue; }
     run ngx sh spec/ngx/run.sh
     run ngx-lazy sh spec/ngx/lazy.sh
+    # the backend-neutral spec files, unchanged, inside a real nginx worker
+    run ngx-shared sh spec/ngx/shared.sh
     ;;
   fuzz)
     # the API fuzzer (tools/fuzz_api.lua): bounded seeds under ASan and

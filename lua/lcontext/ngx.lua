@@ -70,6 +70,7 @@ local stats = {
   waits = 0,            -- light threads suspended in a wait of lcontext
   wakeups = 0,          -- waits ended
   callbacks = 0,        -- after_func callbacks armed (not run, not stopped)
+  cb_running = 0,       -- after_func callbacks started and not returned
   driver_starts = 0,    -- driver timers started
   driver_failures = 0,  -- ngx.timer.at refused to start the driver
 }
@@ -498,11 +499,13 @@ local function run_callback(rec)
   if rec.stopped then return end
   rec.started = true
   stats.callbacks = stats.callbacks - 1
+  stats.cb_running = stats.cb_running + 1
   local tb
   local ok, err = xpcall(rec.fn, function(e)
     tb = traceback(tostring(e), 2)
     return e
   end)
+  stats.cb_running = stats.cb_running - 1
   if not ok then report(err, tb, nil, "callback") end
 end
 
@@ -614,6 +617,7 @@ function M.metrics()
   m.tasks_waiting = stats.waits
   m.tasks_resumed = stats.wakeups
   m.callbacks_pending = stats.callbacks
+  m.ngx_callbacks_queued = cb_n + stats.cb_running
   m.ngx_tasks_started = stats.tasks_started
   m.ngx_driver_running = drv.running
   m.ngx_driver_starts = stats.driver_starts
