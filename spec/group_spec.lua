@@ -2,10 +2,13 @@
 -- returning false after the first failure, g:errors(), and Lua errors raised
 -- in a task becoming its failure with a traceback.
 --
--- Assertions run on the main thread (an assertion raised in a task would only
--- reach the error handler); every test leaves the scheduler idle.
+-- Assertions run on the main thread (in nginx: the request's light thread;
+-- an assertion raised in a task would only reach the error handler); every
+-- test leaves the scheduler idle. Runs unchanged on lcontext.ngx
+-- (spec/ngx/shared.sh): B.run() drains where context.run() is unavailable.
 local context = require "lcontext"
 local h = require "spec.helpers"
+local B = require "spec.backend"
 
 local bg = context.background()
 
@@ -142,7 +145,7 @@ describe("context.group", function()
     starter:wait()
     assert.are.same({ false, "down" }, results)
     assert.are.equal("down", g:wait())
-    context.run()
+    B.run() -- nothing left that could still run it
     assert.is_false(ran)
   end)
 
@@ -152,7 +155,7 @@ describe("context.group", function()
     g:wait()
     local ran = false
     assert.is_false(g:go(function() ran = true end))
-    context.run()
+    B.run() -- nothing left that could still run it
     assert.is_false(ran)
     assert.is_nil(g:wait(), "wait again gives the same answer")
   end)
@@ -192,7 +195,8 @@ describe("context.group", function()
       running = running - 1
       order[#order + 1] = i
     end
-    -- from the main thread: g:go runs the loop while it waits for a slot
+    -- from the main thread: g:go runs the loop while it waits for a slot (in
+    -- nginx, it suspends the request's light thread)
     for i = 1, 6 do
       assert.is_true(g:go(job, i))
       assert.is_true(g:running() <= 2, "more than limit running")
