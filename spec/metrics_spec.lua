@@ -69,6 +69,39 @@ describe("context.metrics", function()
     assert.is_false(stop())
   end)
 
+  it("has the same figures on every backend; idle, no task and no wait", function()
+    B.run()
+    B.idle("before the figures")
+    local m = context.metrics()
+    for _, k in ipairs { "created", "active", "canceled", "canceled_own", "canceled_inherited",
+        "deadline_exceeded", "deadline_exceeded_own", "deadline_exceeded_inherited",
+        "depth_max", "collected_uncanceled", "timers_fired", "timers_pending", "tasks",
+        "tasks_waiting", "tasks_resumed", "callbacks_pending", "fd_waits",
+        "signal_contexts" } do
+      assert.are.equal("number", type(m[k]), k)
+    end
+    assert.are.equal("boolean", type(m.histograms))
+    assert.are.equal("boolean", type(m.tracking))
+    assert.are.equal("table", type(m.lifetime))
+    assert.are.equal("table", type(m.lateness))
+    assert.are.equal(0, m.tasks)
+    assert.are.equal(0, m.tasks_waiting)
+    assert.are.equal(0, m.fd_waits)
+    assert.are.equal(0, m.signal_contexts)
+    local text = context.metrics_text()
+    for _, name in ipairs { "lcontext_contexts_created_total", "lcontext_contexts_active",
+        "lcontext_contexts_done_total", "lcontext_contexts_collected_uncanceled_total",
+        "lcontext_context_depth_max", "lcontext_timers_fired_total", "lcontext_timers_pending",
+        "lcontext_tasks", "lcontext_tasks_waiting", "lcontext_tasks_resumed_total",
+        "lcontext_callbacks_pending", "lcontext_deadline_lateness_seconds",
+        "lcontext_context_lifetime_seconds", "lcontext_groups_total",
+        "lcontext_group_tasks_total", "lcontext_retry_calls_total" } do
+      assert.is_truthy(text:find("# TYPE " .. name .. " ", 1, true), name)
+    end
+    assert.matches("\nlcontext_tasks 0\n", text)
+    assert.matches("\nlcontext_tasks_waiting 0\n", text)
+  end)
+
   it("records lifetimes only while histograms are on, and deadline lateness", function()
     local was = context.debug.histograms(false)
     local n0 = context.metrics().lifetime.count
