@@ -160,6 +160,33 @@ describe("context.group", function()
     assert.is_nil(g:wait(), "wait again gives the same answer")
   end)
 
+  -- a member ended from outside: its coroutine closed (libev, Lua 5.4), its
+  -- light thread killed by the thread that started it (nginx); the
+  -- regression specs in spec/regress/ cover the limit cases on libev
+  it("a member ended from outside is a finished, failed member", function()
+    if B.libev and not coroutine.close then
+      pending("nothing ends a task's coroutine from outside before Lua 5.4")
+      return
+    end
+    local g, gctx = context.group(bg)
+    local co
+    g:go(function() co = coroutine.running(); bg:with_cancel():done() end)
+    context.sleep(bg, 0.01) -- it starts and waits
+    if B.ngx then
+      assert.is_truthy(ngx.thread.kill(co))
+    else
+      assert.is_true(coroutine.close(co))
+    end
+    assert.are.equal(0, g:running())
+    assert.matches("task's coroutine was closed", tostring(g:wait()))
+    assert.matches("task's coroutine was closed", tostring(gctx:cause()))
+    -- nginx releases the killed light thread's task and wait once it is collected
+    co = nil
+    collectgarbage()
+    collectgarbage()
+    B.run()
+  end)
+
   it("wait() also waits for tasks that tasks of the group start", function()
     local g = context.group(bg)
     local done = {}
