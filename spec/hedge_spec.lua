@@ -85,6 +85,18 @@ describe("context.hedge", function()
     h.is(log.ended[1], canceled); h.is(log.ended[2], canceled)
   end)
 
+  it("each hedge starts no earlier than `delay` after the one before it", function()
+    local fn, log = planned { 5, 5, 0.001 }
+    local at = {}
+    local r = { context.hedge(bg, fn, { delay = 0.02, attempts = 3,
+      on_attempt = function(i) at[i] = now() end }) }
+    assert.are.same({ "attempt 3" }, r)
+    assert.is_true(at[2] - at[1] >= 0.02 - 1e-6, "hedge 2 went early: " .. (at[2] - at[1]))
+    assert.is_true(at[3] - at[2] >= 0.02 - 1e-6, "hedge 3 went early: " .. (at[3] - at[2]))
+    B.run()
+    h.is(log.ended[1], canceled); h.is(log.ended[2], canceled)
+  end)
+
   it("a failed attempt starts the next one at once", function()
     local n = 0
     local t0 = now()

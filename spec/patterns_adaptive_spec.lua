@@ -145,6 +145,19 @@ describe("context.adaptive_timeout", function()
     h.near(at:timeout(), 0.015, 1e-12, "0.01 x 1.5")
   end)
 
+  it("records a timeout of its own when nobody waits on the child", function()
+    local at = context.adaptive_timeout { base = 0.01, max = 1, min_samples = 1 }
+    local c, cancel = at:with_timeout(bg)
+    context.sleep(bg, 0.05) -- (waits on bg alone: the child's timer fires meanwhile)
+    B.run() -- the recording runs in after_func's task
+    local s = at:stats()
+    assert.are.equal(1, s.timeouts)
+    assert.are.equal(1, s.observed)
+    h.is(c:err(), DE, "err")
+    cancel()
+    assert.are.equal(1, at:stats().observed)
+  end)
+
   it("counts a timeout noticed only by cancel() (no loop ran) as a timeout", function()
     local at = context.adaptive_timeout { base = 0.01, min_samples = 1 }
     local c, cancel = at:with_timeout(bg)
