@@ -6,6 +6,7 @@
 -- Timing: delays of a few milliseconds against sleeps of seconds that must be
 -- cut short; upper bounds generous.
 local context = require "lcontext"
+local B = require "spec.backend"
 local h = require "spec.helpers"
 
 local bg = context.background()
@@ -15,7 +16,7 @@ local canceled, deadline_exceeded = context.canceled, context.deadline_exceeded
 -- no task error goes unnoticed; every test leaves the scheduler idle (once
 -- cancelled losers have finished)
 local guard_start, guard_check = require("spec.sched_helpers").task_guard(
-  function() context.run() end)
+  function() B.run() end)
 before_each(guard_start)
 after_each(guard_check)
 
@@ -62,7 +63,7 @@ describe("context.hedge", function()
       assert.is_true(elapsed >= 0.006 - 1e-6, "the hedge went early: " .. elapsed)
       assert.is_true(elapsed < 1, "waited for the slow attempt")
       assert.are.same({ 1, 2 }, log.started)
-      context.run()
+      B.run()
       h.is(log.ended[1], canceled, "the loser's context")
     end)
 
@@ -71,7 +72,7 @@ describe("context.hedge", function()
       local fn, log = planned { 0.02, 5 }
       local r = { context.hedge(bg, fn, { delay = 0.002 }) }
       assert.are.same({ "attempt 1" }, r)
-      context.run()
+      B.run()
       h.is(log.ended[2], canceled)
     end)
 
@@ -80,7 +81,19 @@ describe("context.hedge", function()
     local r = { context.hedge(bg, fn, { delay = 0.003, attempts = 3 }) }
     assert.are.same({ "attempt 3" }, r)
     assert.are.same({ 1, 2, 3 }, log.started)
-    context.run()
+    B.run()
+    h.is(log.ended[1], canceled); h.is(log.ended[2], canceled)
+  end)
+
+  it("each hedge starts no earlier than `delay` after the one before it", function()
+    local fn, log = planned { 5, 5, 0.001 }
+    local at = {}
+    local r = { context.hedge(bg, fn, { delay = 0.02, attempts = 3,
+      on_attempt = function(i) at[i] = now() end }) }
+    assert.are.same({ "attempt 3" }, r)
+    assert.is_true(at[2] - at[1] >= 0.02 - 1e-6, "hedge 2 went early: " .. (at[2] - at[1]))
+    assert.is_true(at[3] - at[2] >= 0.02 - 1e-6, "hedge 3 went early: " .. (at[3] - at[2]))
+    B.run()
     h.is(log.ended[1], canceled); h.is(log.ended[2], canceled)
   end)
 
@@ -127,7 +140,7 @@ describe("context.hedge", function()
       local elapsed = now() - t0
       assert.are.same({ nil, deadline_exceeded }, r)
       assert.is_true(elapsed >= 0.1 - 1e-6 and elapsed < 0.3 + 1, "elapsed " .. elapsed)
-      context.run()
+      B.run()
       -- (checked once the loop ran: the first attempt's task may start
       -- only now if the machine paused past the deadline before it ran)
       assert.are.same({ 1 }, log.started, "a hedge started after the deadline")
@@ -147,7 +160,7 @@ describe("context.hedge", function()
     end)
     local r = { context.hedge(ctx, fn, { delay = 0.001 }) }
     assert.are.same({ nil, canceled }, r)
-    context.run()
+    B.run()
     assert.are.same({ canceled, canceled }, { log.ended[1], log.ended[2] })
   end)
 
@@ -209,7 +222,7 @@ describe("context.hedge", function()
       on_attempt = function(i) if i == 2 then error("callback broke", 0) end end })
     assert.is_false(ok)
     assert.are.equal("callback broke", err)
-    context.run()
+    B.run()
     h.is(log.ended[1], canceled, "attempt 1 left running")
   end)
 

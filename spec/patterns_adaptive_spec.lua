@@ -2,6 +2,7 @@
 -- Durations come from an injected clock where the value matters, so the
 -- learned numbers are exact; only the timer-driven rules use real time.
 local context = require "lcontext"
+local B = require "spec.backend"
 local h = require "spec.helpers"
 local P = require "spec.patterns_helpers"
 
@@ -118,7 +119,7 @@ describe("context.adaptive_timeout", function()
     assert.are.equal("done", c:cause(), "the cause passes through")
     set(250)
     cancel()
-    context.run()
+    B.run()
     local s = at:stats()
     assert.are.equal(1, s.samples)
     h.near(s.max, 0.123, 1e-9, "the sample")
@@ -134,7 +135,7 @@ describe("context.adaptive_timeout", function()
     local c, cancel = at:with_timeout(bg)
     set(7) -- the clock says nothing about a timeout: its value is the sample
     h.is(c:done(), DE, "err")
-    context.run() -- the recording runs in after_func's task
+    B.run() -- the recording runs in after_func's task
     local s = at:stats()
     assert.are.equal(1, s.timeouts)
     assert.are.equal(1, s.samples)
@@ -144,13 +145,26 @@ describe("context.adaptive_timeout", function()
     h.near(at:timeout(), 0.015, 1e-12, "0.01 x 1.5")
   end)
 
+  it("records a timeout of its own when nobody waits on the child", function()
+    local at = context.adaptive_timeout { base = 0.01, max = 1, min_samples = 1 }
+    local c, cancel = at:with_timeout(bg)
+    context.sleep(bg, 0.05) -- (waits on bg alone: the child's timer fires meanwhile)
+    B.run() -- the recording runs in after_func's task
+    local s = at:stats()
+    assert.are.equal(1, s.timeouts)
+    assert.are.equal(1, s.observed)
+    h.is(c:err(), DE, "err")
+    cancel()
+    assert.are.equal(1, at:stats().observed)
+  end)
+
   it("counts a timeout noticed only by cancel() (no loop ran) as a timeout", function()
     local at = context.adaptive_timeout { base = 0.01, min_samples = 1 }
     local c, cancel = at:with_timeout(bg)
     h.sleep(0.02) -- the deadline passes while no loop runs
     cancel()
     h.is(c:err(), DE, "err")
-    context.run()
+    B.run()
     local s = at:stats()
     assert.are.equal(1, s.timeouts)
     assert.are.equal(1, s.observed)
@@ -162,12 +176,12 @@ describe("context.adaptive_timeout", function()
     local p, pcancel = context.with_cancel(bg)
     local c, cancel = at:with_timeout(p)
     pcancel()
-    context.run()
+    B.run()
     cancel()
     local short, scancel = context.with_timeout(bg, 0.01) -- the parent's deadline first
     local c2, cancel2 = at:with_timeout(short)
     h.is(c2:done(), DE, "err")
-    context.run()
+    B.run()
     cancel2(); scancel()
     local s = at:stats()
     assert.are.equal(0, s.observed)

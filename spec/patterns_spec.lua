@@ -3,6 +3,7 @@
 -- Part 2 (adaptive_timeout) and part 3 (scope, fallback, errors) are
 -- spec/patterns_adaptive_spec.lua and spec/patterns_scope_spec.lua.
 local context = require "lcontext"
+local B = require "spec.backend"
 local h = require "spec.helpers"
 local P = require "spec.patterns_helpers"
 
@@ -174,9 +175,9 @@ describe("context.with_min_timeout", function()
     h.is(c:err(), C, "err")
     assert.are.equal("mine", c:cause())
     assert.is_nil(p:err())
-    context.run() -- nothing is left waiting: not the child's timer, not the parent's watch
+    B.run() -- nothing is left waiting: not the child's timer, not the parent's watch
     pcancel("later")
-    context.run()
+    B.run()
     assert.are.equal("mine", c:cause(), "a done context changed its cause")
   end)
 
@@ -188,7 +189,7 @@ describe("context.with_min_timeout", function()
       seen[i] = c
       cancel()
     end
-    context.run() -- the children's after_func tasks stop the watches on p
+    B.run() -- the children's after_func tasks stop the watches on p
     h.full_gc()
     assert.are.equal(0, h.count(seen), "children kept alive by the parent")
     pcancel()
