@@ -255,7 +255,7 @@ end
 
 local KILLED = "task's light thread was killed"
 
-local function task_body(t, fn, args, start)
+local function task_body(t, fn, args)
   -- if the light thread is killed (ngx.exit, ngx.thread.kill) and collected,
   -- the task ends as failed, and its waiters hear of it
   local guard = new_gc_guard(function()
@@ -265,11 +265,16 @@ local function task_body(t, fn, args, start)
     t._status = "failed"
     pcall(task_ended, t)
   end)
-  -- start once go has returned, as context.go does: go posts `start` after
-  -- spawn returns, and a post resumes its waiter later, from nginx's loop
-  -- (ngx.sleep(0) would do, but it logs a warning on nginx builds without
-  -- OpenResty's delayed-events patch, Debian's among them)
-  start:wait(MAX_WAIT)
+  -- start once go has returned, as context.go does: a light thread that
+  -- yields goes to the back of ngx_lua's posted threads (spawn posted its
+  -- parent first), so spawn returns, and this one runs when the threads
+  -- before it yield or wait. A task that yields (a bare coroutine.yield())
+  -- then lets the tasks started before it run, as on the libev backend; a
+  -- wait on a semaphore here would not be a posted thread, and ngx_lua
+  -- resumes a yielding thread at once when none is posted. (ngx.sleep(0)
+  -- logs a warning on nginx builds without OpenResty's delayed-events
+  -- patch, Debian's among them.)
+  coroutine.yield()
   local tb
   local r = pack(xpcall(function() return fn(unpack(args, 1, args.n)) end, function(e)
     tb = traceback(tostring(e), 2)
@@ -295,10 +300,8 @@ function M.go(fn, ...)
   task_count = task_count + 1
   local t = setmetatable({ _status = "running", _waiters = {}, _id = task_count }, task_mt)
   is_task[t] = true
-  local start = semaphore.new()
-  local co, err = spawn(task_body, t, fn, pack(...), start)
+  local co, err = spawn(task_body, t, fn, pack(...))
   if not co then error("lcontext.ngx: go: " .. tostring(err), 2) end
-  start:post(1)
   t._thread = co
   stats.tasks = stats.tasks + 1
   stats.tasks_started = stats.tasks_started + 1

@@ -48,6 +48,7 @@ describe("lcontext.ngx (mock ngx_lua)", function()
     package.loaded["lcontext"] = saved_lcontext
     package.loaded["lcontext.ngx"] = nil
     _G.ngx = saved_ngx
+    _G.coroutine = require("spec.ngx.mock_ngx").raw_coroutine
   end)
 
   after_each(function()
@@ -155,6 +156,33 @@ describe("lcontext.ngx (mock ngx_lua)", function()
     end)
     context.on_error(prev)
     assert.are.equal(1, #errors_seen)
+  end)
+
+  it("a bare coroutine.yield() in a task lets the other tasks run, then goes on", function()
+    -- (ngx_lua resumes a light thread that yields at once unless threads
+    -- are posted: tasks that waited on a semaphore to start were not, so a
+    -- yield did not let them run; they start by yielding, posted threads)
+    mock.run(function()
+      local log = {}
+      local a = context.go(function()
+        log[#log + 1] = "a1"
+        coroutine.yield()
+        log[#log + 1] = "a2"
+        coroutine.yield("ignored")
+        log[#log + 1] = "a3"
+        return "a done"
+      end)
+      local b = context.go(function()
+        log[#log + 1] = "b1"
+        coroutine.yield()
+        log[#log + 1] = "b2"
+        context.sleep(bg, 0.005)
+        log[#log + 1] = "b3"
+      end)
+      assert.are.equal("a done", a:wait())
+      b:wait()
+      assert.are.same({ "a1", "b1", "a2", "b2", "a3", "b3" }, log)
+    end)
   end)
 
   it("task:wait works from a light thread that is not the parent", function()

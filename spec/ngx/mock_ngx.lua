@@ -2,7 +2,8 @@
 -- outside nginx (spec/ngx/backend_spec.lua): light threads on coroutines, an
 -- event loop on the real monotonic clock, ngx.semaphore, ngx.timer.at,
 -- ngx.sleep, ngx.on_abort, ngx.shared dicts, ngx.log. It keeps ngx_lua's
--- rules that matter here: a spawned thread runs at once until it yields; a
+-- rules that matter here: a spawned thread runs at once until it yields (a
+-- bare coroutine.yield() posts it: it goes on after the posted threads); a
 -- semaphore post resumes its waiter later (a posted event), never inside
 -- post; wait() truncates its timeout to whole milliseconds (0 ms: "timeout"
 -- at once, without yielding); only some phases may yield; pending timers
@@ -34,11 +35,19 @@ local function check_yieldable(api)
   end
 end
 
+local post_event, resume_posted -- (below)
+
 local function resume(rec, ...)
   if rec.dead then return end
   local prev = S.current
   S.current = rec
   local r = pack(coroutine.resume(rec.co, ...))
+  -- a bare coroutine.yield() of a light thread (its values dropped): ngx_lua
+  -- posts it after the threads already posted (a parent that is spawning,
+  -- other yielders) if there are any, else resumes it at once
+  while r[1] and r[2] ~= YIELD and S.posted == 0 and coroutine.status(rec.co) == "suspended" do
+    r = pack(coroutine.resume(rec.co))
+  end
   S.current = prev
   if coroutine.status(rec.co) == "dead" then
     rec.dead = true
@@ -46,11 +55,19 @@ local function resume(rec, ...)
     if not r[1] then
       S.logs[#S.logs + 1] = { level = "error", msg = "lua user thread aborted: " .. tostring(r[2]) }
     end
+  elseif r[2] ~= YIELD then
+    S.posted = S.posted + 1
+    post_event(resume_posted, rec)
   end
 end
 
+function resume_posted(rec)
+  S.posted = S.posted - 1
+  resume(rec)
+end
+
 -- run fn(...) "later": at the end of the run queue (a posted event)
-local function post_event(fn, ...)
+function post_event(fn, ...)
   S.runq[#S.runq + 1] = pack(fn, ...)
 end
 
@@ -154,7 +171,7 @@ function Dict:delete(k) self.data[k], self.exp[k] = nil, nil end
 function M.install(now)
   clock = now
   S = {
-    current = nil, runq = {}, events = {}, logs = {}, nthreads = 0, waiting = 0,
+    current = nil, runq = {}, events = {}, logs = {}, nthreads = 0, waiting = 0, posted = 0,
     exiting = false, timers_made = 0, timers_pending = 0, headers = {}, ctx = {},
     abort_fn = nil, check_abort = true, in_init = false, live = {}, max_pending = 0,
   }
@@ -186,7 +203,9 @@ function M.install(now)
   function ngx.thread.spawn(fn, ...)
     check_yieldable("ngx.thread.spawn")
     local rec = new_thread(fn, phase())
+    S.posted = S.posted + 1 -- the parent, while the new thread runs
     resume(rec, ...)
+    S.posted = S.posted - 1
     return rec
   end
   function ngx.thread.kill(rec)
@@ -255,7 +274,7 @@ function M.install(now)
     for i, ev in ipairs(S.events) do
       if ev == first then table.remove(S.events, i) break end
     end
-    first.fn()
+    first.fn(unpack(first.args, 1, first.args.n))
     return true
   end
 
