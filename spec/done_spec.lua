@@ -1,3 +1,4 @@
+local B = require "spec.backend"
 local context = require "lcontext"
 local h = require "spec.helpers"
 
@@ -6,6 +7,10 @@ local h = require "spec.helpers"
 -- it raises an error saying so (README, "Scheduler"; tasks are
 -- spec/sched_spec.lua's).
 -- Every context waited on here ends by itself within 50 ms.
+--
+-- Backend-neutral (spec/backend.lua): in nginx the "main thread" is the
+-- request's light thread, whose waits suspend it (the same results); a
+-- foreign coroutine is libev's notion only (see below).
 
 local bg = context.background()
 local DE = context.deadline_exceeded
@@ -49,7 +54,11 @@ describe("ctx:done() from the main thread", function()
 end)
 
 describe("ctx:done() from a coroutine the scheduler does not own", function()
-  it("raises an error instead of waiting or yielding", function()
+  B.it_libev("raises an error instead of waiting or yielding",
+    "in nginx, a coroutine.create coroutine run from a light thread can wait: ngx_lua's "
+    .. "coroutines suspend their light thread on a semaphore wait, so ctx:done() waits "
+    .. "there and returns the context's err (every coroutine is lcontext.ngx's to wait in)",
+    function()
     -- (if done() wrongly ran the loop here, it would return after 0.5 s)
     local ctx = context.with_timeout(bg, 0.5)
     local co = coroutine.create(function() return "returned", ctx:done() end)
@@ -58,4 +67,19 @@ describe("ctx:done() from a coroutine the scheduler does not own", function()
     assert.are.equal("dead", coroutine.status(co))
     assert.is_truthy(msg ~= nil and tostring(msg) ~= "", "empty error")
   end)
+
+  if B.ngx then
+    -- what nginx does instead (docs/openresty.md, "Good to know")
+    it("in nginx: waits in the coroutine, which suspends its light thread", function()
+      local start = h.now()
+      local ctx = context.with_timeout(bg, 0.05)
+      local co = coroutine.create(function() return "returned", ctx:done() end)
+      local ok, r, err = coroutine.resume(co)
+      assert.is_true(ok, tostring(r))
+      assert.are.equal("returned", r)
+      h.is(err, DE, "done()")
+      assert.are.equal("dead", coroutine.status(co))
+      assert.is_true(h.now() - start >= 0.05 - 1e-3)
+    end)
+  end
 end)

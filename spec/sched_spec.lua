@@ -1030,7 +1030,7 @@ describe("context.on_error", function()
       context.go(function() c:check() end)          -- not reported
       context.go(function() error("visible-boom") end)
       local ok = context.go(function() return "ok" end)
-      B.run()
+      context.run()
       io.stdout:write("AFTER ", tostring(ok:wait()), "\n")
     ]]
     assert.are.equal(0, rc, out)
