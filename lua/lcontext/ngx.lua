@@ -108,14 +108,22 @@ local function is_outcome(err)
   return err == M.canceled or err == M.deadline_exceeded
 end
 
+-- tostring that cannot raise: an error value's __tostring may (the value
+-- itself is still what the task gives and the handler gets)
+local function safe_tostring(v)
+  local ok, s = pcall(tostring, v)
+  if ok and type(s) == "string" then return s end
+  return ("(error object is a %s value)"):format(type(v))
+end
+
 local function report(err, tb, task, what)
   if is_outcome(err) then return end
   if handler then
     local ok, e = pcall(handler, err, tb, task)
     if ok then return end
-    log(ERR, "lcontext: error while reporting an error in a ", what, ": ", tostring(e))
+    log(ERR, "lcontext: error while reporting an error in a ", what, ": ", safe_tostring(e))
   end
-  log(ERR, "lcontext: error in a ", what, ": ", tb or tostring(err))
+  log(ERR, "lcontext: error in a ", what, ": ", tb or safe_tostring(err))
 end
 
 --- context.on_error(fn) -> the previous handler. fn(err, traceback, task)
@@ -277,7 +285,7 @@ local function task_body(t, fn, args)
   coroutine.yield()
   local tb
   local r = pack(xpcall(function() return fn(unpack(args, 1, args.n)) end, function(e)
-    tb = traceback(tostring(e), 2)
+    tb = traceback(safe_tostring(e), 2)
     return e
   end))
   stats.tasks = stats.tasks - 1
@@ -505,7 +513,7 @@ local function run_callback(rec)
   stats.cb_running = stats.cb_running + 1
   local tb
   local ok, err = xpcall(rec.fn, function(e)
-    tb = traceback(tostring(e), 2)
+    tb = traceback(safe_tostring(e), 2)
     return e
   end)
   stats.cb_running = stats.cb_running - 1
