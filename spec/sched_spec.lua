@@ -1072,6 +1072,28 @@ describe("context.on_error", function()
     assert.is_truthy(out:find("T2\tok\ttrue", 1, true), out)
     assert.is_truthy(out:find("T\tfailed\ttrue\ttrue", 1, true), out)
   end)
+
+  -- the last one in nginx, in the worker itself (the other two are about
+  -- what reaches stderr; in nginx the default handler, and a handler that
+  -- raises, write to nginx's error log, which this suite keeps clean)
+  if B.ngx then
+    it("in nginx: an error value whose __tostring raises is the task's error", function()
+      -- (libev's report cannot print it and tells stderr, not the handler;
+      -- lcontext.ngx gives the handler the value, with a traceback headed
+      -- "(error object is a table value)": not asserted here)
+      context.on_error(function() end)
+      local bad = setmetatable({}, { __tostring = function() error("no tostring") end })
+      local t = context.go(function() error(bad) end)
+      local v, err = t:wait()
+      assert.is_nil(v)
+      -- (rawequal: the value cannot be printed)
+      assert.is_true(rawequal(err, bad), "error value: " .. type(err) .. " "
+        .. (type(err) == "string" and err or ""))
+      assert.are.equal("failed", t:status())
+      assert.is_false(B.run())
+      assert.are.equal("second", context.go(function() return "second" end):wait())
+    end)
+  end
 end)
 
 describe("yields that are not the scheduler's", function()
