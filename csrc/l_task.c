@@ -156,12 +156,31 @@ static int l_go(lua_State *L) {
   return 1;
 }
 
-/* [-4, +0, e] the protected part of report: err, co, task, rt */
+/* [-1, +1, e] tostring(v), as luaL_tolstring does it */
+static int tostring_p(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+/* [-4, +0, e] the protected part of report: err, co, task, rt. The
+** handler gets the error value itself; the traceback is headed by its
+** text, or, when its __tostring raises or gives no string, by lua.c's
+** "(error object is a %s value)". */
 static int report_p(lua_State *L) {
   lc_runtime *rt = (lc_runtime *)lua_touserdata(L, 4);
   lua_State *co = lua_tothread(L, 2);
-  const char *msg = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1)
-                                                  : luaL_tolstring(L, 1, NULL);
+  const char *msg;
+  if (lua_type(L, 1) == LUA_TSTRING) {
+    msg = lua_tostring(L, 1);
+  } else {
+    lua_pushcfunction(L, tostring_p);
+    lua_pushvalue(L, 1);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
+      lua_pop(L, 1);
+      lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    msg = lua_tostring(L, -1);
+  }
   luaL_traceback(L, co, msg, 0);
   if (rt->ref_onerror != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_onerror);
