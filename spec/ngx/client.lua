@@ -195,5 +195,151 @@ do
   local _ = starts
 end
 
+-------------------------------------------------------------------------------
+-- 7. requests that die while their light threads wait in lcontext: every
+-- wait is released, and each worker's figures go back to idle
+-------------------------------------------------------------------------------
+-- a flat JSON object of numbers and booleans -> table
+local function parse_json(body)
+  local t = {}
+  for k, v in (body or ""):gmatch('"([%w_]+)":([%w%.%-]+)') do
+    if v == "true" then t[k] = true
+    elseif v == "false" then t[k] = false
+    else t[k] = tonumber(v) end
+  end
+  return t
+end
+
+-- the figures of each worker (/t/metrics: after two full collections, once
+-- idle or after `wait` seconds), by worker id; new connections until both
+-- workers have answered (reuseport spreads them), bounded
+local function worker_metrics(wait)
+  local seen, n = {}, 0
+  for _ = 1, 60 do
+    local status, body = get("/t/metrics?wait=" .. (wait or 3), nil, 10)
+    if status == 200 then
+      local m = parse_json(body)
+      if m.worker and not seen[m.worker] then
+        seen[m.worker] = m
+        n = n + 1
+        if n == 2 then break end
+      end
+    end
+  end
+  return seen, n
+end
+
+local IDLE = { tasks = 0, tasks_waiting = 0, callbacks_pending = 0, ngx_watches = 0,
+  ngx_sema_waiters = 0, ngx_driver_running = false, timers_pending = 0 }
+
+-- "" if every worker is idle (and its `active` is what `before` had), else what is not
+local function not_idle(ms, before)
+  local bad = {}
+  for w, m in pairs(ms) do
+    for k, want in pairs(IDLE) do
+      if m[k] ~= want then bad[#bad + 1] = ("worker %d: %s=%s"):format(w, k, tostring(m[k])) end
+    end
+    if before and before[w] and m.active ~= before[w].active then
+      bad[#bad + 1] = ("worker %d: active %s, was %s"):format(w, tostring(m.active),
+        tostring(before[w].active))
+    end
+  end
+  table.sort(bad)
+  return table.concat(bad, ", ")
+end
+
+local function summary(ms)
+  local out = {}
+  for w, m in pairs(ms) do
+    out[#out + 1] = ("worker %d: tasks %s, waiting %s, callbacks %s, watches %s, active %s, "
+      .. "driver %s, %d tries"):format(w, tostring(m.tasks), tostring(m.tasks_waiting),
+      tostring(m.callbacks_pending), tostring(m.ngx_watches), tostring(m.active),
+      tostring(m.ngx_driver_running), m.tries or -1)
+  end
+  table.sort(out)
+  return table.concat(out, "; ")
+end
+
+local before, nb = worker_metrics()
+check("/t/metrics: both workers idle before the aborts", nb == 2 and not_idle(before) == "",
+  nb .. " workers; " .. not_idle(before))
+
+do
+  -- 200 requests whose light threads wait every way (done, sleep, select,
+  -- task:wait, group, after_func; with deadlines), closed by the client a
+  -- few ms after sending; half with the request's context cancelled by
+  -- ngx.on_abort, half killed by ngx_lua mid-wait (no on_abort handler)
+  local ways = { "done", "sleep", "select", "task", "group", "all" }
+  local N, CONC = 200, 10
+  local open, sent, failed_connect = {}, 0, 0
+  local t0 = now()
+  local _, started0 = get("/api/status?key=hold_started")
+  while sent < N and now() - t0 < 60 do
+    while #open < CONC and sent < N do
+      sent = sent + 1
+      local c = connect(2)
+      if c then
+        send_get(c, ("/t/hold?how=%s&abort=%d"):format(ways[sent % #ways + 1], sent % 2))
+        open[#open + 1] = { c = c, at = now() + 0.001 * (1 + sent % 8) }
+      else
+        failed_connect = failed_connect + 1
+      end
+    end
+    sleep(0.001)
+    for i = #open, 1, -1 do
+      if now() >= open[i].at then
+        open[i].c:close()
+        table.remove(open, i)
+      end
+    end
+  end
+  for _, o in ipairs(open) do o.c:close() end
+  -- every request reached its handler (nginx reads the request before it
+  -- notices the close)
+  local ok_started, last
+  local stop = now() + 10
+  repeat
+    local _, body = get("/api/status?key=hold_started")
+    last = (tonumber(body) or 0) - (tonumber(started0) or 0)
+    ok_started = last >= N - failed_connect
+    if not ok_started then sleep(0.05) end
+  until ok_started or now() > stop
+  check("200 requests closed by the client while their light threads wait in lcontext",
+    ok_started and failed_connect == 0,
+    ("%d handlers started, %d connects failed, %.2f s"):format(last, failed_connect, now() - t0))
+
+  -- ngx.exit while light threads wait
+  local exits, n_exit = 0, 30
+  for _ = 1, n_exit do
+    local status, body = get("/t/exit", nil, 5)
+    if status == 200 and (body or ""):find("^exit with %d+ light threads waiting$") then
+      exits = exits + 1
+    end
+  end
+  check("ngx.exit while light threads wait: 30 requests answered", exits == n_exit,
+    exits .. " of " .. n_exit)
+
+  -- nginx's own timeout (client_body_timeout 100ms) ends requests whose
+  -- light threads wait while the entry thread reads a body that never comes
+  local timeouts, n_body = 0, 20
+  for _ = 1, n_body do
+    local c = connect(5)
+    if c then
+      c:send("POST /t/body HTTP/1.0\r\nHost: lcontext-test\r\nContent-Length: 100\r\n\r\n0123456789")
+      local data = c:receive("*a")
+      c:close()
+      if data and data:match("^HTTP/%d%.%d (%d+)") == "408" then timeouts = timeouts + 1 end
+    end
+  end
+  check("client_body_timeout ends requests whose light threads wait: 20 answered 408",
+    timeouts == n_body, timeouts .. " of " .. n_body)
+
+  local after, na = worker_metrics(5)
+  local bad = not_idle(after, before)
+  check("after the dead requests, both workers are idle again: no task, wait, watch, "
+    .. "semaphore waiter, callback or deadline left; the driver stopped; as many live contexts",
+    na == 2 and bad == "", na .. " workers; " .. (bad ~= "" and bad or summary(after)))
+end
+
 print(("%d passed, %d failed"):format(passed, failed))
 os.exit(failed == 0 and 0 or 1)

@@ -26,6 +26,9 @@ mkdir -p "$DIR/logs" "$DIR/tmp"
 ln -s "$ROOT/lua" "$DIR/lua"
 ln -s "$BUILD" "$DIR/lib"
 cp "$ROOT/examples/openresty/handlers.lua" "$DIR/"
+# test-only locations (requests that die, each worker's idle figures),
+# included in the example's server block
+cp "$ROOT/spec/ngx/abort_handlers.lua" "$ROOT/spec/ngx/abort.conf" "$DIR/"
 
 PORT=$("$LUA" -e '
   local s = require "socket"
@@ -41,7 +44,9 @@ PORT=$("$LUA" -e '
     if id www-data >/dev/null 2>&1; then echo "user www-data;"; else echo "user nobody;"; fi
   fi
   sed -e "s|127\.0\.0\.1:8080|127.0.0.1:$PORT|" \
-      -e "s|/usr/lib/nginx/modules/|$MODULES/|" "$ROOT/examples/openresty/nginx.conf"
+      -e "s|/usr/lib/nginx/modules/|$MODULES/|" \
+      -e "/^ *listen 127\.0\.0\.1:/a\\
+        include abort.conf;" "$ROOT/examples/openresty/nginx.conf"
 } > "$DIR/nginx.conf"
 # the workers (www-data) read the prefix and what its links point to
 chmod -R a+rX "$DIR"
