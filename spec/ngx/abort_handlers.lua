@@ -17,11 +17,28 @@ local function dict() return ngx.shared.demo end
 -- after_funcs. Returns the tasks.
 local WAYS = { "done", "sleep", "select", "task", "group" }
 
+-- every context these handlers make, while it lives (weak keys): once the
+-- requests are gone and the collector has run, none may be left
+local tracked = setmetatable({}, { __mode = "k" })
+function H.track(...)
+  for i = 1, select("#", ...) do
+    local c = select(i, ...)
+    if getmetatable(c) == "context" then tracked[c] = true end
+  end
+  return ...
+end
+local function tracked_count()
+  local n = 0
+  for _ in pairs(tracked) do n = n + 1 end
+  return n
+end
+
 local function start_waits(c, how, tasks)
   local function add(t) tasks[#tasks + 1] = t end
   if how == "done" or how == "all" then
     add(context.go(function() return c:done() end))
   end
+  H.track(c)
   if how == "sleep" or how == "all" then
     add(context.go(function() return context.sleep(c, 4) end))
   end
@@ -37,7 +54,8 @@ local function start_waits(c, how, tasks)
   end
   if how == "group" or how == "all" then
     add(context.go(function()
-      local g = context.group(c, 2)
+      local g, gctx = context.group(c, 2)
+      H.track(gctx)
       g:go(function(gctx) return context.sleep(gctx, 4) end)
       g:go(function(gctx) return gctx:done() end)
       g:go(function(gctx) return context.select(gctx, 4) end) -- waits for a slot
@@ -46,7 +64,7 @@ local function start_waits(c, how, tasks)
   end
   -- after_funcs: on the deadline context, and on a child only a cancel ends
   context.after_func(c, function() end)
-  context.after_func(c:with_cancel(), function() end)
+  context.after_func(H.track((c:with_cancel())), function() end)
 end
 
 -------------------------------------------------------------------------------
@@ -61,12 +79,15 @@ end
 function H.hold()
   local how = ngx.var.arg_how or "all"
   local abort = ngx.var.arg_abort ~= "0"
-  local ctx = context.from_request({ timeout = 5, abort = abort })
-  local c = ctx:with_timeout(4)
+  local ctx = H.track(context.from_request({ timeout = 5, abort = abort }))
+  local c = H.track((ctx:with_timeout(4)))
   local tasks = {}
   start_waits(c, how, tasks)
+  local cancel_orphan
   if not abort then
-    local orphan = context.background():with_cancel()
+    local orphan
+    orphan, cancel_orphan = context.background():with_cancel()
+    H.track(orphan)
     tasks[#tasks + 1] = context.go(function() return orphan:done() end)
     context.after_func(orphan, function() end)
   end
@@ -74,8 +95,11 @@ function H.hold()
   -- the entry thread waits too, for the first task or the end of c
   context.select(c, tasks[1])
   c:done()
+  -- not killed after all: nginx can miss a close that came before the
+  -- handler began to watch for it (then c's deadline ended the waits)
+  if cancel_orphan then cancel_orphan() end
   for i = 1, #tasks do tasks[i]:wait() end
-  dict():incr("hold_ended", 1, 0)
+  dict():incr("hold_ended:" .. (abort and 1 or 0), 1, 0)
   if ctx:cause() == "client aborted" then return ngx.exit(499) end
   ngx.say("ended: ", tostring(ctx:cause()))
 end
@@ -85,11 +109,11 @@ end
 -- calls ngx.exit, which kills them mid-wait.
 -------------------------------------------------------------------------------
 function H.exit()
-  local ctx = context.from_request({ timeout = 5 })
-  local c = ctx:with_timeout(4)
+  local ctx = H.track(context.from_request({ timeout = 5 }))
+  local c = H.track((ctx:with_timeout(4)))
   local tasks = {}
   start_waits(c, "all", tasks)
-  local orphan = context.background():with_timeout(3)
+  local orphan = H.track((context.background():with_timeout(3)))
   tasks[#tasks + 1] = context.go(function() return orphan:done() end)
   context.sleep(ctx, 0.005)
   ngx.say("exit with ", #tasks, " light threads waiting")
@@ -103,12 +127,20 @@ end
 -------------------------------------------------------------------------------
 function H.body()
   local ctx = context.from_request({ timeout = 5, abort = false })
-  local c = ctx:with_timeout(4)
+  H.track(ctx)
+  local c = H.track((ctx:with_timeout(4)))
   local tasks = {}
   start_waits(c, "all", tasks)
   dict():incr("body_started", 1, 0)
   ngx.req.read_body()
   ngx.say("body read")
+end
+
+-- log_by_lua of /t/body: the request's status, counted (nginx answers a
+-- body timeout by closing the connection: the client sees no status)
+function H.body_log()
+  context.finish_request()
+  dict():incr("body_status:" .. tostring(ngx.status), 1, 0)
 end
 
 -------------------------------------------------------------------------------
@@ -118,14 +150,15 @@ end
 -- released (their gc guards), then waits 20 ms (ngx.sleep: not lcontext).
 -------------------------------------------------------------------------------
 local function idle(m)
-  return m.tasks == 0 and m.tasks_waiting == 0 and m.callbacks_pending == 0
+  return m.live_contexts == 0 and m.tasks == 0 and m.tasks_waiting == 0 and m.callbacks_pending == 0
     and m.ngx_watches == 0 and m.ngx_sema_waiters == 0 and not m.ngx_driver_running
     and m.timers_pending == 0
 end
 
-local FIELDS = { "tasks", "tasks_waiting", "callbacks_pending", "ngx_watches",
+local FIELDS = { "live_contexts", "tasks", "tasks_waiting", "callbacks_pending", "ngx_watches",
   "ngx_sema_waiters", "ngx_driver_running", "timers_pending", "active", "ngx_tasks_started",
-  "ngx_wait_passes", "ngx_driver_passes", "ngx_yields_forced", "ngx_driver_failures" }
+  "ngx_wait_passes", "ngx_driver_passes", "ngx_yields_forced", "ngx_driver_failures",
+  "ngx_watch_errors" }
 
 function H.metrics()
   local stop = ngx.now() + (tonumber(ngx.var.arg_wait) or 3)
@@ -135,6 +168,7 @@ function H.metrics()
     collectgarbage()
     collectgarbage()
     m = context.metrics()
+    m.live_contexts = tracked_count()
     if idle(m) then break end
     ngx.sleep(0.02)
     ngx.update_time()
