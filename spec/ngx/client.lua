@@ -349,5 +349,94 @@ do
     na == 2 and bad == "", na .. " workers; " .. (bad ~= "" and bad or summary(after)))
 end
 
+-------------------------------------------------------------------------------
+-- 8. no worker spins: under load (16 concurrent /api/many, 300 deadlines
+-- and after_funcs each, lua_max_pending_timers 64), then idle: the loop
+-- pass counters stand still and the workers use next to no CPU
+-------------------------------------------------------------------------------
+-- a process's CPU seconds (user + system), from /proc
+local function cpu_seconds(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return nil end
+  local stat = f:read("*a")
+  f:close()
+  local rest = stat:match("%) (.*)$") -- after the command name
+  local fields = {}
+  for x in rest:gmatch("%S+") do fields[#fields + 1] = x end
+  -- utime and stime are fields 14 and 15; `rest` starts at field 3
+  return (tonumber(fields[12]) + tonumber(fields[13])) / 100 -- (USER_HZ)
+end
+
+do
+  local N, CONC = 32, 16
+  local live, started, answered, good = {}, 0, 0, 0
+  local t0 = now()
+  while answered < N and now() - t0 < 60 do
+    while #live < CONC and started < N do
+      started = started + 1
+      local c = connect(5)
+      if c then
+        send_get(c, "/api/many?n=300")
+        c:settimeout(0)
+        live[#live + 1] = { c = c, buf = {} }
+      else
+        answered = answered + 1
+      end
+    end
+    local socks = {}
+    for i, l in ipairs(live) do socks[i] = l.c end
+    socket.select(socks, nil, 0.5)
+    for i = #live, 1, -1 do
+      local l = live[i]
+      local data, err, part = l.c:receive(8192)
+      local d = data or part
+      if d and #d > 0 then l.buf[#l.buf + 1] = d end
+      if err == "closed" then
+        local body = table.concat(l.buf)
+        if body:match("^HTTP/%d%.%d 200") and body:find("deadlines 300 of 300", 1, true) then
+          good = good + 1
+        end
+        l.c:close()
+        table.remove(live, i)
+        answered = answered + 1
+      end
+    end
+  end
+  for _, l in ipairs(live) do l.c:close() end
+  check("32 /api/many (300 deadlines and after_funcs each), 16 at a time, all answer",
+    good == N, ("%d of %d in %.2f s"):format(good, N, now() - t0))
+
+  local a, na = worker_metrics(5)
+  local cpu0 = {}
+  for w, m in pairs(a) do cpu0[w] = cpu_seconds(m.pid) end
+  sleep(1)
+  local b, nb2 = worker_metrics(5)
+  local bad = {}
+  for w, m in pairs(b) do
+    local before_m = a[w]
+    local c1 = cpu_seconds(m.pid)
+    if not before_m or before_m.pid ~= m.pid then
+      bad[#bad + 1] = ("worker %d: a new pid"):format(w)
+    else
+      for _, k in ipairs({ "ngx_wait_passes", "ngx_driver_passes" }) do
+        if m[k] ~= before_m[k] then
+          bad[#bad + 1] = ("worker %d: %s %s -> %s while idle"):format(w, k, tostring(before_m[k]), tostring(m[k]))
+        end
+      end
+      local used = (c1 or 99) - (cpu0[w] or 0)
+      -- a spinning worker burns ~1 s of CPU in this second; an idle one, a
+      -- few ms (the metrics requests' collections), more on a loaded machine
+      if used > 0.3 then bad[#bad + 1] = ("worker %d: %.2f s of CPU in 1 s idle"):format(w, used) end
+    end
+  end
+  table.sort(bad)
+  local forced = 0
+  for _, m in pairs(b) do forced = forced + (m.ngx_yields_forced or 0) end
+  check("then idle: both workers settle, their loops stand still, they use next to no CPU",
+    na == 2 and nb2 == 2 and not_idle(b) == "" and #bad == 0,
+    ("%s%s; %d forced yields so far"):format(table.concat(bad, ", "),
+      not_idle(b) ~= "" and (" " .. not_idle(b)) or "", forced))
+end
+
 print(("%d passed, %d failed"):format(passed, failed))
 os.exit(failed == 0 and 0 or 1)
