@@ -371,7 +371,9 @@ function Task:thread() return self._thread end
 -- core._watch, counted in stats.watches until fn is called, or the watch is
 -- stopped (unwatch_h) or collected unrun (after_func's guard tells)
 local function watch_ctx(ctx, fn, weak)
+  local st = { called = false }
   local h = watch(ctx, function()
+    st.called = true
     stats.watches = stats.watches - 1
     local ok, err = pcall(fn)
     if not ok then -- a bug of this file: said in nginx's log, counted
@@ -379,7 +381,19 @@ local function watch_ctx(ctx, fn, weak)
       log(ERR, "lcontext: error in a context watch: ", tostring(err))
     end
   end, weak)
-  if h then stats.watches = stats.watches + 1 end
+  if not h then return nil end
+  stats.watches = stats.watches + 1
+  -- The core checks ctx, then arms the watch with a second reading of the
+  -- clock: a deadline that passes in between (a preempted worker) ends ctx
+  -- while arming, and the watch is never armed nor called (seen under load:
+  -- after_funcs that never ran, watches never released). Then it is as if
+  -- ctx was done already; what else that ending woke is told now (advance).
+  if not st.called and ctx:is_done() and not st.called then
+    unwatch(h) -- (stops a call still to come, if there is one)
+    stats.watches = stats.watches - 1
+    advance()
+    return nil
+  end
   return h
 end
 
