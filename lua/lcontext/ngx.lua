@@ -73,7 +73,15 @@ local stats = {
   cb_running = 0,       -- after_func callbacks started and not returned
   driver_starts = 0,    -- driver timers started
   driver_failures = 0,  -- ngx.timer.at refused to start the driver
+  watches = 0,          -- core watches made here and not yet called, unwatched or collected
+  wait_passes = 0,      -- passes of the wait loop (each one a semaphore wait)
+  driver_passes = 0,    -- passes of the driver's loop
+  yields_forced = 0,    -- passes after which a loop had to yield by ngx.sleep (see pause)
+  watch_errors = 0,     -- errors raised by this file's watch functions (bugs)
 }
+
+-- the semaphores that waits sleep on (weak: for metrics().ngx_sema_waiters)
+local live_semas = setmetatable({}, { __mode = "k" })
 
 -------------------------------------------------------------------------------
 -- Argument checks, in luaL_argerror's words
@@ -166,22 +174,53 @@ end
 
 local start_runner -- after_func's runner (below)
 
+-- A loop that waits must give nginx a turn on every pass: a pass that
+-- neither ended the wait nor let time pass (sema:wait returned at once: a
+-- stray post, a timeout of 0 ms, an error) is "quick", and after QUICK_MAX
+-- quick passes in a row the loop sleeps through nginx's timers
+-- (ngx.sleep, which always yields). So no loop can spin inside Lua.
+local QUICK_MAX = 2
+local QUICK = 0.0002 -- seconds: a wait that returned sooner did not wait
+
+-- pause(quick, t0) -> the new count of quick passes in a row, after a
+-- semaphore wait that began at t0 (now()) and did not end the wait
+local function pause(quick, t0)
+  if now() - t0 >= QUICK then return 0 end
+  quick = quick + 1
+  if quick >= QUICK_MAX then
+    stats.yields_forced = stats.yields_forced + 1
+    ngx.sleep(0.001)
+    return 0
+  end
+  return quick
+end
+
 local function drive_loop()
   local sema = drv.sema
   if not sema then
     sema = semaphore.new()
     drv.sema = sema
+    live_semas[sema] = true
   end
+  local quick = 0
   while true do
+    stats.driver_passes = stats.driver_passes + 1
     advance()
     start_runner() -- callbacks a refused timer left queued (a no-op if none)
     local w = next_wakeup()
     if not w or exiting() then return end
     if w > DRIVER_SLICE then w = DRIVER_SLICE end
-    drv.until_ = now() + w
+    local t0 = now()
+    drv.until_ = t0 + w
     drv.posted = false
-    sema:wait(ms_seconds(w))
+    local ok, err = sema:wait(ms_seconds(w))
     drv.until_ = nil
+    if not ok and err ~= "timeout" then
+      -- it cannot sleep here: stop (waits bound themselves; the next
+      -- deadline watched starts a new driver, in a new timer)
+      error("semaphore wait failed: " .. tostring(err), 0)
+    end
+    if not ok or not drv.posted then quick = pause(quick, t0) end
   end
 end
 
@@ -263,16 +302,23 @@ end
 
 local KILLED = "task's light thread was killed"
 
-local function task_body(t, fn, args)
-  -- if the light thread is killed (ngx.exit, ngx.thread.kill) and collected,
-  -- the task ends as failed, and its waiters hear of it
-  local guard = new_gc_guard(function()
+-- The guard of task t: if its light thread is killed (ngx.exit,
+-- ngx.thread.kill, a client abort) and collected, the task ends as failed,
+-- and its waiters hear of it. Made here, not in task_body: a closure must
+-- not keep an upvalue of a frame that a kill can leave open (ngx_lua resets
+-- a killed thread's stack, and its open upvalues then read nil).
+local function task_guard(t)
+  return new_gc_guard(function()
     if t._status ~= "running" then return end
     stats.tasks = stats.tasks - 1
     t._res = { false, KILLED, n = 2 }
     t._status = "failed"
     pcall(task_ended, t)
   end)
+end
+
+local function task_body(t, fn, args)
+  local guard = task_guard(t)
   -- start once go has returned, as context.go does: a light thread that
   -- yields goes to the back of ngx_lua's posted threads (spawn posted its
   -- parent first), so spawn returns, and this one runs when the threads
@@ -333,20 +379,74 @@ function Task:thread() return self._thread end
 
 -- Make something that unwatches the handles if the waiting light thread is
 -- killed (ngx.exit, ngx.thread.kill) and collected mid-wait.
+-- watch_ctx(ctx, fn [, weak]) -> a handle, or nil if ctx is done already:
+-- core._watch, counted in stats.watches until fn is called, or the watch is
+-- stopped (unwatch_h) or collected unrun (after_func's guard tells)
+local function watch_ctx(ctx, fn, weak)
+  local st = { called = false }
+  local h = watch(ctx, function()
+    st.called = true
+    stats.watches = stats.watches - 1
+    local ok, err = pcall(fn)
+    if not ok then -- a bug of this file: said in nginx's log, counted
+      stats.watch_errors = stats.watch_errors + 1
+      log(ERR, "lcontext: error in a context watch: ", tostring(err))
+    end
+  end, weak)
+  if not h then return nil end
+  stats.watches = stats.watches + 1
+  -- The core checks ctx, then arms the watch with a second reading of the
+  -- clock: a deadline that passes in between (a preempted worker) ends ctx
+  -- while arming, and the watch is never armed nor called (seen under load:
+  -- after_funcs that never ran, watches never released). Then it is as if
+  -- ctx was done already; what else that ending woke is told now (advance).
+  if not st.called and ctx:is_done() and not st.called then
+    unwatch(h) -- (stops a call still to come, if there is one)
+    stats.watches = stats.watches - 1
+    advance()
+    return nil
+  end
+  return h
+end
+
+-- unwatch_h(h) -> true if it stopped a call still to come
+local function unwatch_h(h)
+  if unwatch(h) then
+    stats.watches = stats.watches - 1
+    return true
+  end
+  return false
+end
+
 local function new_guard(rec)
   return new_gc_guard(function()
     if rec.closed then return end
     rec.closed = true
     stats.waits = stats.waits - 1
-    for _, h in ipairs(rec.handles) do pcall(unwatch, h) end
+    local any = false
+    for _, h in ipairs(rec.handles) do
+      local ok, stopped = pcall(unwatch_h, h)
+      any = any or (ok and stopped)
+    end
+    if any then pcall(settle) end
   end)
+end
+
+-- the function a watch of wait record rec calls when the i-th waitable is
+-- done. Made here, not in wait_on: its upvalues must be closed ones (see
+-- task_guard), since the watch may outlive a killed light thread.
+local function waker(rec, i)
+  return function()
+    if not rec.fired then rec.fired = i end
+    rec.sema:post(1)
+  end
 end
 
 local function finish(rec, ws, kinds, n)
   rec.closed = true
   stats.waits = stats.waits - 1
   stats.wakeups = stats.wakeups + 1
-  for _, h in ipairs(rec.handles) do unwatch(h) end
+  for _, h in ipairs(rec.handles) do unwatch_h(h) end
   if rec.handles[1] then settle() end
   for i = 1, n do
     if kinds[i] == "task" then
@@ -361,15 +461,13 @@ end
 local function wait_on(fname, ws, kinds, n)
   need_yieldable(fname, "wait", 4)
   local sema = semaphore.new()
+  live_semas[sema] = true
   local rec = { sema = sema, fired = nil, handles = {}, closed = false }
   local sleep_at, sleep_i
   for i = 1, n do
     local k = kinds[i]
     if k == "ctx" then
-      local h = watch(ws[i], function()
-        if not rec.fired then rec.fired = i end
-        sema:post(1)
-      end)
+      local h = watch_ctx(ws[i], waker(rec, i))
       if h then
         rec.handles[#rec.handles + 1] = h
       elseif not rec.fired then
@@ -385,6 +483,7 @@ local function wait_on(fname, ws, kinds, n)
   if #rec.handles > 0 then kick() end
   stats.waits = stats.waits + 1
   local ok, err = pcall(function()
+    local quick = 0
     while not rec.fired do
       local t = sleep_at and sleep_at - now()
       if t and t <= 0 then
@@ -397,6 +496,8 @@ local function wait_on(fname, ws, kinds, n)
           if r and (not t or r < t) then t = r end
         end
       end
+      stats.wait_passes = stats.wait_passes + 1
+      local t0 = now()
       local posted, werr = sema:wait(ms_seconds(t or MAX_WAIT))
       if not posted then
         if werr ~= "timeout" then error(werr, 0) end
@@ -410,6 +511,9 @@ local function wait_on(fname, ws, kinds, n)
           end
         end
       end
+      -- every post names what fired: a pass that ends nothing and returned
+      -- at once must not repeat without nginx getting a turn
+      if not rec.fired then quick = pause(quick, t0) end
     end
   end)
   finish(rec, ws, kinds, n)
@@ -520,17 +624,19 @@ local function run_callback(rec)
   if not ok then report(err, tb, nil, "callback") end
 end
 
+-- One round: the callbacks queued when the timer began. Those queued
+-- meanwhile (a callback that cancels) have asked for a runner of their own
+-- (start_runner, once cb_scheduled is false), so each round is a timer:
+-- nginx gets a turn between rounds, even if callbacks queue callbacks forever.
 local function run_callbacks()
   cb_scheduled = false
-  while cb_n > 0 do
-    local q, n = cb_queue, cb_n
-    cb_queue, cb_n = {}, 0
-    for i = 1, n do
-      local rec = q[i]
-      if not rec.stopped then
-        local ok = pcall(spawn, run_callback, rec)
-        if not ok then run_callback(rec) end
-      end
+  local q, n = cb_queue, cb_n
+  cb_queue, cb_n = {}, 0
+  for i = 1, n do
+    local rec = q[i]
+    if not rec.stopped then
+      local ok = pcall(spawn, run_callback, rec)
+      if not ok and not rec.started then run_callback(rec) end
     end
   end
 end
@@ -570,17 +676,26 @@ function M.after_func(ctx, fn)
     error(("bad argument #2 to 'after_func' (function expected, got %s)"):format(type(fn)), 2)
   end
   local rec = { fn = fn } -- armed until it starts or is stopped
+  -- the watch is weak: on a context nothing can cancel any more, the core
+  -- collects it unrun, and with it `fire` and this guard, which uncounts it
+  local guard = new_gc_guard(function()
+    if rec.fired or rec.stopped then return end
+    rec.stopped = true
+    stats.callbacks = stats.callbacks - 1
+    stats.watches = stats.watches - 1
+  end)
   local function fire()
+    rec.fired = guard -- (and keeps the guard as long as fire lives)
     if not rec.stopped then queue_callback(rec) end
   end
   stats.callbacks = stats.callbacks + 1
-  local h = watch(ctx, fire, "weak") -- lives while something can cancel ctx
+  local h = watch_ctx(ctx, fire, "weak") -- lives while something can cancel ctx
   if not h then fire() else kick() end
   return function()
     if rec.stopped or rec.started then return false end
     rec.stopped = true
     stats.callbacks = stats.callbacks - 1
-    if h and unwatch(h) then settle() end
+    if h and unwatch_h(h) then settle() end
     return true
   end
 end
@@ -633,6 +748,17 @@ function M.metrics()
   m.ngx_driver_running = drv.running
   m.ngx_driver_starts = stats.driver_starts
   m.ngx_driver_failures = stats.driver_failures
+  m.ngx_watches = stats.watches
+  m.ngx_wait_passes = stats.wait_passes
+  m.ngx_driver_passes = stats.driver_passes
+  m.ngx_yields_forced = stats.yields_forced
+  m.ngx_watch_errors = stats.watch_errors
+  local waiters = 0
+  for s in pairs(live_semas) do
+    local c = s:count()
+    if c < 0 then waiters = waiters - c end
+  end
+  m.ngx_sema_waiters = waiters
   return m
 end
 

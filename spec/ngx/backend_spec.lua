@@ -346,6 +346,150 @@ describe("lcontext.ngx (mock ngx_lua)", function()
     assert.is_nil(core._next_wakeup())
   end)
 
+  it("a killed light thread's waits and task are released, though ngx_lua clears its stack", function()
+    -- (the mock's ngx.thread.kill clears the locals of the killed thread's
+    -- frames, as ngx_lua's reset does: a watch or guard made as a closure in
+    -- those frames used to read nil there)
+    local ctx, cancel = context.with_timeout(bg, 30)
+    local forever = bg:with_cancel() -- only a cancel ends it; nobody will
+    local waiter, other
+    mock.run(function()
+      local t = context.go(function() return ctx:done() end)
+      waiter = context.go(function() return t:wait() end)
+      other = context.go(function() return context.select(forever, ctx, 30) end)
+      context.after_func(forever, function() end)
+      eventually(function() return context.metrics().tasks_waiting == 3 end)
+      assert.are.equal(3, context.metrics().tasks_waiting)
+      mock.ngx.thread.kill(t:thread())
+      mock.ngx.thread.kill(other:thread())
+      -- the watches of the killed waits are told first, before any collection
+      cancel()
+      context.sleep(bg, 0.01)
+      collectgarbage()
+      collectgarbage()
+      -- the killed task ended as failed, and its waiter heard of it
+      eventually(function() return waiter:status() ~= "running" end)
+      assert.are.same({ nil, "task's light thread was killed" }, { waiter:wait() })
+    end)
+    collectgarbage()
+    collectgarbage()
+    local m = context.metrics()
+    assert.are.equal(0, m.tasks)
+    assert.are.equal(0, m.tasks_waiting)
+    assert.are.equal(1, m.callbacks_pending) -- forever's after_func, which could still run
+    assert.are.equal(1, m.ngx_watches)
+    assert.are.equal(0, m.ngx_sema_waiters)
+    assert.are.equal(0, m.ngx_watch_errors)
+    assert.are.same({}, mock.errors())
+    forever = nil
+    collectgarbage()
+    collectgarbage()
+    m = context.metrics()
+    -- nothing can cancel `forever` now: its after_func went with it, uncounted
+    assert.are.equal(0, m.callbacks_pending)
+    assert.are.equal(0, m.ngx_watches)
+    assert.is_nil(core._next_wakeup())
+  end)
+
+  -- a stand-in for a semaphore wait that returns at once, for waits made
+  -- in `phase`: results() gives what it returns; calls are counted, and a
+  -- loop that spins is stopped by an error after `limit` calls
+  local function at_once(phase, limit, ...)
+    local res = { n = select("#", ...), ... }
+    local h = { calls = 0 }
+    S.sema_hook = function(_, _, cur)
+      if cur.phase ~= phase then return end
+      h.calls = h.calls + 1
+      if h.calls > limit then error("spinning: " .. h.calls .. " waits returned at once", 0) end
+      return (table.unpack or unpack)(res, 1, res.n)
+    end
+    return h
+  end
+
+  after_each(function() S.sema_hook = nil end)
+
+  for _, case in ipairs({
+    { "a timeout of 0 ms", nil, "timeout" },
+    { "a stray post", true },
+  }) do
+    it("a wait whose semaphore returns at once (" .. case[1] .. ") yields to nginx on each pass", function()
+      local h = at_once("content", 100000, case[2], case[3])
+      local y0 = context.metrics().ngx_yields_forced
+      mock.run(function()
+        local ctx = context.with_timeout(bg, 0.05)
+        local t0 = context.now()
+        assert.are.equal(context.deadline_exceeded, ctx:done())
+        assert.is_true(close_to(context.now() - t0, 0.05))
+      end)
+      S.sema_hook = nil
+      -- about two passes per forced 1 ms sleep; a spin makes tens of thousands
+      assert.is_true(h.calls > 0 and h.calls < 1000, h.calls .. " passes")
+      assert.is_true(context.metrics().ngx_yields_forced > y0)
+    end)
+  end
+
+  it("the driver yields on each pass when its semaphore returns at once", function()
+    local h = at_once("timer", 100000, nil, "timeout")
+    local p0 = context.metrics().ngx_driver_passes
+    mock.run(function()
+      local ctx = context.with_timeout(bg, 0.05)
+      assert.are.equal(context.deadline_exceeded, ctx:done())
+    end)
+    S.sema_hook = nil
+    mock.spin(0.01)
+    local passes = context.metrics().ngx_driver_passes - p0
+    assert.is_true(h.calls < 1000 and passes < 1000, h.calls .. " waits, " .. passes .. " passes")
+    assert.is_false(context.metrics().ngx_driver_running)
+  end)
+
+  it("the driver stops when its semaphore wait fails, says so, and waits still end on time", function()
+    local h = at_once("timer", 100000, nil, "broken")
+    local p0 = context.metrics().ngx_driver_passes
+    local n0 = #S.logs
+    mock.run(function()
+      local ctx = context.with_timeout(bg, 0.05)
+      local t0 = context.now()
+      assert.are.equal(context.deadline_exceeded, ctx:done())
+      assert.is_true(close_to(context.now() - t0, 0.05))
+    end)
+    S.sema_hook = nil
+    local passes = context.metrics().ngx_driver_passes - p0
+    -- one failed pass per driver started (one per wait made here)
+    assert.is_true(h.calls <= 3 and passes <= 3, h.calls .. " waits, " .. passes .. " passes")
+    local said = false
+    for i = n0 + 1, #S.logs do
+      if S.logs[i].msg:find("error in the deadline driver: semaphore wait failed: broken", 1, true) then
+        said = true
+      end
+    end
+    assert.is_true(said)
+    assert.is_false(context.metrics().ngx_driver_running)
+    S.logs = {}
+  end)
+
+  it("after_func callbacks that queue callbacks forever never starve nginx: one timer a round", function()
+    local done = bg:with_cancel()
+    local cancel_done = select(2, bg:with_cancel())
+    local _ = cancel_done
+    local c2, cancel2 = bg:with_cancel()
+    cancel2()
+    local rounds, stop = 0, false
+    local function again()
+      rounds = rounds + 1
+      if not stop and rounds < 100000 then context.after_func(c2, again) end
+    end
+    context.after_func(c2, again)
+    mock.run(function()
+      context.sleep(bg, 0.02) -- nginx must get here while the chain goes on
+      stop = true
+    end)
+    mock.spin(0.01)
+    assert.is_true(stop)
+    assert.is_true(rounds > 1 and rounds < 100000, rounds .. " rounds")
+    assert.are.equal(0, context.metrics().callbacks_pending)
+    local _ = done
+  end)
+
   it("raises clear errors for what nginx does not allow", function()
     for _, name in ipairs({ "wait_fd", "fd", "signal", "run", "step" }) do
       local ok, err = pcall(context[name], bg)

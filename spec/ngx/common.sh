@@ -14,20 +14,41 @@ fail() { F=$((F + 1)); echo "not ok - $*"; }
 
 DIR=
 MASTER=
+WORKERS= # the workers' pids, recorded once nginx answers (record_workers)
 # the pids of the master's children (its workers), from /proc
 workers_of() {
   for d in /proc/[0-9]*; do
     [ "$(awk '{ print $4 }' "$d/stat" 2>/dev/null)" = "$1" ] && echo "${d#/proc/}"
   done
 }
+record_workers() {
+  i=0
+  while [ $i -lt 20 ]; do # (forked after the pid file is written)
+    WORKERS=$(workers_of "$MASTER" | tr '\n' ' ')
+    [ -n "$WORKERS" ] && return
+    sleep 0.1; i=$((i + 1))
+  done
+}
+# is pid $1 still an nginx process (not a pid reused by something else)?
+is_nginx() { { tr '\0' ' ' < "/proc/$1/cmdline"; } 2>/dev/null | grep -q '^nginx: '; }
 cleanup() {
-  if [ -n "$MASTER" ] && kill -0 "$MASTER" 2>/dev/null; then
-    # the master we started and its workers, by pid: a worker orphaned by
-    # a master killed hard would otherwise live on (and may spin)
-    pids="$MASTER $(workers_of "$MASTER")"
+  # the master we started and its workers, by pid: those recorded at the
+  # start (a worker orphaned when its master died first is no child of
+  # anything we know any more) and those it has now; a worker spinning in
+  # Lua never reads its signals, so what TERM leaves is killed
+  pids=
+  if [ -n "$MASTER" ] && is_nginx "$MASTER"; then pids="$MASTER $(workers_of "$MASTER")"; fi
+  for p in $WORKERS; do is_nginx "$p" && pids="$pids $p"; done
+  if [ -n "$pids" ]; then
     kill -TERM $pids 2>/dev/null
-    sleep 1
-    for p in $pids; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
+    i=0
+    while [ $i -lt 20 ]; do
+      alive=
+      for p in $pids; do is_nginx "$p" && alive="$alive $p"; done
+      [ -z "$alive" ] && break
+      sleep 0.1; i=$((i + 1))
+    done
+    for p in $pids; do is_nginx "$p" && kill -KILL "$p" 2>/dev/null; done
   fi
   if [ -n "$DIR" ] && [ "${KEEP:-0}" != 1 ]; then rm -rf "$DIR"; fi
 }

@@ -122,6 +122,7 @@ fi
 i=0
 while [ ! -s "$DIR/logs/nginx.pid" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 MASTER=$(cat "$DIR/logs/nginx.pid" 2>/dev/null)
+[ -n "$MASTER" ] && record_workers
 
 # get PORT PATH EXPECTED NAME: one request (twice: a module that failed to
 # load fails every later request too)

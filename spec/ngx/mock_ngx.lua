@@ -92,14 +92,18 @@ local function sema_new(n)
   if S.current == nil and phase() == "init" and S.in_init then
     error("no semaphores in init", 2)
   end
-  return setmetatable({ count = n or 0, q = {} }, Sema)
+  return setmetatable({ res = n or 0, q = {} }, Sema)
 end
 
 function Sema:wait(secs)
   if S.current == nil then error("no request found") end
   check_yieldable("semaphore wait")
-  if self.count > 0 then
-    self.count = self.count - 1
+  if S.sema_hook then -- a test's stand-in for a wait that returns at once
+    local r = pack(S.sema_hook(self, secs, S.current))
+    if r.n > 0 then return unpack(r, 1, r.n) end
+  end
+  if self.res > 0 then
+    self.res = self.res - 1
     return true
   end
   local ms = math.floor(secs * 1000) -- as the C int of the real one
@@ -107,28 +111,40 @@ function Sema:wait(secs)
   local w = { rec = S.current, done = false }
   self.q[#self.q + 1] = w
   local sem = self
-  w.ev = add_timer(clock() + ms / 1000, function()
-    if w.done then return end
+  local function unqueue()
     w.done = true
     for i, x in ipairs(sem.q) do
       if x == w then table.remove(sem.q, i) break end
     end
+  end
+  w.ev = add_timer(clock() + ms / 1000, function()
+    if w.done then return end
+    unqueue()
+    w.rec.cleanup = nil
     resume(w.rec, nil, "timeout")
   end)
+  -- a killed thread leaves the queue and its timer (ngx_lua's cleanup)
+  w.rec.cleanup = function()
+    unqueue()
+    w.ev.cancelled = true
+  end
   S.waiting = S.waiting + 1
   local a, b = coroutine.yield(YIELD)
   S.waiting = S.waiting - 1
   return a, b
 end
 
+function Sema:count() return self.res - #self.q end
+
 function Sema:post(n)
   n = n or 1
-  self.count = self.count + n
-  while self.count > 0 and #self.q > 0 do
+  self.res = self.res + n
+  while self.res > 0 and #self.q > 0 do
     local w = table.remove(self.q, 1)
-    self.count = self.count - 1
+    self.res = self.res - 1
     w.done = true
     if w.ev then w.ev.cancelled = true end
+    w.rec.cleanup = nil
     post_event(resume, w.rec, true)
   end
   return true
@@ -211,6 +227,28 @@ function M.install(now)
   function ngx.thread.kill(rec)
     rec.dead = true
     S.live[rec] = nil
+    -- ngx_lua resets a killed thread (lua_resetthread): its stack slots
+    -- are cleared, and closures made in its frames whose upvalues were
+    -- still open read nil from then on (seen in nginx: a watch made in a
+    -- wait read its record as nil). Do the same to the locals of every frame.
+    -- (the mock's own frames are left alone: they stand for ngx_lua's C)
+    if rec.cleanup then rec.cleanup() rec.cleanup = nil end
+    local co = rec.co
+    if co and coroutine.status(co) == "suspended" then
+      local level = 1
+      local info = debug.getinfo(co, level, "S")
+      while info do
+        if not info.short_src:find("mock_ngx", 1, true) then
+          local i = 1
+          while debug.getlocal(co, level, i) do
+            debug.setlocal(co, level, i, nil)
+            i = i + 1
+          end
+        end
+        level = level + 1
+        info = debug.getinfo(co, level, "S")
+      end
+    end
     rec.co = nil -- dropped: its frames can be collected
     return true
   end
