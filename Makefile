@@ -84,7 +84,7 @@ repl: $(REPL_BUILD)/lcontext/core.so
 	@LCONTEXT_BUILD=$(REPL_BUILD) $(LUA) -i $(CURDIR)/tools/with_paths.lua
 
 # Every suite; the last line is `N passed, N failed` summed over all of them.
-test: deps build $(BUILD)/embed-host
+test: deps build $(BUILD)/embed-host $(BUILD)/stall.so
 	@sh tools/runtests.sh
 
 # C unit tests of the Lua-free core

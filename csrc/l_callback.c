@@ -67,10 +67,17 @@ static void let_go(lua_State *L, lc_runtime *rt, lc_callback *cb, int cbidx) {
 }
 
 /* Arm cb's wait on the context at index 1 (its keeping already set up).
-** Returns 1 if the context is done already (then nothing is armed). */
+** Returns 1 if the context is done already (then nothing is armed). A
+** deadline that has passed since the caller's check (the allocations in
+** between may have run a collection; the process may have been paused) is
+** noticed here, with the epilogue of a cancel, at the clock reading the
+** wait is armed with: it cannot pass between the two. */
 static int arm_callback(lua_State *L, lc_runtime *rt, lc_callback *cb) {
-  lc_wait_ctx(&cb->wait, (lc_ctx *)lua_touserdata(L, 1));
-  return wt_park(&rt->sched, &cb->w, &cb->wait, 1, lc_now()) != 0;
+  lc_ctx *c = (lc_ctx *)lua_touserdata(L, 1);
+  int64_t now = lc_now();
+  if (lc_ctx_err_at(L, rt, c, 1, now) != CTX_ERR_NONE) return 1;
+  lc_wait_ctx(&cb->wait, c);
+  return wt_park(&rt->sched, &cb->w, &cb->wait, 1, now) != 0;
 }
 
 /* stop() -> true if it prevented the run of fn   [-0, +1, -] */
@@ -194,7 +201,12 @@ static int l_watch(lua_State *L) {
     }
   }
   cb->w.flags |= WT_WF_HOLD | WT_WF_NOTIFY;
-  arm_callback(L, rt, cb); /* not done: checked above */
+  if (arm_callback(L, rt, cb)) { /* done since the check above: as if done
+                                    then (it was: nothing armed, no call) */
+    cb->w.state = WT_DONE;
+    let_go(L, rt, cb, -1);
+    return 0;
+  }
   return 1;
 }
 

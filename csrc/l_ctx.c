@@ -49,6 +49,13 @@ int lc_ctx_err(lua_State *L, lc_runtime *rt, lc_ctx *c, int idx) {
   return poll(L, rt, n, idx, lc_now());
 }
 
+int lc_ctx_err_at(lua_State *L, lc_runtime *rt, lc_ctx *c, int idx, int64_t now) {
+  ctx_node *n = c->cn;
+  if (n == NULL) return CTX_ERR_NONE;
+  if (n->err != CTX_ERR_NONE || n->deadline == CTX_NEVER) return n->err;
+  return poll(L, rt, n, idx, now);
+}
+
 #define ctx_err_public(L, c) lc_ctx_err(L, lc_rt(L), c, 1)
 
 /* {======================================================================

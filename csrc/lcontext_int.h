@@ -312,6 +312,9 @@ extern const luaL_Reg lc_ctx_meta[];    /* metamethods of contexts */
 extern const luaL_Reg lc_ctx_gcmeta[];  /* __gc of linked contexts */
 void lc_push_err(lua_State *L, int err);
 int lc_ctx_err(lua_State *L, lc_runtime *rt, lc_ctx *c, int idx);
+/* the same at the clock reading now (one reading for a check and the wait
+** armed after it: a deadline cannot pass between the two) */
+int lc_ctx_err_at(lua_State *L, lc_runtime *rt, lc_ctx *c, int idx, int64_t now);
 void lc_wait_ctx(lc_wait *x, lc_ctx *c);
 
 /* l_task.c */

@@ -4,6 +4,7 @@
 local context = require "lcontext"
 local core = require "lcontext.core"
 local bg = context.background()
+local H = require "spec.sched_helpers"
 
 local function busy(secs)
   local t = context.now()
@@ -30,6 +31,46 @@ describe("external watches", function()
     local ctx, cancel = bg:with_cancel()
     cancel()
     assert.is_nil(core._watch(ctx, function() end))
+  end)
+
+  -- A deadline that passed between _watch's check of the context and the
+  -- arming of the watch (each read the clock) made a handle whose call
+  -- never came: the wait was not armed, and nothing said so. Under the
+  -- stall shim (tools/stall.c: a pause before half of the clock reads)
+  -- about one watch in three was lost. Now the check and the arming use one
+  -- clock reading: the watch is not made (nil: done already), or it is
+  -- called.
+  it("are never lost when the deadline passes while the watch is being made", function()
+    local stall = "./build/stall.so"
+    local f = io.open(stall, "rb")
+    if not f then return pending("needs " .. stall .. " (make)") end
+    f:close()
+    local out, rc = H.child([[
+      local context = require "lcontext"
+      local core = require "lcontext.core"
+      local bg = context.background()
+      local lost, made = 0, 0
+      for _ = 1, 200 do
+        local ctx = context.with_timeout(bg, 0.002)
+        local called = false
+        local h = core._watch(ctx, function() called = true end)
+        if h then
+          made = made + 1
+          local t = context.now()
+          while context.now() - t < 0.004 do end
+          core._advance()
+          if not called then lost = lost + 1 end
+          core._unwatch(h)
+        elseif not ctx:is_done() then
+          lost = lost + 1 -- nil for a context that is not done
+        end
+      end
+      print(("LOST %d MADE %d"):format(lost, made))
+      print("OK")
+    ]], { sh = ("LD_PRELOAD=\"${LD_PRELOAD:+$LD_PRELOAD }%s\" STALL_P=0.5 STALL_MS=4 "
+      .. "STALL_SEED=7 "):format(stall) })
+    H.child_ok(out, rc, "watch race")
+    assert.is_truthy(out:find("LOST 0 ", 1, true), out)
   end)
 
   it("put deadlines in the wheel; _advance fires them, never early", function()
