@@ -88,8 +88,19 @@ end
 
 local core = require "lcontext.core"
 local mock = dofile("spec/ngx/mock_ngx.lua").install(core.now)
-local context = require "lcontext.ngx"
 local S, ngx = mock.state, mock.ngx
+-- every light thread spawned (the mock keeps only the requests' in S.live;
+-- lcontext.ngx captures spawn as it loads)
+local all_threads = setmetatable({}, { __mode = "k" })
+do
+  local spawn = ngx.thread.spawn
+  ngx.thread.spawn = function(...)
+    local th = spawn(...)
+    if th then all_threads[th] = true end
+    return th
+  end
+end
+local context = require "lcontext.ngx"
 
 local now, bg = context.now, context.background()
 local CANCELED, DEADLINE = context.canceled, context.deadline_exceeded
@@ -722,7 +733,7 @@ local function finish()
     -- then the request ends: the light threads left (a helper's, whose
     -- caller was killed and that waits on a context nobody can end) go too
     local left = {}
-    for th in pairs(S.live) do left[#left + 1] = th end
+    for th in pairs(all_threads) do if not th.dead then left[#left + 1] = th end end
     if #left > 0 and opt.verbose then io.stderr:write(#left, " light thread(s) left, killed\n") end
     for _, th in ipairs(left) do ngx.thread.kill(th) end
     full_gc()
