@@ -130,12 +130,13 @@ bench: build
 
 # The fuzzers, for longer than `make test` runs them: the timer wheel's
 # (FUZZ_SECONDS) and the API fuzzer under ASan and valgrind (FUZZ_ASAN_SEEDS
-# x FUZZ_ASAN_OPS, FUZZ_VG_SEEDS x FUZZ_VG_OPS; FUZZ_SEED to replay).
+# x FUZZ_ASAN_OPS, FUZZ_VG_SEEDS x FUZZ_VG_OPS), and the OpenResty backend's
+# under ASan (FUZZ_NGX_SEEDS x FUZZ_NGX_OPS); FUZZ_SEED to replay.
 fuzz: deps build asan
 	@sh tools/deps.sh $(FUZZ_PKGS)
 	@sh tools/fuzz.sh
 	@FUZZ_ASAN_SEEDS=$${FUZZ_ASAN_SEEDS:-200} FUZZ_ASAN_OPS=$${FUZZ_ASAN_OPS:-5000} \
-	 FUZZ_VG_SEEDS=$${FUZZ_VG_SEEDS:-10} sh tools/fuzz_api.sh
+	 FUZZ_VG_SEEDS=$${FUZZ_VG_SEEDS:-10} FUZZ_NGX_SEEDS=$${FUZZ_NGX_SEEDS:-60} sh tools/fuzz_api.sh
 
 # The Lua 5.4 suite with random pauses at clock reads (tools/stall.c):
 # finds timing-fragile tests. Not part of `make test`.
