@@ -372,6 +372,14 @@ local function run_wait(W)
   if check then check(W, r) end
 end
 
+-- a wait that ended with ctx's err: a deadline passed by then, never early
+local function not_early(W, n, err)
+  if err ~= DEADLINE then return end
+  local o = M.node_of[context.origin(n.ctx)]
+  local dl = o and o.dl or n.eff
+  if W.t1 < dl then violate("wait %d (%s): deadline_exceeded %.6f s early", W.id, W.what, dl - W.t1) end
+end
+
 -- the waits (each one made for a light thread to run)
 local function wait_done(n)
   return new_wait("done #" .. n.id, { n }, function() return n.ctx:done() end, {
@@ -379,6 +387,7 @@ local function wait_done(n)
       if not rawequal(r[2], n.ctx:err()) or r[2] == nil then
         violate("wait %d: done() gave %s, err() is %s", W.id, show(r[2]), show(n.ctx:err()))
       end
+      not_early(W, n, r[2])
     end })
 end
 
@@ -390,6 +399,8 @@ local function wait_sleep(n, d)
         if W.t1 < W.t0 + d then violate("wait %d: sleep(%.4f) ended %.6f s early", W.id, d, W.t0 + d - W.t1) end
       elseif r[2] ~= nil or not rawequal(r[3], n.ctx:err()) or r[3] == nil then
         violate("wait %d: sleep gave %s, %s; err() is %s", W.id, show(r[2]), show(r[3]), show(n.ctx:err()))
+      else
+        not_early(W, n, r[3])
       end
     end })
 end
@@ -419,6 +430,8 @@ local function wait_select(ns, d, T)
         violate("wait %d: select gave a number that is not its sleep", W.id)
       elseif getmetatable(x) == "context" then
         if not x:is_done() then violate("wait %d: select gave a context that is not done", W.id) end
+        local n = M.node_of[x]
+        if n then not_early(W, n, x:err()) end
       elseif x:status() == "running" then
         violate("wait %d: select gave a task still running", W.id)
       end
