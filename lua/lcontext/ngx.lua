@@ -474,7 +474,14 @@ local function wait_on(fname, ws, kinds, n)
         rec.fired = i -- done meanwhile (cannot happen: no yield since the check)
       end
     elseif k == "task" then
-      ws[i]._waiters[rec] = i
+      -- (a killed task's guard may have ended it since the caller checked:
+      -- any allocation here can run it)
+      local waiters = ws[i]._waiters
+      if waiters then
+        waiters[rec] = i
+      elseif not rec.fired then
+        rec.fired = i
+      end
     elseif not sleep_at or ws[i] < sleep_at then
       sleep_at, sleep_i = ws[i], i
     end

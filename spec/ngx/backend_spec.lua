@@ -391,6 +391,35 @@ describe("lcontext.ngx (mock ngx_lua)", function()
     assert.is_nil(core._next_wakeup())
   end)
 
+  it("task:wait on a killed task whose guard runs as the wait begins gives 'killed' (found by fuzz_ngx)", function()
+    -- a killed light thread's task ends when its guard is collected: any
+    -- allocation may run it, such as those of the wait that has just seen
+    -- the task running (wait_on indexed its _waiters, nil by then)
+    local forever, cancel = bg:with_cancel()
+    mock.run(function()
+      local t = context.go(function() return forever:done() end)
+      eventually(function() return context.metrics().tasks_waiting == 1 end)
+      mock.ngx.thread.kill(t:thread())
+      assert.are.equal("running", t:status())
+      local sem = package.loaded["ngx.semaphore"]
+      local new = sem.new
+      sem.new = function(...) -- the wait's first allocation: the guard runs here
+        sem.new = new
+        collectgarbage(); collectgarbage()
+        return new(...)
+      end
+      local r = { pcall(t.wait, t) }
+      sem.new = new
+      assert.are.same({ true, nil, "task's light thread was killed" }, r)
+    end)
+    cancel()
+    collectgarbage(); collectgarbage()
+    local m = context.metrics()
+    assert.are.equal(0, m.tasks)
+    assert.are.equal(0, m.tasks_waiting)
+    assert.are.same({}, mock.errors())
+  end)
+
   -- a stand-in for a semaphore wait that returns at once, for waits made
   -- in `phase`: results() gives what it returns; calls are counted, and a
   -- loop that spins is stopped by an error after `limit` calls
