@@ -52,6 +52,7 @@ local function resume(rec, ...)
   if coroutine.status(rec.co) == "dead" then
     rec.dead = true
     S.live[rec] = nil
+    S.anchored[rec] = nil
     if not r[1] then
       S.logs[#S.logs + 1] = { level = "error", msg = "lua user thread aborted: " .. tostring(r[2]) }
     end
@@ -81,6 +82,9 @@ local function new_thread(fn, ph)
   S.nthreads = S.nthreads + 1
   local rec = { co = coroutine.create(fn), phase = ph, id = S.nthreads }
   if ph ~= "timer" then S.live[rec] = true end
+  -- ngx_lua refs every light thread's coroutine (timers' too) until it
+  -- ends or is killed: a suspended one is never collected
+  S.anchored[rec] = true
   return rec
 end
 
@@ -189,7 +193,7 @@ function M.install(now)
   S = {
     current = nil, runq = {}, events = {}, logs = {}, nthreads = 0, waiting = 0, posted = 0,
     exiting = false, timers_made = 0, timers_pending = 0, headers = {}, ctx = {},
-    abort_fn = nil, check_abort = true, in_init = false, live = {}, max_pending = 0,
+    abort_fn = nil, check_abort = true, in_init = false, live = {}, anchored = {}, max_pending = 0,
   }
   local ngx = {
     OK = 0, ERR = "error", WARN = "warn", NOTICE = "notice", INFO = "info",
@@ -227,6 +231,7 @@ function M.install(now)
   function ngx.thread.kill(rec)
     rec.dead = true
     S.live[rec] = nil
+    S.anchored[rec] = nil
     -- ngx_lua resets a killed thread (lua_resetthread): its stack slots
     -- are cleared, and closures made in its frames whose upvalues were
     -- still open read nil from then on (seen in nginx: a watch made in a
