@@ -740,6 +740,11 @@ local function finish()
     for _, n in ipairs(M.nodes) do if n.cancel and not n.ctx:is_done() then n.cancel("the end") end end
     if not pending then break end
   end
+  -- callbacks that run (one may sleep) end by themselves
+  for _ = 1, 40 do
+    if context.metrics().ngx_callbacks_queued == 0 then break end
+    spin(0.005)
+  end
   -- what nothing can end: its threads are killed
   for _ = 1, 3 do
     for _, x in ipairs(live_threads()) do kill(x) end
