@@ -447,6 +447,11 @@ local function wait_task(T)
 end
 
 local function pick_task()
+  if chance(0.3) then -- one killed and not yet collected: its guard may run at any allocation
+    local ks = {}
+    for _, T in ipairs(M.tasks) do if T.killed and not T.collected then ks[#ks + 1] = T end end
+    if #ks > 0 then return pick(ks) end
+  end
   for _ = 1, 4 do
     local T = pick(M.tasks)
     if T and T.t:status() == "running" then return T end
