@@ -58,10 +58,15 @@ static void slot_set(lua_State *L, lc_runtime *rt, lc_ctx *c, int idx,
 
 static const char *const slotname[] = {"cause", "keep"};
 
-/* Does the context have a user-value table of its own? Children of a root
-** are made without one (see derive_rt) until a slot needs it. */
+/* Does the context have a user-value table of its own? The cancel and
+** timer children of a root are made without one (see derive_rt) until a
+** slot needs it; every other kind has one from the start (a merge's inputs,
+** a value's key and value, a without_cancel's parent are in it), whatever
+** its parent is: a merge whose first input is a root has a root as its
+** parent, and replacing its table lost its inputs. */
 static int has_uvt(const lc_ctx *c) {
   return (c->flags & LCF_UVT) || c->parent == NULL ||
+         (c->kind != LK_CANCEL && c->kind != LK_TIMER) ||
          (c->parent->kind != LK_BACKGROUND && c->parent->kind != LK_TODO);
 }
 
