@@ -39,13 +39,7 @@ local INF, NAN = math.huge, 0 / 0
 -------------------------------------------------------------------------------
 -- Options and paths
 -------------------------------------------------------------------------------
-local opt = {
-  seed = tonumber(os.getenv("FUZZ_SEED") or "") or os.time(),
-  ops = tonumber(os.getenv("FUZZ_OPS") or "") or 2000,
-  seeds = tonumber(os.getenv("FUZZ_SEEDS") or "") or 1,
-  verbose = os.getenv("FUZZ_VERBOSE") == "1",
-  slow = tonumber(os.getenv("FUZZ_SLOW") or "") or 1, -- time limits x this (valgrind: 20)
-}
+local FC = dofile("tools/fuzz_common.lua")
 local AV = {} -- AV[n]: skip what reaches known bug n (numbered at the top)
 local function set_avoid(s)
   if s == nil or s == "" then return end
@@ -53,25 +47,11 @@ local function set_avoid(s)
   for n in s:gmatch("%d+") do AV[tonumber(n)] = true end
 end
 set_avoid(os.getenv("FUZZ_AVOID_KNOWN"))
-do
-  local i = 1
-  while arg and arg[i] do
-    local a = arg[i]
-    if a == "--seed" or a == "--ops" or a == "--seeds" then
-      opt[a:sub(3)] = assert(tonumber(arg[i + 1]), a .. " needs a number"); i = i + 1
-    elseif a == "--verbose" or a == "-v" then opt.verbose = true
-    elseif a == "--avoid-known" then set_avoid("all")
-    elseif a:match("^%-%-avoid%-known=") then set_avoid(a:match("=(.*)"))
-    else io.stderr:write("usage: fuzz_api.lua [--seed N] [--ops N] [--seeds K] [--verbose] [--avoid-known[=1,2,..]]\n"); os.exit(2) end
-    i = i + 1
-  end
-end
-package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
-if os.getenv("LCONTEXT_BUILD") then
-  package.cpath = "./" .. os.getenv("LCONTEXT_BUILD") .. "/?.so;" .. package.cpath
-elseif not os.getenv("LUA_CPATH") then
-  package.cpath = "./build/?.so;" .. package.cpath
-end
+local opt = FC.options("fuzz_api", 2000, function(a)
+  if a == "--avoid-known" then set_avoid("all") return true end
+  if a:match("^%-%-avoid%-known=") then set_avoid(a:match("=(.*)")) return true end
+end, " [--avoid-known[=1,2,..]]")
+FC.paths()
 
 -- Count real parks: init.lua captures coroutine.yield when it loads, so a
 -- wrapper installed first sees every yield of the park token.
@@ -889,26 +869,11 @@ local function run_seed(seed)
   return M.viol, i
 end
 
-local passed, failed, total_ops, t_start = 0, 0, 0, now()
 local avoid = {}
 for k in pairs(AV) do avoid[#avoid + 1] = k end
 table.sort(avoid)
-print(fmt("fuzz_api: seed %d, %d seed(s), %d ops each, %s%s", opt.seed, opt.seeds, opt.ops, _VERSION,
-  #avoid > 0 and (", avoiding known bugs " .. table.concat(avoid, ",")) or ""))
-for s = opt.seed, opt.seed + opt.seeds - 1 do
+FC.run_seeds("fuzz_api", opt, function(s)
   local viol, n = run_seed(s)
-  total_ops = total_ops + n
-  if viol then
-    failed = failed + 1
-    print(fmt("FAIL seed %d, op %s: %s", s, tostring(M.opi), viol))
-    print(fmt("  replay: %s tools/fuzz_api.lua --seed %d --ops %d%s --verbose", arg[-1] or "lua5.4", s, n,
-      #avoid > 0 and (" --avoid-known=" .. table.concat(avoid, ",")) or ""))
-  else
-    passed = passed + 1
-    if opt.verbose then print(fmt("seed %d: ok", s)) end
-  end
-end
-local dt = now() - t_start
-print(fmt("%d ops in %.2f s (%.0f ops/s)", total_ops, dt, total_ops / dt))
-print(fmt("%d passed, %d failed", passed, failed))
-os.exit(failed == 0 and 0 or 1)
+  return viol, n, M.opi
+end, now, _VERSION .. (#avoid > 0 and (", avoiding known bugs " .. table.concat(avoid, ",")) or ""),
+  #avoid > 0 and (" --avoid-known=" .. table.concat(avoid, ",")) or "")

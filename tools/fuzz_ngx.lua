@@ -43,35 +43,14 @@ local INF, NAN = math.huge, 0 / 0
 -------------------------------------------------------------------------------
 -- Options and paths
 -------------------------------------------------------------------------------
-local opt = {
-  seed = tonumber(os.getenv("FUZZ_SEED") or "") or os.time(),
-  ops = tonumber(os.getenv("FUZZ_OPS") or "") or 500,
-  seeds = tonumber(os.getenv("FUZZ_SEEDS") or "") or 1,
-  verbose = os.getenv("FUZZ_VERBOSE") == "1",
-  slow = tonumber(os.getenv("FUZZ_SLOW") or "") or 1,
-}
-do
-  local i = 1
-  while arg and arg[i] do
-    local a = arg[i]
-    if a == "--seed" or a == "--ops" or a == "--seeds" then
-      opt[a:sub(3)] = assert(tonumber(arg[i + 1]), a .. " needs a number"); i = i + 1
-    elseif a == "--verbose" or a == "-v" then opt.verbose = true
-    else io.stderr:write("usage: fuzz_ngx.lua [--seed N] [--ops N] [--seeds K] [--verbose]\n"); os.exit(2) end
-    i = i + 1
-  end
-end
+local FC = dofile("tools/fuzz_common.lua")
+local opt = FC.options("fuzz_ngx", 500)
 if _VERSION == "Lua 5.1" and not jit then
   print("fuzz_ngx: needs yields across pcall (Lua 5.2+ or LuaJIT); skipped")
   print("0 passed, 0 failed")
   os.exit(0)
 end
-package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
-if os.getenv("LCONTEXT_BUILD") then
-  package.cpath = "./" .. os.getenv("LCONTEXT_BUILD") .. "/?.so;" .. package.cpath
-elseif not os.getenv("LUA_CPATH") then
-  package.cpath = "./build/?.so;" .. package.cpath
-end
+FC.paths()
 
 -- the watchdog: a count hook (per coroutine: every light thread the mock
 -- makes gets it) raises once an op has run past its CPU budget
@@ -862,21 +841,7 @@ local function run_seed(seed)
   return M.viol, i
 end
 
-local passed, failed, total_ops, t_start = 0, 0, 0, now()
-print(fmt("fuzz_ngx: seed %d, %d seed(s), %d ops each, %s", opt.seed, opt.seeds, opt.ops, jit and jit.version or _VERSION))
-for s = opt.seed, opt.seed + opt.seeds - 1 do
+FC.run_seeds("fuzz_ngx", opt, function(s)
   local viol, n = run_seed(s)
-  total_ops = total_ops + n
-  if viol then
-    failed = failed + 1
-    print(fmt("FAIL seed %d, op %s: %s", s, tostring(M.opi), viol))
-    print(fmt("  replay: %s tools/fuzz_ngx.lua --seed %d --ops %d --verbose", arg[-1] or "lua5.4", s, n))
-  else
-    passed = passed + 1
-    if opt.verbose then print(fmt("seed %d: ok", s)) end
-  end
-end
-local dt = now() - t_start
-print(fmt("%d ops in %.2f s (%.0f ops/s)", total_ops, dt, total_ops / dt))
-print(fmt("%d passed, %d failed", passed, failed))
-os.exit(failed == 0 and 0 or 1)
+  return viol, n, M.opi
+end, now, jit and jit.version or _VERSION)

@@ -1,0 +1,74 @@
+-- fuzz_common.lua — what the two API fuzzers share (tools/fuzz_api.lua,
+-- the libev backend; tools/fuzz_ngx.lua, the OpenResty backend on the mock
+-- ngx_lua): their options, the module paths of this checkout, and the run
+-- over the seeds with its report. Loaded with dofile from the checkout's
+-- root, where the fuzzers run.
+local C = {}
+local fmt = string.format
+
+--- C.options(name, ops, extra, usage_extra) -> opt: FUZZ_SEED, FUZZ_OPS,
+-- FUZZ_SEEDS, FUZZ_VERBOSE, FUZZ_SLOW from the environment, then --seed N,
+-- --ops N, --seeds K, --verbose from the command line; extra(flag), if
+-- given, takes the fuzzer's own flags (true when it did).
+function C.options(name, ops, extra, usage_extra)
+  local opt = {
+    seed = tonumber(os.getenv("FUZZ_SEED") or "") or os.time(),
+    ops = tonumber(os.getenv("FUZZ_OPS") or "") or ops,
+    seeds = tonumber(os.getenv("FUZZ_SEEDS") or "") or 1,
+    verbose = os.getenv("FUZZ_VERBOSE") == "1",
+    slow = tonumber(os.getenv("FUZZ_SLOW") or "") or 1, -- time limits x this (valgrind: 20)
+  }
+  local i = 1
+  while arg and arg[i] do
+    local a = arg[i]
+    if a == "--seed" or a == "--ops" or a == "--seeds" then
+      opt[a:sub(3)] = assert(tonumber(arg[i + 1]), a .. " needs a number"); i = i + 1
+    elseif a == "--verbose" or a == "-v" then opt.verbose = true
+    elseif not (extra and extra(a)) then
+      io.stderr:write(fmt("usage: %s.lua [--seed N] [--ops N] [--seeds K] [--verbose]%s\n",
+        name, usage_extra or ""))
+      os.exit(2)
+    end
+    i = i + 1
+  end
+  return opt
+end
+
+--- C.paths(): this checkout's Lua files, and its build (LCONTEXT_BUILD, or
+-- build/ unless LUA_CPATH says otherwise)
+function C.paths()
+  package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
+  if os.getenv("LCONTEXT_BUILD") then
+    package.cpath = "./" .. os.getenv("LCONTEXT_BUILD") .. "/?.so;" .. package.cpath
+  elseif not os.getenv("LUA_CPATH") then
+    package.cpath = "./build/?.so;" .. package.cpath
+  end
+end
+
+--- C.run_seeds(name, opt, run_seed, now, header, replay_extra): each seed
+-- from opt.seed, run_seed(s) -> violation or nil, ops run, op index; prints
+-- each failure with its replay command, then the figures and the line
+-- `N passed, N failed`, and exits (status 1 if a seed failed).
+function C.run_seeds(name, opt, run_seed, now, header, replay_extra)
+  local passed, failed, total_ops, t_start = 0, 0, 0, now()
+  print(fmt("%s: seed %d, %d seed(s), %d ops each, %s", name, opt.seed, opt.seeds, opt.ops, header))
+  for s = opt.seed, opt.seed + opt.seeds - 1 do
+    local viol, n, opi = run_seed(s)
+    total_ops = total_ops + n
+    if viol then
+      failed = failed + 1
+      print(fmt("FAIL seed %d, op %s: %s", s, tostring(opi), viol))
+      print(fmt("  replay: %s tools/%s.lua --seed %d --ops %d%s --verbose", arg[-1] or "lua5.4",
+        name, s, n, replay_extra or ""))
+    else
+      passed = passed + 1
+      if opt.verbose then print(fmt("seed %d: ok", s)) end
+    end
+  end
+  local dt = now() - t_start
+  print(fmt("%d ops in %.2f s (%.0f ops/s)", total_ops, dt, total_ops / dt))
+  print(fmt("%d passed, %d failed", passed, failed))
+  os.exit(failed == 0 and 0 or 1)
+end
+
+return C
