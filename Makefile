@@ -144,12 +144,13 @@ stress: deps build $(BUILD)/stall.so
 	@sh tools/stress.sh
 
 # The open problem of the OpenResty backend (docs/openresty.md, "Known
-# problem"): spec/ngx/run.sh with on_abort-cancelled and killed requests
-# interleaved, NGX_SPIN_RUNS times (6); a run whose worker spins fails the
-# aborted-requests checks. Not part of make test.
+# problem"): spec/ngx/run.sh with the requests that die (200 aborted, half
+# cancelled by on_abort and half killed, interleaved; ngx.exit; body
+# timeouts), NGX_SPIN_RUNS times (6); a run whose worker spins fails.
+# Not part of make test.
 ngx-spin: deps build-jit
 	@i=0; f=0; while [ $$i -lt $${NGX_SPIN_RUNS:-6} ]; do i=$$((i + 1)); \
-	  if LCONTEXT_NGX_MIX=1 sh spec/ngx/run.sh > /tmp/lcontext-ngx-spin.$$i.log 2>&1; then echo "run $$i: ok"; \
+	  if LCONTEXT_NGX_ABORTS=1 LCONTEXT_NGX_MIX=1 sh spec/ngx/run.sh > /tmp/lcontext-ngx-spin.$$i.log 2>&1; then echo "run $$i: ok"; \
 	  else f=$$((f + 1)); echo "run $$i: failed (/tmp/lcontext-ngx-spin.$$i.log)"; grep '^not ok' /tmp/lcontext-ngx-spin.$$i.log; fi; done; \
 	  echo "$$((i - f)) passed, $$f failed"; [ $$f = 0 ]
 

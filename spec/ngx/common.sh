@@ -55,6 +55,43 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
+# nginx_start: start nginx on the prefix $DIR (nginx.conf) from the working
+# directory the caller is in, and wait for its pid file: MASTER is set, or
+# the start log is shown and it returns 1
+nginx_start() {
+  rm -f "$DIR/logs/nginx.pid"
+  if ! "$NGINX" -p "$DIR/" -c nginx.conf > "$DIR/start.log" 2>&1; then
+    cat "$DIR/start.log"
+    return 1
+  fi
+  i=0
+  while [ ! -s "$DIR/logs/nginx.pid" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+  MASTER=$(cat "$DIR/logs/nginx.pid" 2>/dev/null)
+  [ -n "$MASTER" ] || { cat "$DIR/start.log" "$DIR/logs/error.log" 2>/dev/null; return 1; }
+}
+# nginx_quit: `nginx -s quit`, and wait (10 s at most) for the pid file to
+# go (a daemon's exit may leave a zombie where nothing reaps orphans); 0 and
+# MASTER emptied once it has, and QUIT_SECONDS says how long it took
+nginx_quit() {
+  "$NGINX" -p "$DIR/" -c nginx.conf -s quit > "$DIR/quit.log" 2>&1
+  i=0
+  while [ -e "$DIR/logs/nginx.pid" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  QUIT_SECONDS=$(awk "BEGIN { printf \"%.1f\", $i / 10 }")
+  [ -e "$DIR/logs/nginx.pid" ] && return 1
+  MASTER=
+}
+# log_clean PREFIX: a check that the error log has no [error], [alert],
+# [crit] or [emerg] line
+log_clean() {
+  bad=$(grep -E '\[(error|alert|crit|emerg)\]' "$DIR/logs/error.log")
+  if [ -z "$bad" ]; then
+    pass "${1:-}the error log has no [error], [alert], [crit] or [emerg] line"
+  else
+    echo "$bad" | head -20
+    fail "${1:-}the error log has no [error], [alert], [crit] or [emerg] line"
+  fi
+}
+
 finish() {
   echo "$P passed, $F failed"
   [ "$F" = 0 ]

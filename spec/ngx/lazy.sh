@@ -116,12 +116,7 @@ EOF
 chmod -R a+rX "$DIR"
 chmod 1777 "$DIR/tmp"
 
-if ! "$NGINX" -p "$DIR/" -c nginx.conf > "$DIR/start.log" 2>&1; then
-  cat "$DIR/start.log"; fail "nginx starts"; finish
-fi
-i=0
-while [ ! -s "$DIR/logs/nginx.pid" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-MASTER=$(cat "$DIR/logs/nginx.pid" 2>/dev/null)
+nginx_start || { fail "nginx starts"; finish; }
 [ -n "$MASTER" ] && record_workers
 
 # get PORT PATH EXPECTED NAME: one request (twice: a module that failed to
@@ -171,15 +166,6 @@ else
   fail "the client ended without its counts"
 fi
 
-"$NGINX" -p "$DIR/" -c nginx.conf -s quit > /dev/null 2>&1
-i=0
-while [ -e "$DIR/logs/nginx.pid" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-[ -e "$DIR/logs/nginx.pid" ] || MASTER=
-bad=$(grep -E '\[(error|alert|crit|emerg)\]' "$DIR/logs/error.log")
-if [ -z "$bad" ]; then
-  pass "lazy require: the error log has no [error], [alert], [crit] or [emerg] line"
-else
-  echo "$bad" | head -20
-  fail "lazy require: the error log has no [error], [alert], [crit] or [emerg] line"
-fi
+nginx_quit
+log_clean "lazy require: "
 finish

@@ -60,14 +60,7 @@ else
   fail "nginx -t accepts examples/openresty/nginx.conf"
   finish
 fi
-if ! "$NGINX" -p "$DIR/" -c nginx.conf > "$DIR/start.log" 2>&1; then
-  cat "$DIR/start.log"
-  fail "nginx starts"
-  finish
-fi
-i=0
-while [ ! -s "$DIR/logs/nginx.pid" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-MASTER=$(cat "$DIR/logs/nginx.pid" 2>/dev/null)
+nginx_start || { fail "nginx starts"; finish; }
 # ready once it answers on the port
 "$LUA" -e "PORT = $PORT" -e '
   local s = require "socket"
@@ -118,27 +111,15 @@ else
 fi
 
 # {=== stop ===}
-"$NGINX" -p "$DIR/" -c nginx.conf -s quit > "$DIR/quit.log" 2>&1
-# gone once its pid file is (a daemon's exit may leave a zombie behind
-# where nothing reaps orphans)
-i=0
-while [ -e "$DIR/logs/nginx.pid" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-if [ -e "$DIR/logs/nginx.pid" ]; then
-  fail "nginx -s quit stops nginx within 10 s"
+if nginx_quit; then
+  pass "nginx -s quit stops nginx cleanly ($QUIT_SECONDS s)"
 else
-  pass "nginx -s quit stops nginx cleanly ($(awk "BEGIN { printf \"%.1f\", $i / 10 }") s)"
-  MASTER=
+  fail "nginx -s quit stops nginx within 10 s"
 fi
 
 # {=== the error log ===}
 LOG="$DIR/logs/error.log"
-bad=$(grep -E '\[(error|alert|crit|emerg)\]' "$LOG")
-if [ -z "$bad" ]; then
-  pass "the error log has no [error], [alert], [crit] or [emerg] line"
-else
-  echo "$bad" | head -20
-  fail "the error log has no [error], [alert], [crit] or [emerg] line"
-fi
+log_clean
 # (the C core writes what it cannot raise to stderr, which is this log,
 # without a level: "lcontext: error in a context watch: ...")
 bad=$(grep -E '^lcontext: ' "$LOG")
