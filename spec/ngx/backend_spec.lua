@@ -48,7 +48,6 @@ describe("lcontext.ngx (mock ngx_lua)", function()
     package.loaded["lcontext"] = saved_lcontext
     package.loaded["lcontext.ngx"] = nil
     _G.ngx = saved_ngx
-    _G.coroutine = require("spec.ngx.mock_ngx").raw_coroutine
   end)
 
   after_each(function()
