@@ -60,10 +60,8 @@ local isyieldable = coroutine.isyieldable
 local parked = setmetatable({}, { __mode = "k" }) -- coroutine -> true while parked
 -- the watchdog: a count hook raises once an op has run past its budget. A
 -- Lua hook is per coroutine, so every coroutine that parks gets it too.
-local budget, hooked = nil, setmetatable({}, { __mode = "k" })
-local function watchdog()
-  if budget and os.clock() > budget then error("fuzz watchdog: an op used its CPU budget (a spin?)") end
-end
+local hooked = setmetatable({}, { __mode = "k" })
+local watchdog = FC.watchdog
 local function hook(co)
   if co and not hooked[co] then hooked[co] = true; debug.sethook(co, watchdog, "", 10000) end
 end
@@ -100,12 +98,7 @@ local function violate(f, ...)
   if not M.viol then M.viol = msg end
   if opt.verbose then io.stderr:write("VIOLATION: ", msg, "\n") end
 end
-local function pick(t) if #t > 0 then return t[R(#t)] end end
-local function chance(p) return R() < p end
-local function show(v)
-  if type(v) == "string" then return fmt("%q", v) end
-  return tostring(v)
-end
+local pick, chance, show = FC.pick, FC.chance, FC.show
 
 -- node: { id, kind, ctx, parents, cancel (wrapped), raw, dl_lo, eff, tcause,
 --         key, val, fc = {cause} (first cancel call), sig, done = {err, cause, origin}, cbs }
@@ -790,13 +783,7 @@ local OPS = {
   end },
   { "badarg", 8, badarg },
 }
-local total_w = 0
-for _, o in ipairs(OPS) do total_w = total_w + o[2] end
-local function pick_op()
-  local x = R() * total_w
-  for _, o in ipairs(OPS) do x = x - o[2]; if x < 0 then return o end end
-  return OPS[1]
-end
+local pick_op = FC.weighted(OPS)
 
 -------------------------------------------------------------------------------
 -- One seed
@@ -841,22 +828,9 @@ local function run_seed(seed)
     dead_sock = socket.tcp(); dead_sock:close()
   end
   debug.sethook(watchdog, "", 10000)
-  local i = 0
-  while i < opt.ops and not M.viol do
-    i = i + 1
-    M.opi = i
-    local o = pick_op()
-    if opt.verbose then io.stderr:write(fmt("[%d] %s\n", i, o[1])) end
-    budget = os.clock() + 5 * opt.slow
-    local t0 = now()
-    local ok, err = pcall(o[3])
-    budget = nil
-    if not ok then violate("op %s raised: %s", o[1], show(err)) end
-    if now() - t0 > 2 * opt.slow then violate("op %s took %.2f s", o[1], now() - t0) end
-    if not M.viol then check_all(false, o[4]) end
-  end
+  local i = FC.run_ops(opt, M, pick_op, violate, now, function(o) check_all(false, o[4]) end)
   -- the end: nothing may be left behind
-  budget = os.clock() + 5 * opt.slow
+  FC.budget = os.clock() + 5 * opt.slow
   if not M.viol then
     M.opi = "end"
     if run_full() then check_all(true) end

@@ -34,6 +34,56 @@ function C.options(name, ops, extra, usage_extra)
   return opt
 end
 
+--- The watchdog: a count hook that raises once the op running has used
+-- its CPU budget (C.budget: an os.clock() time, nil between ops). A Lua
+-- hook is per coroutine: each fuzzer installs it where its code runs.
+C.budget = nil
+function C.watchdog()
+  if C.budget and os.clock() > C.budget then
+    error("fuzz watchdog: an op used its CPU budget (a spin?)")
+  end
+end
+
+--- small helpers over math.random (seeded per seed by the fuzzer)
+function C.pick(t) if #t > 0 then return t[math.random(#t)] end end
+function C.chance(p) return math.random() < p end
+function C.show(v)
+  if type(v) == "string" then return fmt("%q", v) end
+  return tostring(v)
+end
+
+--- C.weighted(ops) -> pick_op(): ops are { name, weight, fn, ... }
+function C.weighted(ops)
+  local total = 0
+  for _, o in ipairs(ops) do total = total + o[2] end
+  return function()
+    local x = math.random() * total
+    for _, o in ipairs(ops) do x = x - o[2]; if x < 0 then return o end end
+    return ops[1]
+  end
+end
+
+--- C.run_ops(opt, M, pick_op, violate, now, check) -> ops run: up to
+-- opt.ops ops while M has no violation, each within its CPU budget (5 s x
+-- opt.slow) and 2 s x opt.slow of time, check(op) after each
+function C.run_ops(opt, M, pick_op, violate, now, check)
+  local i = 0
+  while i < opt.ops and not M.viol do
+    i = i + 1
+    M.opi = i
+    local o = pick_op()
+    if opt.verbose then io.stderr:write(fmt("[%d] %s\n", i, o[1])) end
+    C.budget = os.clock() + 5 * opt.slow
+    local t0 = now()
+    local ok, err = pcall(o[3])
+    C.budget = nil
+    if not ok then violate("op %s raised: %s", o[1], C.show(err)) end
+    if now() - t0 > 2 * opt.slow then violate("op %s took %.2f s", o[1], now() - t0) end
+    if not M.viol then check(o) end
+  end
+  return i
+end
+
 --- C.paths(): this checkout's Lua files, and its build (LCONTEXT_BUILD, or
 -- build/ unless LUA_CPATH says otherwise)
 function C.paths()

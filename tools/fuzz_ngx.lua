@@ -54,10 +54,7 @@ FC.paths()
 
 -- the watchdog: a count hook (per coroutine: every light thread the mock
 -- makes gets it) raises once an op has run past its CPU budget
-local budget = nil
-local function watchdog()
-  if budget and os.clock() > budget then error("fuzz watchdog: an op used its CPU budget (a spin?)") end
-end
+local watchdog = FC.watchdog
 local cocreate = coroutine.create
 coroutine.create = function(fn)
   local co = cocreate(fn)
@@ -98,12 +95,7 @@ local function violate(f, ...)
   if not M.viol then M.viol = msg end
   if opt.verbose then io.stderr:write("VIOLATION: ", msg, "\n") end
 end
-local function pick(t) if #t > 0 then return t[R(#t)] end end
-local function chance(p) return R() < p end
-local function show(v)
-  if type(v) == "string" then return fmt("%q", v) end
-  return tostring(v)
-end
+local pick, chance, show = FC.pick, FC.chance, FC.show
 local function is_fault(e) return type(e) == "string" and e:find(FAULT, 1, true) ~= nil end
 
 -- node: { id, kind, ctx, parents, cancel, dl (monotonic, a lower bound of
@@ -691,13 +683,7 @@ local OPS = {
   { "metrics", 1, function() context.metrics(); context.metrics_text() end },
   { "badarg", 5, badarg },
 }
-local total_w = 0
-for _, o in ipairs(OPS) do total_w = total_w + o[2] end
-local function pick_op()
-  local x = R() * total_w
-  for _, o in ipairs(OPS) do x = x - o[2]; if x < 0 then return o end end
-  return OPS[1]
-end
+local pick_op = FC.weighted(OPS)
 
 -------------------------------------------------------------------------------
 -- The end: cancel everything, kill what nothing can end, run the loop; the
@@ -797,25 +783,12 @@ local function run_seed(seed)
   local aggressive = chance(1 / 3)
   collectgarbage("setpause", aggressive and 10 or 200)
   collectgarbage("setstepmul", aggressive and 400 or 100)
-  local i = 0
-  while i < opt.ops and not M.viol do
-    i = i + 1
-    M.opi = i
-    local o = pick_op()
-    if opt.verbose then io.stderr:write(fmt("[%d] %s\n", i, o[1])) end
-    budget = os.clock() + 5 * opt.slow
-    local t0 = now()
-    local ok, err = pcall(o[3])
-    budget = nil
-    if not ok then violate("op %s raised: %s", o[1], show(err)) end
-    if now() - t0 > 2 * opt.slow then violate("op %s took %.2f s", o[1], now() - t0) end
-    if not M.viol then check_all() end
-  end
+  local i = FC.run_ops(opt, M, pick_op, violate, now, function() check_all() end)
   if not M.viol then
     M.opi = "end"
-    budget = os.clock() + 20 * opt.slow
+    FC.budget = os.clock() + 20 * opt.slow
     local ok, err = pcall(finish)
-    budget = nil
+    FC.budget = nil
     if not ok then violate("the end raised: %s", show(err)) end
   end
   for id in pairs(M.cb_fail) do

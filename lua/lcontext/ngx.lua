@@ -377,15 +377,11 @@ function Task:thread() return self._thread end
 -- Waiting: one engine for done, sleep, select and task:wait
 -------------------------------------------------------------------------------
 
--- Make something that unwatches the handles if the waiting light thread is
--- killed (ngx.exit, ngx.thread.kill) and collected mid-wait.
 -- watch_ctx(ctx, fn [, weak]) -> a handle, or nil if ctx is done already:
 -- core._watch, counted in stats.watches until fn is called, or the watch is
 -- stopped (unwatch_h) or collected unrun (after_func's guard tells)
 local function watch_ctx(ctx, fn, weak)
-  local st = { called = false }
   local h = watch(ctx, function()
-    st.called = true
     stats.watches = stats.watches - 1
     local ok, err = pcall(fn)
     if not ok then -- a bug of this file: said in nginx's log, counted
@@ -395,17 +391,6 @@ local function watch_ctx(ctx, fn, weak)
   end, weak)
   if not h then return nil end
   stats.watches = stats.watches + 1
-  -- The core checks ctx, then arms the watch with a second reading of the
-  -- clock: a deadline that passes in between (a preempted worker) ends ctx
-  -- while arming, and the watch is never armed nor called (seen under load:
-  -- after_funcs that never ran, watches never released). Then it is as if
-  -- ctx was done already; what else that ending woke is told now (advance).
-  if not st.called and ctx:is_done() and not st.called then
-    unwatch(h) -- (stops a call still to come, if there is one)
-    stats.watches = stats.watches - 1
-    advance()
-    return nil
-  end
   return h
 end
 
@@ -418,6 +403,8 @@ local function unwatch_h(h)
   return false
 end
 
+-- Make something that unwatches the handles if the waiting light thread is
+-- killed (ngx.exit, ngx.thread.kill) and collected mid-wait.
 local function new_guard(rec)
   return new_gc_guard(function()
     if rec.closed then return end
