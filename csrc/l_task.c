@@ -111,7 +111,7 @@ lc_task *lc_new_task(lua_State *L, lc_runtime *rt, int fidx, int n) {
   lua_State *co;
   fidx = lua_absindex(L, fidx);
   luaL_checkstack(L, n + 4, "too many arguments");
-  t = (lc_task *)lua_newuserdatauv(L, sizeof(lc_task), 3);
+  t = (lc_task *)lua_newuserdatauv(L, sizeof(lc_task), 4);
   memset(t, 0, sizeof *t);
   wt_waiter_init(&t->w, WK_TASK, 1);
   t->status = TS_RUNNING;
@@ -229,6 +229,24 @@ static void finish(lua_State *L, lc_runtime *rt, lc_task *t, int status,
   lc_unanchor(L, rt, t);
 }
 
+/* After t ended: its end function (core._on_end: context.spawn cancels the
+** task's context), if any, runs once, protected; an error in it is
+** reported. */
+static void run_on_end(lua_State *L, lc_runtime *rt, int taskidx) {
+  (void)rt;
+  lua_getiuservalue(L, taskidx, 4);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pushnil(L);
+  lua_setiuservalue(L, taskidx, 4);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    lc_report("error in the end function of a task", L, -1);
+    lua_pop(L, 1);
+  }
+}
+
 /* Resume t (popped from the ready queue: RUNNING). The values it gets: its
 ** function and arguments at the first run; the index of the wait that
 ** fired (negated if it is an fd that cannot be waited on) after a park; nothing
@@ -249,6 +267,7 @@ void lc_resume_task(lua_State *L, lc_runtime *rt, lc_task *t) {
   if (!runnable) { /* closed from outside, or run to its end by another */
     finish(L, rt, t, TS_FAILED, t->closed || lua_status(co) == LUA_OK
                                     ? TR_CLOSED : TR_DEAD);
+    run_on_end(L, rt, taskidx);
     lua_settop(L, taskidx - 1);
     return;
   }
@@ -276,6 +295,7 @@ void lc_resume_task(lua_State *L, lc_runtime *rt, lc_task *t) {
   } else if (st == LUA_OK) {
     t->nres = nres;
     finish(L, rt, t, TS_OK, TR_NONE);
+    run_on_end(L, rt, taskidx);
   } else { /* it raised: the error goes to user value 2, for task:wait() */
     const void *e = lua_topointer(co, -1);
     int sentinel = e != NULL && (e == rt->canceled_p || e == rt->deadline_p);
@@ -285,6 +305,7 @@ void lc_resume_task(lua_State *L, lc_runtime *rt, lc_task *t) {
     finish(L, rt, t, TS_FAILED, TR_NONE);
     if (!sentinel)
       report(L, rt, co, taskidx);
+    run_on_end(L, rt, taskidx);
     lc_closethread(co, L); /* runs its pending <close>s */
   }
   lua_settop(L, taskidx - 1);
@@ -405,7 +426,22 @@ void lc_task_init(lua_State *L, lc_runtime *rt) {
   rt->ref_onerror = LUA_NOREF;
 }
 
+/* core._on_end(task, fn): fn() runs once the task has ended (at once if
+** it has) */
+static int l_on_end(lua_State *L) {
+  lc_task *t = check_task(L, 1, "_on_end");
+  if (!lc_iscallable(L, 2)) lc_typeerror(L, 2, "_on_end", "function");
+  lua_settop(L, 2);
+  if (t->status != TS_RUNNING) {
+    lua_call(L, 0, 0);
+    return 0;
+  }
+  lua_setiuservalue(L, 1, 4);
+  return 0;
+}
+
 const luaL_Reg lc_task_funcs[] = {
+  {"_on_end", l_on_end},
   {"go", l_go},
   {"on_error", l_on_error},
   {"_in_task", l_in_task},

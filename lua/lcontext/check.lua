@@ -237,6 +237,7 @@ M.CONTEXT_METHODS = {
   "group", "retry", "hedge",                                    -- group, retry, hedge
   "with_min_timeout", "split", "scope", "fallback", "classify_timeout", -- patterns
   "with_request_info", "request_info", "log_fields", "copy_values",     -- observe
+  "spawn",                                                      -- tasks
   "timeout_ms",                                                 -- ngx.lua only
 }
 
@@ -278,6 +279,20 @@ function M.load_core()
   end
   error(core, 0)
 end
+
+--- The bound of the running task (lua/lcontext/tasks.lua): inside a task
+-- started by context.spawn (or a context.shield body), every wait of the
+-- backend (done, sleep, wait_fd, select, task:wait, and so every helper)
+-- also ends when that context ends. bound.ctx maps a coroutine (MAIN: the
+-- main thread, where running() gives nil on 5.1) to its context; active
+-- stays false until the first spawn or shield, so that programs that never
+-- use them pay nothing in their waits.
+M.bound = { active = false, ctx = setmetatable({}, { __mode = "k" }), MAIN = {} }
+
+--- select's other waitables (lua/lcontext/sync.lua): a table whose
+-- metatable has __lcontext_case is a channel case or an event; the
+-- backends' select hands a call with one to M.select_cases(select, ...).
+M.select_cases = nil
 
 -- {=== runtime shims (Lua 5.1, LuaJIT 2.1, 5.3, 5.4) ===
 -- Where the runtime has the function, the shim is that very function. The

@@ -21,8 +21,12 @@ M._VERSION = "lcontext scm"
 
 local check = require "lcontext.check"
 
+
 local methods = core._methods
 local task_methods = core._task_methods
+-- for lua/lcontext/tasks.lua: the tasks' methods, and fn() once t has ended
+check.task_methods = task_methods
+check.on_task_end = core._on_end
 local park, TOKEN, results = core._park, core._token(), core._results
 local yield, type, select, error = coroutine.yield, type, select, error
 local floor = math.floor
@@ -52,8 +56,28 @@ local outer = check.outer
 -- wait(fname, waitable...) -> the index of the one that fired; negated for
 -- an fd that cannot be waited on (not open), which also "fires". (Kept
 -- lean: a task's coroutine stack starts small, and every wait runs here.)
+local bound = check.bound
+local bound_ctx, MAIN, running = bound.ctx, bound.MAIN, coroutine.running
+local unpack = check.unpack
+
 local function wait(fname, ...)
   local ok, i
+  if bound.active then -- in a spawned task: its context ends the wait too
+    local b = bound_ctx[running() or MAIN]
+    if b ~= nil and b ~= (...) then
+      local n = select("#", ...)
+      local args = { ... }
+      args[n + 1] = b
+      if outer then
+        ok, i = outer(park_here, fname, unpack(args, 1, n + 1))
+      else
+        ok, i = park_here(fname, unpack(args, 1, n + 1))
+      end
+      if not ok then error(i, 3) end
+      if i == n + 1 then return 0 end -- 0: the bound ended it
+      return i
+    end
+  end
   if outer then
     ok, i = outer(park_here, fname, ...)
   else -- park_here(fname, ...), inline
@@ -68,10 +92,15 @@ end
 
 local check_ctx, check_seconds = check.ctx, check.seconds
 
+-- the error of the running task's bound, once wait() returned 0
+local function bound_err()
+  return bound_ctx[running() or MAIN]:err()
+end
+
 --- ctx:done() -> ctx:err(), once ctx is done.
 function methods.done(ctx)
   check_ctx(ctx, "done", 1)
-  wait("done", ctx)
+  if wait("done", ctx) == 0 then return bound_err() end
   return ctx:err()
 end
 
@@ -79,7 +108,9 @@ end
 function M.sleep(ctx, seconds)
   check_ctx(ctx, "sleep", 1)
   check_seconds(seconds, "sleep", 2)
-  if wait("sleep", ctx, seconds) == 2 then return true end
+  local i = wait("sleep", ctx, seconds)
+  if i == 2 then return true end
+  if i == 0 then return nil, bound_err() end
   return nil, ctx:err()
 end
 
@@ -118,6 +149,7 @@ function M.wait_fd(ctx, fd, mode)
   local i = wait("wait_fd", ctx, { fd = n, mode = mode })
   if i == 2 then return true end
   if i == -2 then return nil, ("wait_fd: fd %d is not open (bad file descriptor)"):format(n) end
+  if i == 0 then return nil, bound_err() end
   return nil, ctx:err()
 end
 
@@ -133,23 +165,45 @@ end
 
 --- context.select(w1, w2, ...) -> index, waitable
 -- Waitables: a context (fires when done), a task (when it ends), a number
--- (a sleep of that many seconds), context.fd(fd, mode) (when ready).
-function M.select(...)
+-- (a sleep of that many seconds), context.fd(fd, mode) (when ready), and
+-- (lua/lcontext/sync.lua) channel cases and events. In a spawned task whose
+-- context ends first: nil, that context's err().
+local getmetatable = getmetatable
+local function select_(...)
   local n = select("#", ...)
   if n == 0 then
     error("bad argument #1 to 'select' (waitable expected, got no value)", 2)
   end
+  for k = 1, n do
+    local w = (select(k, ...))
+    if type(w) == "table" then
+      local mt = getmetatable(w)
+      if type(mt) == "table" and rawget(mt, "__lcontext_case") then
+        return check.select_cases(select_, ...)
+      end
+    end
+  end
   local i = wait("select", ...)
+  if i == 0 then return nil, bound_err() end
   if i < 0 then -- an fd that cannot be waited on: not open, or closed since
     error(("bad argument #%d to 'select' (fd %d is not open)"):format(-i, (select(-i, ...)).fd), 2)
   end
   return i, (select(i, ...))
 end
+M.select = select_
 
---- task:wait() -> what the task's function returned, or nil, err
-function task_methods.wait(task)
+--- task:wait([ctx]) -> what the task's function returned, or nil, err;
+-- nil, ctx:err() when ctx ends first (the task goes on)
+function task_methods.wait(task, ctx)
   if select("#", results(task)) == 0 then
-    wait("wait", task)
+    if ctx ~= nil then
+      check_ctx(ctx, "wait", 1)
+      local i = wait("wait", task, ctx)
+      if i == 2 then return nil, ctx:err() end
+      if i == 0 then return nil, bound_err() end
+    elseif wait("wait", task) == 0 then
+      return nil, bound_err()
+    end
   end
   return results(task)
 end
@@ -163,7 +217,8 @@ end
 
 -- The helpers written in Lua, one module per concern. Each module returns
 -- a function that takes this module and returns what it adds to it.
-for _, name in ipairs({ "group", "retry", "breaker", "hedge", "patterns", "observe", "metrics" }) do
+for _, name in ipairs({ "group", "retry", "breaker", "hedge", "patterns", "observe", "metrics",
+                        "sync", "tasks" }) do
   local path = "lcontext." .. name
   if check.searchpath(path, package.path) then
     local exports = require(path)(M)

@@ -287,6 +287,18 @@ local function task_ended(t)
     if not rec.fired then rec.fired = i end
     rec.sema:post(1)
   end
+  local on_end = t._on_end
+  if on_end then -- context.spawn: cancels the task's context
+    t._on_end = nil
+    on_end()
+  end
+end
+
+-- for lua/lcontext/tasks.lua: the tasks' methods, and fn() once t has ended
+check.task_methods = Task
+function check.on_task_end(t, fn)
+  if t._status ~= "running" then return fn() end
+  t._on_end = fn
 end
 
 -- new_gc_guard(fn): an object whose collection calls fn (a userdata with
@@ -445,8 +457,20 @@ end
 
 -- ws[1..n], kinds[1..n] ("ctx", "task", "sleep" with ws[i] the absolute time)
 -- -> the index of the first to fire. Nothing is ready yet (checked before).
+local bound = check.bound
+local bound_ctx, MAIN, running = bound.ctx, bound.MAIN, coroutine.running
+
 local function wait_on(fname, ws, kinds, n)
   need_yieldable(fname, "wait", 4)
+  local appended = false
+  if bound.active then -- in a spawned task: its context ends the wait too
+    local b = bound_ctx[running() or MAIN]
+    if b ~= nil then
+      if b:is_done() then return 0 end
+      n = n + 1
+      ws[n], kinds[n], appended = b, "ctx", true
+    end
+  end
   local sema = semaphore.new()
   live_semas[sema] = true
   local rec = { sema = sema, fired = nil, handles = {}, closed = false }
@@ -513,13 +537,22 @@ local function wait_on(fname, ws, kinds, n)
   finish(rec, ws, kinds, n)
   rec.guard = guard -- keeps the guard alive until here
   if not ok then error(("lcontext.ngx: %s: %s"):format(fname, tostring(err)), 3) end
+  if appended and rec.fired == n then return 0 end -- 0: the bound ended it
   return rec.fired
 end
+
+-- the error of the running task's bound, once wait_on returned 0
+local function bound_err()
+  return bound_ctx[running() or MAIN]:err()
+end
+
 
 --- ctx:done() -> ctx:err(), once ctx is done.
 function methods.done(ctx)
   check_ctx(ctx, "done", 1)
-  if not ctx:is_done() then wait_on("done", { ctx }, { "ctx" }, 1) end
+  if not ctx:is_done() and wait_on("done", { ctx }, { "ctx" }, 1) == 0 then
+    return bound_err()
+  end
   return ctx:err()
 end
 
@@ -529,7 +562,9 @@ function M.sleep(ctx, seconds)
   check_seconds(seconds, "sleep", 2)
   if ctx:is_done() then return nil, ctx:err() end
   if seconds <= 0 then return true end
-  if wait_on("sleep", { ctx, now() + seconds }, { "ctx", "sleep" }, 2) == 2 then return true end
+  local i = wait_on("sleep", { ctx, now() + seconds }, { "ctx", "sleep" }, 2)
+  if i == 2 then return true end
+  if i == 0 then return nil, bound_err() end
   return nil, ctx:err()
 end
 
@@ -537,10 +572,20 @@ end
 -- Waitables: a context (fires when done), a task (when it ends), a number
 -- (a sleep of that many seconds). The first one ready, in argument order,
 -- wins; the others leave nothing behind.
+local select_
 function M.select(...)
   local n = select("#", ...)
   if n == 0 then
     error("bad argument #1 to 'select' (waitable expected, got no value)", 2)
+  end
+  for k = 1, n do
+    local w = (select(k, ...))
+    if type(w) == "table" then
+      local mt = getmetatable(w)
+      if type(mt) == "table" and rawget(mt, "__lcontext_case") then
+        return check.select_cases(select_, ...)
+      end
+    end
   end
   local ws, kinds, ready = { ... }, {}, nil
   local t0 = now()
@@ -573,15 +618,28 @@ function M.select(...)
     end
   end
   local i = ready or wait_on("select", ws, kinds, n)
+  if i == 0 then return nil, bound_err() end
   return i, (select(i, ...))
 end
+select_ = M.select
 
---- task:wait() -> what the task's function returned, or nil, err
-function Task:wait()
+--- task:wait([ctx]) -> what the task's function returned, or nil, err;
+-- nil, ctx:err() when ctx ends first (the task goes on)
+function Task:wait(ctx)
   if not is_task[self] then
     error(("calling 'wait' on bad self (context.task expected, got %s)"):format(tname(self)), 2)
   end
-  if self._status == "running" then wait_on("wait", { self }, { "task" }, 1) end
+  if ctx ~= nil then check_ctx(ctx, "wait", 1) end
+  if self._status == "running" then
+    if ctx ~= nil then
+      if ctx:is_done() then return nil, ctx:err() end
+      local i = wait_on("wait", { self, ctx }, { "task", "ctx" }, 2)
+      if i == 2 then return nil, ctx:err() end
+      if i == 0 then return nil, bound_err() end
+    elseif wait_on("wait", { self }, { "task" }, 1) == 0 then
+      return nil, bound_err()
+    end
+  end
   local r = self._res
   if r[1] then return unpack(r, 2, r.n) end
   return nil, r[2]
@@ -759,7 +817,8 @@ end
 -------------------------------------------------------------------------------
 -- The helpers (the same files init.lua loads), built on this module
 -------------------------------------------------------------------------------
-local HELPERS = { "group", "retry", "breaker", "hedge", "patterns", "observe", "metrics" }
+local HELPERS = { "group", "retry", "breaker", "hedge", "patterns", "observe", "metrics",
+                  "sync", "tasks" }
 local searchpath = package.searchpath
 for _, name in ipairs(HELPERS) do
   local path = "lcontext." .. name
