@@ -423,6 +423,9 @@ local function proxied(handler, f, ...)
   end
   local co = create(f)
   proxies[co] = true
+  local bound_ctx = M.bound.ctx -- a spawned task's bound holds in its proxies
+  local b = bound_ctx[running()]
+  if b ~= nil then bound_ctx[co] = b end
   local r = pack(resume(co, ...))
   while true do
     if not r[1] then

@@ -175,8 +175,10 @@ return function(context)
           w[#w + 1] = max(0, next_at - now())
           hedge_slot = #w
         end
-        local k = context.select(unpack(w))
-        if k == 1 or ctx:err() then
+        local k, kerr = context.select(unpack(w))
+        if k == nil then -- a spawned task's own context ended (lcontext.tasks)
+          return finish(nil, kerr)
+        elseif k == 1 or ctx:err() then
           return finish(nil, ctx:err())
         elseif k == hedge_slot then
           launch()

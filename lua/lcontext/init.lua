@@ -195,9 +195,9 @@ M.select = select_
 --- task:wait([ctx]) -> what the task's function returned, or nil, err;
 -- nil, ctx:err() when ctx ends first (the task goes on)
 function task_methods.wait(task, ctx)
+  if ctx ~= nil then check_ctx(ctx, "wait", 1) end
   if select("#", results(task)) == 0 then
     if ctx ~= nil then
-      check_ctx(ctx, "wait", 1)
       local i = wait("wait", task, ctx)
       if i == 2 then return nil, ctx:err() end
       if i == 0 then return nil, bound_err() end

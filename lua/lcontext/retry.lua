@@ -302,8 +302,10 @@ return function(context)
       end
       if budget and not budget:try_retry() then return give_up(err, n, "budget") end
       if on_retry then on_retry(n, err, delay) end
-      if not context.sleep(ctx, delay) then
-        return give_up(err, n, reason_of_ctx(ctx))
+      local slept, serr = context.sleep(ctx, delay)
+      if not slept then -- ctx ended, or a spawned task's own context
+        return give_up(err, n, reason_of_ctx(ctx) or
+          (serr == deadline_exceeded and "deadline" or "canceled"))
       end
     end
   end
