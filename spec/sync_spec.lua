@@ -402,3 +402,29 @@ end)
 
 -- (B is required so that the ngx runner loads this file's backend view)
 assert(B.name)
+
+describe("a blocked call whose coroutine dies", function()
+  B.it_libev("leaves nothing behind: no record in the queue, no unit held",
+    "the test closes a parked task's coroutine (coroutine.close, Lua 5.4); nginx kills light threads, which spec/ngx's abort checks cover",
+    function()
+      if not coroutine.close then return end
+      local sem = context.semaphore(1)
+      sem:acquire(bg)
+      local ch = context.channel()
+      local cos = {}
+      local t1 = context.go(function() cos[1] = coroutine.running(); return sem:acquire(bg) end)
+      local t2 = context.go(function() cos[2] = coroutine.running(); return ch:send(bg, "ghost") end)
+      context.sleep(bg, 0.01)
+      assert.are.equal(1, sem:waiting())
+      coroutine.close(cos[1]); coroutine.close(cos[2])
+      context.on_error(function() end)
+      t1:wait(); t2:wait()
+      h.full_gc(); h.full_gc()
+      assert.are.equal(0, sem:waiting())
+      sem:release()
+      assert.is_true(sem:try_acquire()) -- the dead waiter was granted nothing
+      sem:release()
+      assert.are.same({ nil, nil }, { ch:try_recv() }) -- no ghost sender
+      assert.are.equal(0, context.sync_stats().channel_blocked_send)
+    end)
+end)

@@ -244,6 +244,7 @@ local function check_metrics(drained, exact)
   end
 end
 
+local FS -- the shared structured-concurrency ops (tools/fuzz_sync.lua, below)
 local function check_all(after_run, drained)
   check_metrics(drained or after_run, after_run) -- first: err() may wake parked tasks
   for _, n in ipairs(M.nodes) do observe(n) end
@@ -269,6 +270,7 @@ local function check_all(after_run, drained)
     end
   end
   check_tasks()
+  FS.check(after_run)
 end
 
 -------------------------------------------------------------------------------
@@ -612,6 +614,13 @@ local function run_full()
   return ok
 end
 
+-- channels, semaphores, events, spawn and shield (shared with fuzz_ngx)
+FS = dofile("tools/fuzz_sync.lua")(context, {
+  violate = function(...) return violate(...) end,
+  go = function(fn) return context.go(fn) end,
+  ctx = function() return bounded() end,
+})
+
 local OPS = {
   { "derive", 20, function() if #M.nodes < MAXN then derive() end end },
   { "cancel", 10, function() local n = cancellable(); if n then fire_cancel(n, rcause()) end end },
@@ -783,6 +792,7 @@ local OPS = {
   end },
   { "badarg", 8, badarg },
 }
+for _, o in ipairs(FS.ops) do OPS[#OPS + 1] = o end
 local pick_op = FC.weighted(OPS)
 
 -------------------------------------------------------------------------------

@@ -251,6 +251,7 @@ local function check_cbs(final)
   end
 end
 
+local FS -- the shared structured-concurrency ops (tools/fuzz_sync.lua, below)
 local function check_all(final)
   for _, n in ipairs(M.nodes) do observe(n) end
   check_tasks()
@@ -258,6 +259,7 @@ local function check_all(final)
   check_cbs(final)
   check_metrics()
   check_logs()
+  if FS then FS.check(false) end
 end
 
 -------------------------------------------------------------------------------
@@ -643,6 +645,17 @@ local function full_gc()
   for _, T in ipairs(M.tasks) do if T.killed then T.collected = true end end
 end
 
+-- channels, semaphores, events, spawn and shield (shared with fuzz_api),
+-- and light threads killed in their waits
+FS = dofile("tools/fuzz_sync.lua")(context, {
+  violate = function(...) return violate(...) end,
+  go = function(fn) return in_request(function() return context.go(fn) end) end,
+  ctx = function() return context.with_timeout(pnode().ctx, R() * 0.03) end,
+  kill = function(t) M.kills = M.kills + 1; ngx.thread.kill(t:thread()) end,
+  settle = function() spin(0.005) end,
+  fault = function(msg) return is_fault(msg) end,
+})
+
 local OPS = {
   { "derive", 10, function() derive() end },
   { "cancel", 5, function() local n = cancellable(); if n then n.cancel(rcause()) end end },
@@ -683,6 +696,7 @@ local OPS = {
   { "metrics", 1, function() context.metrics(); context.metrics_text() end },
   { "badarg", 5, badarg },
 }
+for _, o in ipairs(FS.ops) do OPS[#OPS + 1] = o end
 local pick_op = FC.weighted(OPS)
 
 -------------------------------------------------------------------------------
@@ -715,6 +729,13 @@ local function finish()
     if context.metrics().ngx_callbacks_queued == 0 then break end
     spin(0.005)
   end
+  -- the sync ops' tasks all end by themselves (bounded waits, cancels)
+  for _ = 1, 100 do
+    if FS.running() == 0 then break end
+    spin(0.005)
+  end
+  FS.check(true)
+  if M.viol then return end
   -- what nothing can end: its threads are killed
   for _ = 1, 3 do
     for _, x in ipairs(live_threads()) do kill(x) end

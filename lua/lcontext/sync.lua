@@ -76,6 +76,35 @@ return function(context)
   end
   -- ===}
 
+  -- {=== guards: a blocked call whose coroutine dies ===
+  -- A task killed mid-wait (ngx_lua kills a request's light threads; on
+  -- libev, coroutine.close of a parked task) never returns to unlink its
+  -- records. Each blocked call keeps a guard in its frame; once that frame
+  -- is gone the guard is collected, and its finaliser unlinks the records
+  -- and gives back what was granted to a call that never returned (a
+  -- semaphore's units). Made by a factory, not in the waiting frame: a
+  -- closure of a killed frame reads nil for its locals (ngx_lua resets a
+  -- killed thread's stack without closing its upvalues).
+  local newproxy = rawget(_G, "newproxy")
+  local function gc_guard(fn)
+    if newproxy then
+      local p = newproxy(true)
+      getmetatable(p).__gc = fn
+      return p
+    end
+    return setmetatable({}, { __gc = fn })
+  end
+  local on_dead -- (below: per kind of record)
+  local function guard_of(recs)
+    return gc_guard(function()
+      for k = 1, #recs do
+        local r = recs[k]
+        if not r.consumed then on_dead(r) end
+      end
+    end)
+  end
+  -- ===}
+
   -- {=== waiters ===
   -- A waiter is one blocked call (a send, a recv, an acquire or a select):
   -- { done = false, fired = index of the record that completed, value, ok,
@@ -213,16 +242,21 @@ return function(context)
     if e ~= nil then return nil, e end
     if try_send(ch, v) then return true end
     local w = new_waiter()
-    local r = { w = w, index = 1, value = v }
+    local r = { w = w, index = 1, value = v, kind = "send" }
     q_push(ch._sendq, r)
+    local guard = guard_of({ r })
     stats.blocked_send = stats.blocked_send + 1
     local ok, err = pcall(park, w, ctx)
     stats.blocked_send = stats.blocked_send - 1
+    r.consumed = guard ~= nil
     q_remove(r)
-    if not ok then error(err, 0) end
-    if err ~= nil then return nil, err end
-    if w.ok == false then closed_error(2) end -- woken by close
-    return true
+    -- done wins: a completed operation stands, even if the wait then failed
+    if not ok and not w.done then error(err, 0) end
+    if w.done then
+      if w.ok == false then closed_error(2) end -- woken by close
+      return true
+    end
+    return nil, err
   end
 
   --- ch:recv(ctx) -> v, true | nil, false (closed and drained) | nil, err
@@ -234,15 +268,17 @@ return function(context)
     local done, v, ok = try_recv(ch)
     if done then return v, ok end
     local w = new_waiter()
-    local r = { w = w, index = 1 }
+    local r = { w = w, index = 1, kind = "recv" }
     q_push(ch._recvq, r)
+    local guard = guard_of({ r })
     stats.blocked_recv = stats.blocked_recv + 1
     local pok, err = pcall(park, w, ctx)
     stats.blocked_recv = stats.blocked_recv - 1
+    r.consumed = guard ~= nil
     q_remove(r)
+    if w.done then return w.value, w.ok end -- done wins (even over a failed wait)
     if not pok then error(err, 0) end
-    if err ~= nil then return nil, err end
-    return w.value, w.ok
+    return nil, err
   end
 
   --- ch:try_send(v) -> true | false (would wait); ch:try_recv() -> v, true |
@@ -392,7 +428,7 @@ return function(context)
     for i = 1, n do
       local a = args[i]
       if getmetatable(a) == Case then
-        local r = { w = w, index = i, value = a.value }
+        local r = { w = w, index = i, value = a.value, kind = a.kind, case = true }
         recs[#recs + 1] = r
         q_push(a.kind == "send" and a.ch._sendq or a.ch._recvq, r)
       else
@@ -402,10 +438,14 @@ return function(context)
     end
     m = m + 1
     rest[m] = w.sig
+    local guard = guard_of(recs)
     local ok, j, e = pcall(bsel, unpack(rest, 1, m))
-    for k = 1, #recs do q_remove(recs[k]) end
+    for k = 1, #recs do
+      recs[k].consumed = guard ~= nil
+      q_remove(recs[k])
+    end
     if not w.done then w.fire() end
-    if not ok then -- name the caller's argument, not its place among the rest
+    if not ok and not w.done then -- name the caller's argument, not its place among the rest
       if type(j) == "string" then
         j = j:gsub("bad argument #(%d+) to 'select'", function(k)
           return ("bad argument #%d to 'select'"):format(map[tonumber(k)] or tonumber(k))
@@ -480,6 +520,28 @@ return function(context)
     end
   end
 
+  -- the finaliser of a blocked call whose coroutine died (guard_of)
+  function on_dead(r)
+    r.consumed = true
+    local sem = r.sem
+    if r.kind == "acquire" then
+      stats.blocked_acquire = stats.blocked_acquire - 1
+      local was_head = sem._q.head == r
+      q_remove(r)
+      if r.w.done then -- granted, never returned: give the units back
+        sem._cur = sem._cur - r.weight
+        grant(sem)
+      elseif was_head then
+        grant(sem)
+      end
+    else
+      if r.case then -- (select's cases are not counted as blocked calls)
+      elseif r.kind == "send" then stats.blocked_send = stats.blocked_send - 1
+      else stats.blocked_recv = stats.blocked_recv - 1 end
+      q_remove(r)
+    end
+  end
+
   --- sem:acquire(ctx [, w]) -> true | nil, err (nothing held then)
   function Semaphore.acquire(sem, ctx, w)
     check_sem(sem, "acquire")
@@ -492,24 +554,20 @@ return function(context)
       return true
     end
     local wt = new_waiter()
-    local r = { w = wt, index = 1, weight = w }
+    local r = { w = wt, index = 1, weight = w, kind = "acquire", sem = sem }
     q_push(sem._q, r)
+    local guard = guard_of({ r })
     stats.blocked_acquire = stats.blocked_acquire + 1
     local ok, err = pcall(park, wt, ctx)
     stats.blocked_acquire = stats.blocked_acquire - 1
+    r.consumed = guard ~= nil
     local was_head = sem._q.head == r
     q_remove(r)
-    if not ok then
-      if wt.done then sem._cur = sem._cur - w end
-      if was_head or wt.done then grant(sem) end
-      error(err, 0)
-    end
-    if err ~= nil then
-      -- it leaves the queue: those behind a head may fit now
-      if was_head then grant(sem) end
-      return nil, err
-    end
-    return true
+    if wt.done then return true end -- granted: done wins (even over a failed wait)
+    -- it leaves the queue: those behind a head may fit now
+    if was_head then grant(sem) end
+    if not ok then error(err, 0) end
+    return nil, err
   end
 
   --- sem:try_acquire([w]) -> true | false (never waits; false while others wait)
