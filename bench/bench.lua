@@ -311,6 +311,41 @@ if want.lcontext then
   full_gc()
 end
 
+-- Structured concurrency (lcontext only): a handoff between two tasks
+-- over a channel (unbuffered, and of capacity 128), as bench/go measures
+-- between two goroutines; an uncontended semaphore acquire + release on the
+-- main thread (compared with two method calls: floor method_call).
+if want.lcontext and lc_ok and context.channel then
+  local bg = context.background()
+  local function handoff(capacity)
+    return function(n)
+      local ch = context.channel(capacity)
+      context.go(function()
+        local s = 0
+        for _ = 1, n do s = s + ch:recv(bg) end
+        sink = s
+      end)
+      context.go(function()
+        for i = 1, n do ch:send(bg, i) end
+      end)
+      context.run()
+    end
+  end
+  figure("lcontext", "chan_handoff_unbuffered", "ns/op", function()
+    return ns_per_op(iters(200000), handoff(0))
+  end)
+  figure("lcontext", "chan_handoff_buffered", "ns/op", function()
+    return ns_per_op(iters(200000), handoff(128))
+  end)
+  figure("lcontext", "sem_acquire_release", "ns/op", function()
+    local sem = context.semaphore(1)
+    return ns_per_op(iters(2000000), function(n)
+      for _ = 1, n do sem:acquire(bg); sem:release() end
+    end)
+  end)
+  full_gc()
+end
+
 if want.plain then
   local ok, plain = pcall(require, "plain")
   if not ok then

@@ -42,6 +42,9 @@ local FIGURES = {
   { "cancel_100k_children",   "cancel root of 100k children",  "ms" },
   { "bytes_per_ctx",          "bytes per ctx + cancel",        "B" },
   { "bytes_per_ctx_only",     "bytes per ctx alone",           "B" },
+  { "chan_handoff_unbuffered", "channel handoff, unbuffered",  "ns" },
+  { "chan_handoff_buffered",  "channel handoff, capacity 128", "ns" },
+  { "sem_acquire_release",    "semaphore acquire + release",   "ns" },
 }
 
 local FLOORS = {
@@ -125,6 +128,12 @@ local CHECKS = {
   { "cancel 100k children <= 0.8x Go",             "vs Go",    times("cancel_100k_children", G, "cancel_100k_children", 0.8), "x" },
   { "bytes per ctx alone <= 128",                  "absolute", abs_limit("bytes_per_ctx_only", 128), "B" },
   { "bytes per ctx + cancel <= 200",               "absolute", abs_limit("bytes_per_ctx", 200), "B" },
+  { "channel handoff <= 2x Go's unbuffered",       "vs Go",    times("chan_handoff_unbuffered", G, "chan_handoff_unbuffered", 2), "x" },
+  { "semaphore acquire+release <= 1.5x 2 method calls", "vs floor", function()
+    local v, m = L.sem_acquire_release, F.method_call
+    if v == nil or m == nil then return nil end
+    return v / (2 * m), 1.5
+  end, "x" },
 }
 
 -- ====}

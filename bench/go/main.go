@@ -175,6 +175,39 @@ func bytesPerCtx(n int, keepCancel bool) float64 {
 	return median(res)
 }
 
+// benchChanHandoff: one goroutine sends n values, another receives them,
+// over a channel of capacity capacity (0: unbuffered, each send meets its
+// receive). ns per value handed over.
+func benchChanHandoff(capacity int) func(n int) {
+	return func(n int) {
+		ch := make(chan int, capacity)
+		done := make(chan struct{})
+		go func() {
+			s := 0
+			for i := 0; i < n; i++ {
+				s += <-ch
+			}
+			sinkInt += s
+			close(done)
+		}()
+		for i := 0; i < n; i++ {
+			ch <- i
+		}
+		<-done
+	}
+}
+
+// benchSemUncontended: acquire and release a buffered channel used as a
+// semaphore (the standard library has no weighted semaphore; x/sync cannot
+// be downloaded here), never contended.
+func benchSemUncontended(n int) {
+	sem := make(chan struct{}, 1)
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		<-sem
+	}
+}
+
 func main() {
 	flag.Parse()
 	fmt.Fprintf(os.Stderr, "lcbench: %s %s/%s GOMAXPROCS=%d\n",
@@ -204,6 +237,9 @@ func main() {
 	emit("cancel_100k_children", cancel100kChildren(100_000), "ms")
 	emit("bytes_per_ctx", bytesPerCtx(100_000, true), "bytes")
 	emit("bytes_per_ctx_only", bytesPerCtx(100_000, false), "bytes")
+	emit("chan_handoff_unbuffered", nsPerOp(iters(1_000_000), benchChanHandoff(0)), "ns/op")
+	emit("chan_handoff_buffered", nsPerOp(iters(1_000_000), benchChanHandoff(128)), "ns/op")
+	emit("sem_acquire_release", nsPerOp(iters(10_000_000), benchSemUncontended), "ns/op")
 
 	if sinkInt == -1 {
 		fmt.Fprintln(os.Stderr, sinkCtx, sinkAny)

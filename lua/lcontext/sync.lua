@@ -86,22 +86,23 @@ return function(context)
   -- closure of a killed frame reads nil for its locals (ngx_lua resets a
   -- killed thread's stack without closing its upvalues).
   local newproxy = rawget(_G, "newproxy")
-  local function gc_guard(fn)
-    if newproxy then
+  local on_dead -- (below: per kind of record)
+  local function dead(recs)
+    for k = 1, #recs do
+      local r = recs[k]
+      if not r.consumed then on_dead(r) end
+    end
+  end
+  local guard_of
+  if newproxy then -- 5.1, LuaJIT: a userdata's finaliser (tables have none)
+    guard_of = function(recs)
       local p = newproxy(true)
-      getmetatable(p).__gc = fn
+      getmetatable(p).__gc = function() dead(recs) end
       return p
     end
-    return setmetatable({}, { __gc = fn })
-  end
-  local on_dead -- (below: per kind of record)
-  local function guard_of(recs)
-    return gc_guard(function()
-      for k = 1, #recs do
-        local r = recs[k]
-        if not r.consumed then on_dead(r) end
-      end
-    end)
+  else -- a table that holds the records, one shared metatable: no closure
+    local GUARD = { __gc = function(g) dead(g[1]) end }
+    guard_of = function(recs) return setmetatable({ recs }, GUARD) end
   end
   -- ===}
 
@@ -543,16 +544,24 @@ return function(context)
   end
 
   --- sem:acquire(ctx [, w]) -> true | nil, err (nothing held then)
+  -- The fast path (a free unit, nobody waiting) takes it without asking
+  -- ctx, as Go's x/sync/semaphore does: "if ctx is already done, Acquire
+  -- may still succeed without blocking".
   function Semaphore.acquire(sem, ctx, w)
+    if w == nil and getmetatable(sem) == Semaphore and sem._cur < sem._size
+      and sem._q.head == nil and getmetatable(ctx) == "context" then
+      sem._cur = sem._cur + 1
+      return true
+    end
     check_sem(sem, "acquire")
     check_ctx(ctx, "acquire", 1)
     w = check_weight(sem, w, "acquire")
-    local e = ctx:err()
-    if e ~= nil then return nil, e end
     if sem._size - sem._cur >= w and q_first(sem._q) == nil then
       sem._cur = sem._cur + w
       return true
     end
+    local e = ctx:err()
+    if e ~= nil then return nil, e end
     local wt = new_waiter()
     local r = { w = wt, index = 1, weight = w, kind = "acquire", sem = sem }
     q_push(sem._q, r)
@@ -583,6 +592,10 @@ return function(context)
 
   --- sem:release([w]): gives back w units (raises if more than are held)
   function Semaphore.release(sem, w)
+    if w == nil and getmetatable(sem) == Semaphore and sem._cur >= 1 and sem._q.head == nil then
+      sem._cur = sem._cur - 1 -- the fast path: one unit back, nobody waiting
+      return
+    end
     check_sem(sem, "release")
     w = check_weight(sem, w, "release")
     if w > sem._cur then
