@@ -172,7 +172,11 @@ static int l_park(lua_State *L) {
   }
   for (i = 0; i < n; i++)
     if (waits[i].src == WS_IO) lc_need_loop(L, rt);
-  fired = wt_park(&rt->sched, w, waits, (uint16_t)n, lc_now());
+  {
+    int64_t now = lc_now();
+    if (!ismain) rt->current->parked_at = now;
+    fired = wt_park(&rt->sched, w, waits, (uint16_t)n, now);
+  }
   if (fired != 0) return push_fired(L, waits, fired);
   if (ismain) return park_main(L, rt, w, waits, fname);
   lua_pushlightuserdata(L, rt); /* the token the Lua side yields */

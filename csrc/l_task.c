@@ -15,6 +15,7 @@
 ** released and it ends as failed ("task's coroutine was closed").
 */
 #include <stdio.h>
+#include <limits.h>
 #include <string.h>
 
 #include "lua.h"
@@ -111,7 +112,7 @@ lc_task *lc_new_task(lua_State *L, lc_runtime *rt, int fidx, int n) {
   lua_State *co;
   fidx = lua_absindex(L, fidx);
   luaL_checkstack(L, n + 4, "too many arguments");
-  t = (lc_task *)lua_newuserdatauv(L, sizeof(lc_task), 4);
+  t = (lc_task *)lua_newuserdatauv(L, sizeof(lc_task), 5);
   memset(t, 0, sizeof *t);
   wt_waiter_init(&t->w, WK_TASK, 1);
   t->status = TS_RUNNING;
@@ -119,6 +120,8 @@ lc_task *lc_new_task(lua_State *L, lc_runtime *rt, int fidx, int n) {
   lua_setmetatable(L, -2);
   co = lua_newthread(L);
   lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, fidx); /* its function, for context.dump */
+  lua_setiuservalue(L, -2, 5);
   luaL_checkstack(co, n + 1, "too many arguments");
   lua_pushvalue(L, fidx);
   lua_xmove(L, co, 1);
@@ -440,7 +443,79 @@ static int l_on_end(lua_State *L) {
   return 0;
 }
 
+/* core._tasks() -> a list of the live tasks (for context.dump) */
+static int l_tasks(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  lc_task *t;
+  lua_Integer i = 0;
+  lua_createtable(L, rt->ntasks > 0 && rt->ntasks < INT_MAX ? (int)rt->ntasks : 0, 0);
+  for (t = rt->tasks; t != NULL; t = t->tnext) {
+    lc_push_anchored(L, rt, t);
+    lua_rawseti(L, -2, ++i);
+  }
+  return 1;
+}
+
+/* core._task_waits(task) -> state, seconds parked, waits | nil. state:
+** "parked", "ready" (woken, queued), "running" (the caller), "ended";
+** waits: a list of { kind = "ctx" | "task" | "sleep" | "fd", value =
+** what is waited on, due = seconds left (sleep), fd =, mode = } */
+static int l_task_waits(lua_State *L) {
+  lc_task *t = check_task(L, 1, "_task_waits");
+  int i;
+  const char *st;
+  if (t->status != TS_RUNNING) st = "ended";
+  else if (t->w.state == WT_PARKED) st = "parked";
+  else if (t->w.state == WT_READY) st = "ready";
+  else st = "running";
+  lua_pushstring(L, st);
+  if (t->w.state != WT_PARKED || t->status != TS_RUNNING) return 1;
+  lua_pushnumber(L, (lua_Number)(lc_now() - t->parked_at) / 1e9);
+  lua_createtable(L, t->w.nwaits, 0);
+  lua_getiuservalue(L, 1, 3); /* the waits' userdata: its user values are the waitables */
+  for (i = 0; i < t->w.nwaits; i++) {
+    lc_wait *x = &t->w.waits[i];
+    lua_createtable(L, 0, 4);
+    switch (x->src) {
+    case WS_CTX: lua_pushliteral(L, "ctx"); break;
+    case WS_SLEEP: lua_pushliteral(L, "sleep"); break;
+    case WS_IO: lua_pushliteral(L, "fd"); break;
+    case WS_SOURCE: lua_pushliteral(L, "task"); break;
+    default: lua_pushliteral(L, "none"); break;
+    }
+    lua_setfield(L, -2, "kind");
+    if (lua_type(L, -2) == LUA_TUSERDATA) {
+      lua_getiuservalue(L, -2, i + 1);
+      lua_setfield(L, -2, "value");
+    }
+    if (x->src == WS_SLEEP) {
+      lua_pushnumber(L, (lua_Number)(x->u.t.e.expires - lc_now()) / 1e9);
+      lua_setfield(L, -2, "due");
+    } else if (x->src == WS_IO) {
+      lua_pushinteger(L, x->u.io.fd);
+      lua_setfield(L, -2, "fd");
+      lua_pushstring(L, x->u.io.events == WT_IO_READ ? "r"
+                        : x->u.io.events == WT_IO_WRITE ? "w" : "rw");
+      lua_setfield(L, -2, "mode");
+    }
+    lua_rawseti(L, -3, i + 1);
+  }
+  lua_pop(L, 1);
+  return 3;
+}
+
+/* core._task_thread(task) -> its coroutine, its function */
+static int l_task_thread(lua_State *L) {
+  check_task(L, 1, "_task_thread");
+  lua_getiuservalue(L, 1, 1);
+  lua_getiuservalue(L, 1, 5);
+  return 2;
+}
+
 const luaL_Reg lc_task_funcs[] = {
+  {"_tasks", l_tasks},
+  {"_task_waits", l_task_waits},
+  {"_task_thread", l_task_thread},
   {"_on_end", l_on_end},
   {"go", l_go},
   {"on_error", l_on_error},

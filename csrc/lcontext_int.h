@@ -257,9 +257,11 @@ typedef struct lc_task {
   uint8_t status;    /* TS_* */
   uint8_t reason;    /* TS_FAILED with no error value: why (TR_*) */
   uint8_t closed;    /* its coroutine was closed from outside */
+  int64_t parked_at; /* when it last parked (lc_now), for context.dump */
   struct lc_task *tnext, **tpprev; /* in rt->tasks while it runs */
 } lc_task;
-/* task user values: 1 coroutine, 2 the error it raised, 3 current waits */
+/* task user values: 1 coroutine, 2 the error it raised, 3 current waits,
+** 4 its end function (core._on_end), 5 its function (context.dump) */
 
 /* after_func callbacks and external watches (core._watch): one wait on a
 ** context. A "weak" one is kept alive by the keep sets of the contexts whose

@@ -178,3 +178,50 @@ describe("context.shield", function()
     h.argerr(2, "shield", function() context.shield(1, nil) end)
   end)
 end)
+
+describe("context.dump", function()
+  it("lists every live task: where its function is, what it waits on, spawned ones under their parent", function()
+    local ch, sem = context.channel(), context.semaphore(1)
+    sem:acquire(bg)
+    local parent = context.spawn(bg, function(tctx)
+      context.spawn(tctx, function() local v = ch:recv(bg); return v end)
+      local ok = context.sleep(tctx, 5)
+      return ok
+    end)
+    local waiter = context.go(function() local ok = sem:acquire(bg, 1); return ok end)
+    finally(function() -- (a failed assertion must not leave them waiting)
+      parent:cancel()
+      if sem:held() > 0 then sem:release() end
+      if not ch:is_closed() then ch:close() end
+    end)
+    context.sleep(bg, 0.02)
+    local text = context.dump()
+    assert.matches("^lcontext: 3 live tasks", text)
+    assert.matches("task %d %(function at [^)]*tasks_spec%.lua:%d+%): parked for", text)
+    assert.matches("waits on: channel recv %(context%.channel %(0/0%)%)", text)
+    assert.matches("waits on: semaphore acquire of 1", text)
+    assert.matches("waits on: a sleep, due in", text)
+    assert.matches("context: context%.Background%.WithCancel", text)
+    assert.matches("at: [^\n]*tasks_spec%.lua:%d+", text)
+    -- the child is indented under the task that spawned it
+    local lines = {}
+    for l in text:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    local child
+    for i, l in ipairs(lines) do
+      if l:find("^  task %d") then child = i end
+    end
+    assert.is_truthy(child, text)
+    -- a file gets the same text
+    local got = {}
+    local file = { write = function(_, s) got[#got + 1] = s end }
+    assert.are.equal(context.dump(file), table.concat(got))
+    h.argerr(1, "dump", function() context.dump(42) end)
+    parent:cancel()
+    sem:release()
+    ch:close()
+    parent:wait(); waiter:wait()
+    sem:release()
+    B.run()
+    assert.matches("^lcontext: 0 live tasks", context.dump())
+  end)
+end)

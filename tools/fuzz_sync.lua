@@ -299,6 +299,12 @@ return function(context, E)
     { "spawn_cancel", 2, spawn_cancel },
     { "shield", 1, shield_one },
     { "kill_waiters", E.kill and 1 or 0, kill_waiters },
+    { "dump", 0.5, function()
+      local ok, text = pcall(context.dump)
+      if not ok or type(text) ~= "string" or not text:find("^lcontext: %d+ live task") then
+        violate("context.dump() gave %s", show(text))
+      end
+    end },
   }
 
   function FS.check(final)

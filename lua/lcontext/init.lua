@@ -27,6 +27,19 @@ local task_methods = core._task_methods
 -- for lua/lcontext/tasks.lua: the tasks' methods, and fn() once t has ended
 check.task_methods = task_methods
 check.on_task_end = core._on_end
+-- for context.dump: every live task, with what it waits on
+do
+  local tasks, task_waits, task_thread = core._tasks, core._task_waits, core._task_thread
+  function check.task_list()
+    local out = {}
+    for i, t in ipairs(tasks()) do
+      local state, since, waits = task_waits(t)
+      local co, fn = task_thread(t)
+      out[i] = { task = t, co = co, fn = fn, state = state, since = since, waits = waits }
+    end
+    return out
+  end
+end
 local park, TOKEN, results = core._park, core._token(), core._results
 local yield, type, select, error = coroutine.yield, type, select, error
 local floor = math.floor

@@ -331,6 +331,7 @@ end
 
 local function task_body(t, fn, args)
   local guard = task_guard(t)
+  t._co = coroutine.running()
   -- start once go has returned, as context.go does: a light thread that
   -- yields goes to the back of ngx_lua's posted threads (spawn posted its
   -- parent first), so spawn returns, and this one runs when the threads
@@ -364,7 +365,7 @@ function M.go(fn, ...)
   end
   need_yieldable("go", "start a light thread")
   task_count = task_count + 1
-  local t = setmetatable({ _status = "running", _waiters = {}, _id = task_count }, task_mt)
+  local t = setmetatable({ _status = "running", _waiters = {}, _id = task_count, _fn = fn }, task_mt)
   is_task[t] = true
   local co, err = spawn(task_body, t, fn, pack(...))
   if not co then error("lcontext.ngx: go: " .. tostring(err), 2) end
@@ -460,6 +461,38 @@ end
 local bound = check.bound
 local bound_ctx, MAIN, running = bound.ctx, bound.MAIN, coroutine.running
 
+-- what each waiting coroutine waits on, for context.dump (weak: a killed
+-- light thread's entry goes with its coroutine)
+local waiting_of = setmetatable({}, { __mode = "k" })
+
+--- check.task_list() (context.dump): every live task, with what it waits on
+function check.task_list()
+  local out, me = {}, running()
+  for t in pairs(is_task) do
+    if t._status == "running" then
+      local co = t._co
+      local wr = co and waiting_of[co]
+      local e = { task = t, co = co, fn = t._fn }
+      if wr then
+        e.state, e.since, e.waits = "parked", now() - wr.since, {}
+        for i = 1, wr.n do
+          local k = wr.kinds[i]
+          if k == "sleep" then
+            e.waits[i] = { kind = "sleep", due = wr.ws[i] - now() }
+          else
+            e.waits[i] = { kind = k, value = wr.ws[i] }
+          end
+        end
+      else
+        e.state = co ~= nil and co == me and "running" or "ready"
+      end
+      out[#out + 1] = e
+    end
+  end
+  table.sort(out, function(a, b) return a.task._id < b.task._id end)
+  return out
+end
+
 local function wait_on(fname, ws, kinds, n)
   need_yieldable(fname, "wait", 4)
   local appended = false
@@ -499,6 +532,8 @@ local function wait_on(fname, ws, kinds, n)
   end
   local guard = new_guard(rec)
   if #rec.handles > 0 then kick() end
+  local me = running()
+  waiting_of[me] = { ws = ws, kinds = kinds, n = n, since = now() } -- (context.dump)
   stats.waits = stats.waits + 1
   local ok, err = pcall(function()
     local quick = 0
@@ -535,6 +570,7 @@ local function wait_on(fname, ws, kinds, n)
     end
   end)
   finish(rec, ws, kinds, n)
+  waiting_of[me] = nil
   rec.guard = guard -- keeps the guard alive until here
   if not ok then error(("lcontext.ngx: %s: %s"):format(fname, tostring(err)), 3) end
   if appended and rec.fired == n then return 0 end -- 0: the bound ended it

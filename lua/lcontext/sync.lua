@@ -39,6 +39,14 @@ return function(context)
 
   local M = {}
 
+  -- what a blocked call's signal stands for, for context.dump: signal ->
+  -- its records (held by the call's frame while it waits); an event's
+  -- context -> the event. Weak both ways: the value refers to its key,
+  -- which a weak-keyed table alone would keep forever on 5.1 and LuaJIT.
+  local blocked_on = setmetatable({}, { __mode = "kv" })
+  local event_of = setmetatable({}, { __mode = "kv" })
+  check.blocked_on, check.event_of = blocked_on, event_of
+
   -- figures for metrics(): live objects are counted by the collector
   local stats = { channels = 0, semaphores = 0, sends = 0, recvs = 0,
                   blocked_send = 0, blocked_recv = 0, blocked_acquire = 0 }
@@ -243,8 +251,9 @@ return function(context)
     if e ~= nil then return nil, e end
     if try_send(ch, v) then return true end
     local w = new_waiter()
-    local r = { w = w, index = 1, value = v, kind = "send" }
+    local r = { w = w, index = 1, value = v, kind = "send", ch = ch }
     q_push(ch._sendq, r)
+    blocked_on[w.sig] = { r }
     local guard = guard_of({ r })
     stats.blocked_send = stats.blocked_send + 1
     local ok, err = pcall(park, w, ctx)
@@ -269,8 +278,9 @@ return function(context)
     local done, v, ok = try_recv(ch)
     if done then return v, ok end
     local w = new_waiter()
-    local r = { w = w, index = 1, kind = "recv" }
+    local r = { w = w, index = 1, kind = "recv", ch = ch }
     q_push(ch._recvq, r)
+    blocked_on[w.sig] = { r }
     local guard = guard_of({ r })
     stats.blocked_recv = stats.blocked_recv + 1
     local pok, err = pcall(park, w, ctx)
@@ -347,7 +357,9 @@ return function(context)
   --- context.event() -> ev: set once; every wait ends when it is set
   function M.event()
     local c, set = with_cancel(background())
-    return setmetatable({ _ctx = c, _set = set }, Event)
+    local ev = setmetatable({ _ctx = c, _set = set }, Event)
+    event_of[c] = ev
+    return ev
   end
   local function check_ev(ev, fname)
     if getmetatable(ev) ~= Event then
@@ -429,7 +441,7 @@ return function(context)
     for i = 1, n do
       local a = args[i]
       if getmetatable(a) == Case then
-        local r = { w = w, index = i, value = a.value, kind = a.kind, case = true }
+        local r = { w = w, index = i, value = a.value, kind = a.kind, case = true, ch = a.ch }
         recs[#recs + 1] = r
         q_push(a.kind == "send" and a.ch._sendq or a.ch._recvq, r)
       else
@@ -439,6 +451,7 @@ return function(context)
     end
     m = m + 1
     rest[m] = w.sig
+    blocked_on[w.sig] = recs
     local guard = guard_of(recs)
     local ok, j, e = pcall(bsel, unpack(rest, 1, m))
     for k = 1, #recs do
@@ -565,6 +578,7 @@ return function(context)
     local wt = new_waiter()
     local r = { w = wt, index = 1, weight = w, kind = "acquire", sem = sem }
     q_push(sem._q, r)
+    blocked_on[wt.sig] = { r }
     local guard = guard_of({ r })
     stats.blocked_acquire = stats.blocked_acquire + 1
     local ok, err = pcall(park, wt, ctx)

@@ -52,7 +52,7 @@ return function(context)
     local tctx, cancel = with_cancel_cause(ctx)
     bound.active = true
     local t = go(body, tctx, fn, ...)
-    owned[t] = { ctx = tctx, cancel = cancel }
+    owned[t] = { ctx = tctx, cancel = cancel, parent = running() or MAIN, fn = fn }
     on_task_end(t, cancel)
     return t
   end
@@ -108,6 +108,157 @@ return function(context)
     if not r[1] then error(r[2], 0) end
     return unpack(r, 2, r.n)
   end
+
+  -- {=== context.dump ===
+  local getinfo, tostring, format = debug.getinfo, tostring, string.format
+  local concat, ipairs = table.concat, ipairs
+
+  local function secs(x) return format("%.3f s", x) end
+
+  -- is this chunk one of lcontext's own Lua files?
+  -- (or lua-resty-core's, which lcontext.ngx waits in: ngx/semaphore.lua)
+  local function ours(src)
+    return src:find("lcontext[/\\][%w_]+%.lua$") ~= nil
+      or src:find("[/\\]ngx[/\\][%w_]+%.lua$") ~= nil
+      or src:find("resty[/\\]core") ~= nil
+  end
+
+  -- where the task's function was defined: spawn knows it; for a task of
+  -- go, the bottom Lua frame of its coroutine outside lcontext (a tail
+  -- call may have replaced it: then "?")
+  local function origin_of(e)
+    local o = owned[e.task]
+    local fn = o and o.fn or e.fn
+    if type(fn) == "function" then
+      local info = getinfo(fn, "S")
+      if info.what == "C" then return "[C]" end
+      return format("%s:%d", info.short_src, info.linedefined)
+    end
+    local co = e.co
+    if co == nil then return "?" end
+    local level, last = 0, nil
+    while level < 200 do
+      local info = getinfo(co, level, "S")
+      if not info then break end
+      if info.what ~= "C" and info.what ~= "tail" and not ours(info.source) then last = info end
+      level = level + 1
+    end
+    if not last then return "?" end
+    return format("%s:%d", last.short_src, last.linedefined)
+  end
+
+  -- the frames of the task's coroutine outside lcontext, innermost first
+  local function user_frames(co)
+    local out, level = {}, 0
+    while level < 200 and #out < 12 do
+      local info = getinfo(co, level, "Sln")
+      if not info then break end
+      if info.what ~= "C" and info.what ~= "tail" and not ours(info.source) then
+        out[#out + 1] = format("%s:%d: in %s", info.short_src, info.currentline,
+          info.name and ("function '" .. info.name .. "'")
+          or info.what == "main" and "main chunk"
+          or format("function <%s:%d>", info.short_src, info.linedefined))
+      end
+      level = level + 1
+    end
+    return out
+  end
+
+  local function describe_ctx(c)
+    local recs = check.blocked_on and check.blocked_on[c]
+    if recs then
+      local parts = {}
+      for k, r in ipairs(recs) do
+        if r.kind == "acquire" then
+          parts[k] = format("semaphore acquire of %d (%s)", r.weight, tostring(r.sem))
+        else
+          parts[k] = format("channel %s (%s)", r.kind, tostring(r.ch))
+        end
+      end
+      return concat(parts, ", ")
+    end
+    local ev = check.event_of and check.event_of[c]
+    if ev then return tostring(ev) end
+    local line = tostring(c)
+    local r = c:remaining()
+    if r then line = line .. format(" (ends in %s)", secs(r)) end
+    if c:is_done() then line = line .. " (done: " .. tostring(c:err()) .. ")" end
+    return line
+  end
+
+  local function describe_wait(w, name_of)
+    if w.kind == "ctx" then return describe_ctx(w.value)
+    elseif w.kind == "task" then return "the end of " .. (name_of[w.value] or tostring(w.value))
+    elseif w.kind == "sleep" then return format("a sleep, due in %s", secs(w.due or 0))
+    elseif w.kind == "fd" then return format("fd %d (%s)", w.fd or -1, w.mode or "?")
+    end
+    return w.kind
+  end
+
+  --- context.dump([file]) -> the live task tree as text; with a file
+  -- (io.stderr, say), also writes it there. Each task: its name, state,
+  -- how long it has waited, what it waits on, its context if spawned, and
+  -- its traceback; spawned tasks under the task that spawned them.
+  function M.dump(file)
+    if file ~= nil and (type(file) ~= "userdata" and type(file) ~= "table" or not file.write) then
+      argerr("dump", 1, "file expected (an object with :write), got " .. tname(file))
+    end
+    local list = check.task_list()
+    local by_co, name_of, kids, roots = {}, {}, {}, {}
+    for i, e in ipairs(list) do
+      e.name = format("task %d", i)
+      name_of[e.task] = e.name
+      if e.co then by_co[e.co] = e end
+    end
+    for _, e in ipairs(list) do
+      local o = owned[e.task]
+      local p = o and by_co[o.parent]
+      if p then
+        kids[p] = kids[p] or {}
+        kids[p][#kids[p] + 1] = e
+      else
+        roots[#roots + 1] = e
+      end
+    end
+    local out = { format("lcontext: %d live task%s (%s backend)", #list, #list == 1 and "" or "s",
+      context.backend or "libev") }
+    -- iterative depth-first walk (no recursion over the tree)
+    local stack = {}
+    for i = #roots, 1, -1 do stack[#stack + 1] = { roots[i], 0 } end
+    while #stack > 0 do
+      local top = stack[#stack]
+      stack[#stack] = nil
+      local e, depth = top[1], top[2]
+      local pad = string.rep("  ", depth)
+      local head = format("%s%s (function at %s): %s", pad, e.name, origin_of(e), e.state or "?")
+      if e.since then head = head .. format(" for %s", secs(e.since)) end
+      out[#out + 1] = head
+      local o = owned[e.task]
+      if o then out[#out + 1] = pad .. "  context: " .. describe_ctx(o.ctx) end
+      if e.waits then
+        for _, w in ipairs(e.waits) do
+          out[#out + 1] = pad .. "  waits on: " .. describe_wait(w, name_of)
+        end
+      end
+      if e.co and e.state ~= "running" then
+        local frames = user_frames(e.co)
+        if #frames == 0 then
+          out[#out + 1] = pad .. "  at: (no frame of its own: a tail call into lcontext)"
+        end
+        for k, line in ipairs(frames) do
+          out[#out + 1] = pad .. (k == 1 and "  at: " or "      ") .. line
+        end
+      end
+      local ks = kids[e]
+      if ks then
+        for i = #ks, 1, -1 do stack[#stack + 1] = { ks[i], depth + 1 } end
+      end
+    end
+    local text = concat(out, "\n") .. "\n"
+    if file then file:write(text) end
+    return text
+  end
+  -- ===}
 
   return M
 end
