@@ -278,6 +278,10 @@ local task_mt = {
   __tostring = function(t) return ("context.task (%s): %s"):format(t._status, t._id) end,
 }
 local is_task = setmetatable({}, { __mode = "k" })
+-- what each waiting coroutine waits on, for context.dump (weak keys; a
+-- killed light thread's entry goes when its wait's guard runs: the task
+-- may keep the coroutine, and the entry must not keep what it waited on)
+local waiting_of = setmetatable({}, { __mode = "k" })
 
 -- tell the waits on task t that it ended
 local function task_ended(t)
@@ -422,6 +426,7 @@ local function new_guard(rec)
   return new_gc_guard(function()
     if rec.closed then return end
     rec.closed = true
+    if rec.co and waiting_of[rec.co] == rec.dump then waiting_of[rec.co] = nil end
     stats.waits = stats.waits - 1
     local any = false
     for _, h in ipairs(rec.handles) do
@@ -461,9 +466,6 @@ end
 local bound = check.bound
 local bound_ctx, MAIN, running = bound.ctx, bound.MAIN, coroutine.running
 
--- what each waiting coroutine waits on, for context.dump (weak: a killed
--- light thread's entry goes with its coroutine)
-local waiting_of = setmetatable({}, { __mode = "k" })
 
 --- check.task_list() (context.dump): every live task, with what it waits on
 function check.task_list()
@@ -533,7 +535,8 @@ local function wait_on(fname, ws, kinds, n)
   local guard = new_guard(rec)
   if #rec.handles > 0 then kick() end
   local me = running()
-  waiting_of[me] = { ws = ws, kinds = kinds, n = n, since = now() } -- (context.dump)
+  rec.co, rec.dump = me, { ws = ws, kinds = kinds, n = n, since = now() }
+  waiting_of[me] = rec.dump -- (context.dump)
   stats.waits = stats.waits + 1
   local ok, err = pcall(function()
     local quick = 0
