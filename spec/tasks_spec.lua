@@ -65,6 +65,15 @@ describe("context.spawn", function()
     long:wait()
   end)
 
+  B.it_libev("bounds wait_fd", "nginx has no fd waits (cosockets instead)", function()
+    local socket = require "socket"
+    local srv = assert(socket.bind("127.0.0.1", 0))
+    finally(function() srv:close() end)
+    -- nothing connects: the listening socket never becomes readable
+    assert.are.same({ nil, context.canceled },
+      { cancelled(function() return context.wait_fd(bg, srv, "r") end) })
+  end)
+
   it("bounds channel, semaphore and event waits", function()
     local ch = context.channel()
     assert.are.same({ nil, context.canceled }, { cancelled(function() return ch:recv(bg) end) })

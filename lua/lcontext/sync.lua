@@ -108,9 +108,9 @@ return function(context)
       getmetatable(p).__gc = function() dead(recs) end
       return p
     end
-  else -- a table that holds the records, one shared metatable: no closure
-    local GUARD = { __gc = function(g) dead(g[1]) end }
-    guard_of = function(recs) return setmetatable({ recs }, GUARD) end
+  else -- the list of records itself, with one shared metatable: no closure
+    local GUARD = { __gc = function(recs) dead(recs) end }
+    guard_of = function(recs) return setmetatable(recs, GUARD) end
   end
   -- ===}
 
@@ -118,16 +118,19 @@ return function(context)
   -- A waiter is one blocked call (a send, a recv, an acquire or a select):
   -- { done = false, fired = index of the record that completed, value, ok,
   --   sig = the context it parks on, fire = its cancel }.
-  local function new_waiter()
+  -- (a single call's record is its own waiter: r.w == r)
+  local function new_waiter(r)
     local sig, fire = with_cancel(background())
-    return { done = false, sig = sig, fire = fire }
+    r = r or {}
+    r.done, r.sig, r.fire = false, sig, fire
+    return r
   end
   -- complete: the waiter's operation r is done (r.w must not be done)
   local function complete(r, value, ok)
     local w = r.w
     w.done = true
     w.fired = r.index
-    w.value, w.ok = value, ok
+    w.got, w.ok = value, ok -- (got: a record's own value is what it sends)
     w.fire()
   end
   -- park the running task until its waiter is done or ctx ends (then the
@@ -250,11 +253,12 @@ return function(context)
     local e = ctx:err()
     if e ~= nil then return nil, e end
     if try_send(ch, v) then return true end
-    local w = new_waiter()
-    local r = { w = w, index = 1, value = v, kind = "send", ch = ch }
+    local r = new_waiter({ index = 1, value = v, kind = "send", ch = ch })
+    local w = r
+    r.w = r
     q_push(ch._sendq, r)
-    blocked_on[w.sig] = { r }
     local guard = guard_of({ r })
+    blocked_on[w.sig] = guard
     stats.blocked_send = stats.blocked_send + 1
     local ok, err = pcall(park, w, ctx)
     stats.blocked_send = stats.blocked_send - 1
@@ -277,17 +281,18 @@ return function(context)
     if e ~= nil then return nil, e end
     local done, v, ok = try_recv(ch)
     if done then return v, ok end
-    local w = new_waiter()
-    local r = { w = w, index = 1, kind = "recv", ch = ch }
+    local r = new_waiter({ index = 1, kind = "recv", ch = ch })
+    local w = r
+    r.w = r
     q_push(ch._recvq, r)
-    blocked_on[w.sig] = { r }
     local guard = guard_of({ r })
+    blocked_on[w.sig] = guard
     stats.blocked_recv = stats.blocked_recv + 1
     local pok, err = pcall(park, w, ctx)
     stats.blocked_recv = stats.blocked_recv - 1
     r.consumed = guard ~= nil
     q_remove(r)
-    if w.done then return w.value, w.ok end -- done wins (even over a failed wait)
+    if w.done then return w.got, w.ok end -- done wins (even over a failed wait)
     if not pok then error(err, 0) end
     return nil, err
   end
@@ -451,8 +456,8 @@ return function(context)
     end
     m = m + 1
     rest[m] = w.sig
-    blocked_on[w.sig] = recs
     local guard = guard_of(recs)
+    blocked_on[w.sig] = guard
     local ok, j, e = pcall(bsel, unpack(rest, 1, m))
     for k = 1, #recs do
       recs[k].consumed = guard ~= nil
@@ -474,7 +479,7 @@ return function(context)
         if w.ok == false then closed_error(3) end
         return i, a
       end
-      return i, a, w.value, w.ok
+      return i, a, w.got, w.ok
     end
     if j == nil then return nil, e end -- the spawned task's own context
     if j == m then return nil, "lcontext.sync: woken with nothing done" end -- (not reached)
@@ -575,11 +580,12 @@ return function(context)
     end
     local e = ctx:err()
     if e ~= nil then return nil, e end
-    local wt = new_waiter()
-    local r = { w = wt, index = 1, weight = w, kind = "acquire", sem = sem }
+    local r = new_waiter({ index = 1, weight = w, kind = "acquire", sem = sem })
+    local wt = r
+    r.w = r
     q_push(sem._q, r)
-    blocked_on[wt.sig] = { r }
     local guard = guard_of({ r })
+    blocked_on[wt.sig] = guard
     stats.blocked_acquire = stats.blocked_acquire + 1
     local ok, err = pcall(park, wt, ctx)
     stats.blocked_acquire = stats.blocked_acquire - 1
