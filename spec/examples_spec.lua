@@ -136,7 +136,8 @@ local expect = {
     "E got conn%-1",
     "conn%-2 back in the pool %(B's context ended: context deadline exceeded%)",
     "F got conn%-2",
-    "pool: 2 free, 0 waiting",
+    "pool: 2 open, 2 idle, 0 lent, 0 waiting",
+    "semaphores: 0 units held, 0 waiting",
   },
 }
 
