@@ -183,7 +183,7 @@ describe("examples", function()
   end
 
   it("are all covered by this spec", function()
-    local covered = { ["shutdown.lua"] = true }
+    local covered = { ["shutdown.lua"] = true, ["worker_pool.lua"] = true }
     for k in pairs(expect) do covered[k] = true end
     for _, name in ipairs(names) do
       assert.is_true(covered[name] ~= nil, "no expectations for examples/" .. name)
@@ -198,9 +198,11 @@ describe("examples", function()
     end)
   end
 
-  it("shutdown.lua stops its workers cleanly on SIGTERM", function()
+  -- runs examples/name, sends it signal sig once it printed "pid N:" on its
+  -- first line, and returns all it printed, then its exit status on a line
+  local function run_and_signal(name, sig)
     local tmp = os.tmpname()
-    local p = assert(io.popen(LUA .. " tools/with_paths.lua examples/shutdown.lua > "
+    local p = assert(io.popen(LUA .. " tools/with_paths.lua examples/" .. name .. " > "
       .. tmp .. " 2>&1; echo $? >> " .. tmp))
     local pid
     for _ = 1, 200 do -- wait for its first line (at most ~10 s)
@@ -211,18 +213,38 @@ describe("examples", function()
       if pid then break end
       os.execute("sleep 0.05")
     end
-    assert.is_truthy(pid, "shutdown.lua did not start")
+    assert.is_truthy(pid, name .. " did not start")
     os.execute("sleep 0.1")
-    os.execute("kill -TERM " .. pid)
+    os.execute("kill -" .. sig .. " " .. pid)
     p:read("a")
     p:close()
     local f = assert(io.open(tmp))
     local out = f:read("a")
     f:close()
     os.remove(tmp)
+    return out
+  end
+
+  it("shutdown.lua stops its workers cleanly on SIGTERM", function()
+    local out = run_and_signal("shutdown.lua", "TERM")
     assert_lines(out, {
       "worker %d: stopping after %d+ jobs %(signal SIGTERM%)",
       "all workers stopped cleanly; cause: signal SIGTERM",
+    })
+    assert.is_truthy(out:match("\n0\n$"), "exit status not 0:\n" .. out)
+  end)
+
+  it("worker_pool.lua drains its queue cleanly on SIGINT", function()
+    local out = run_and_signal("worker_pool.lua", "INT")
+    assert_lines(out, {
+      "pid %d+: 3 workers, a queue of 5",
+      "producer: job %d+ not queued %(context canceled, cause: signal SIGINT%)",
+      "producer: %d+ jobs queued; queue closed with %d still waiting",
+      "worker %d: queue drained, %d+ jobs done",
+      "worker %d: queue drained, %d+ jobs done",
+      "worker %d: queue drained, %d+ jobs done",
+      "queued (%d+) jobs, done %1, lost 0; queue: 0 buffered, 0 tasks blocked",
+      "all workers stopped cleanly; cause: signal SIGINT",
     })
     assert.is_truthy(out:match("\n0\n$"), "exit status not 0:\n" .. out)
   end)
