@@ -1,13 +1,26 @@
--- pipeline.lua — stages that pass an evolving context along.
+-- pipeline.lua — stages connected by channels, Go's pipeline pattern.
 --
 --   lua5.4 tools/with_paths.lua examples/pipeline.lua
 --
--- Each stage receives the context the previous stage returned and adds
--- what it learned with context.with_value, so later stages (and anything
--- they call) see it, and nothing global is needed. Between stages the
--- runner calls ctx:check(), which raises the context's error once it is
--- done: a cancelled or late request stops at the next stage boundary even
--- when the stage that was running did not watch the context itself.
+-- A request runs three stages at once, each a task of context.spawn under
+-- the request's context, connected by channels:
+--
+--   load --items--> price --priced--> total
+--
+-- Each stage receives until its input is closed and drained (recv returns
+-- nil, false), and closes its output when it stops sending, whatever the
+-- reason: closing is the sender's call, and it says "nothing more", not
+-- "all went well". A cancelled request stops every stage at its next wait:
+-- a blocked send or receive returns nil, err (a send that fails was not
+-- sent). A stage that sees its input closed asks its context which it was:
+-- an upstream stage that stopped closes too, and a receiver blocked when
+-- the request ended may be handed that close before it runs again (a
+-- completed operation stands: "done wins"), as in Go, where a select with
+-- both ready picks either.
+--
+-- "price" asks a price service that knows nothing of contexts (it sleeps on
+-- background()). It stops anyway: inside a spawned task every wait also
+-- ends when the task's context ends (the bound rule).
 local context = require "lcontext"
 
 local bg = context.background()
@@ -16,82 +29,118 @@ local function say(fmt, ...)
   print(string.format("[%4.0f ms] " .. fmt, (context.now() - t0) * 1000, ...))
 end
 
-local REQUEST, USER, ORDER, TOTAL = context.key("request"), context.key("user"),
-  context.key("order"), context.key("total")
+local USER = context.key("user")
 
--- Each stage: fn(ctx) -> the context for the next stage. A stage fails by
--- raising (ctx:check() raises the sentinels themselves).
-local stages = {
-  { name = "authenticate", fn = function(ctx)
-      assert(context.sleep(ctx, 0.01))
-      return context.with_value(ctx, USER, "alice")
-    end },
-  { name = "load order", fn = function(ctx, opts)
-      -- this stage does not watch the context: it always runs to its end
-      context.sleep(bg, opts.load_time)
-      return context.with_value(ctx, ORDER, { id = 1042, items = 3, price = 19.5 })
-    end },
-  { name = "price", fn = function(ctx, opts)
-      local ok, err = context.sleep(ctx, opts.price_time) -- watches the context
-      if not ok then error(err, 0) end
-      local order = ctx:value(ORDER)
-      return context.with_value(ctx, TOTAL, order.items * order.price)
-    end },
-  { name = "charge", fn = function(ctx)
-      assert(context.sleep(ctx, 0.005))
-      say("  charging %s %.2f for order %d", ctx:value(USER), ctx:value(TOTAL),
-        ctx:value(ORDER).id)
-      return ctx
-    end },
-}
+local ORDER = { { "book", 12.00 }, { "lamp", 19.50 }, { "chair", 27.00 } }
 
-local function run_pipeline(ctx, opts, where)
-  for _, st in ipairs(stages) do
-    where.at = "before '" .. st.name .. "'"
-    ctx:check() -- a checkpoint: raises canceled / deadline_exceeded once done
-    say("  %-12s starts", st.name)
-    where.at = "in '" .. st.name .. "'"
-    ctx = st.fn(ctx, opts)
-  end
-  return ctx
+-- a library call that takes no context
+local function price_service(item, delay)
+  local ok, err = context.sleep(bg, delay) -- (bounded anyway: it runs in a spawned task)
+  if not ok then return nil, err end
+  return item[2]
 end
 
--- Runs one request through the pipeline and tells how it ended.
+local function items(n) return n .. (n == 1 and " item" or " items") end
+
+---------------------------------------------------------------------------
+-- The stages: fn(ctx, ...) -> a summary (and a result), in a spawned task
+
+local function load(ctx, out)
+  local sent = 0
+  for _, item in ipairs(ORDER) do
+    local ok, err = out:send(ctx, item)
+    if not ok then -- the item was not sent
+      out:close()
+      return ("stopped after sending %d of %s: %s"):format(sent, items(#ORDER), tostring(err))
+    end
+    sent = sent + 1
+  end
+  out:close() -- the end of the input
+  return ("sent %s for %s"):format(items(sent), ctx:value(USER))
+end
+
+local function price(ctx, input, out, delay)
+  local n = 0
+  while true do
+    local item, ok = input:recv(ctx) -- item, true | nil, false (closed) | nil, err
+    if ok ~= true then
+      out:close()
+      if ok == false and ctx:err() == nil then return "priced " .. items(n) end
+      return ("stopped after %s: %s"):format(items(n), tostring(ctx:err() or ok))
+    end
+    local p, err = price_service(item, delay)
+    if p == nil then
+      out:close()
+      return ("stopped pricing the %s, after %s: %s"):format(item[1], items(n), tostring(err))
+    end
+    local sent, serr = out:send(ctx, { item[1], p })
+    if not sent then -- not sent: total never sees it
+      out:close()
+      return ("stopped after %s: %s"):format(items(n), tostring(serr))
+    end
+    n = n + 1
+  end
+end
+
+local function total(ctx, input)
+  local sum, n = 0, 0
+  while true do
+    local item, ok = input:recv(ctx)
+    if ok == false and ctx:err() == nil then return "summed " .. items(n), sum end -- the end
+    if ok ~= true then -- ended, or closed because price stopped
+      return ("stopped after %s: %s"):format(items(n), tostring(ctx:err() or ok))
+    end
+    sum, n = sum + item[2], n + 1
+  end
+end
+
+---------------------------------------------------------------------------
+-- One request: the stages, then how each ended
+
 local function request(id, opts)
   local req, cancel <close> = context.with_cancel_cause(bg)
-  local ctx, release <close> = context.with_timeout(context.with_value(req, REQUEST, id),
+  local ctx, release <close> = context.with_timeout(context.with_value(req, USER, "alice"),
     opts.budget)
-  say("%s: budget %.0f ms", id, opts.budget * 1000)
+  say("%s: budget %.0f ms, pricing takes %.0f ms an item", id, opts.budget * 1000,
+    opts.price_time * 1000)
   if opts.client_leaves_after then
-    context.go(function()
-      if context.sleep(ctx, opts.client_leaves_after) then
+    context.spawn(ctx, function(c)
+      if context.sleep(c, opts.client_leaves_after) then
         say("  (the client disconnects)")
         cancel("client went away")
       end
     end)
   end
-  local where = {}
-  local ok, final = pcall(run_pipeline, ctx, opts, where)
-  if ok then
-    say("%s: done for %s, total %.2f", final:value(REQUEST), final:value(USER),
-      final:value(TOTAL))
+
+  local items, priced = context.channel(), context.channel(1)
+  local stages = {
+    { "load", context.spawn(ctx, load, items) },
+    { "price", context.spawn(ctx, price, items, priced, opts.price_time) },
+    { "total", context.spawn(ctx, total, priced) },
+  }
+  local sum
+  for _, st in ipairs(stages) do
+    local summary, result = st[2]:wait()
+    say("  %-5s %s", st[1], summary)
+    if st[1] == "total" then sum = result end
+  end
+  if ctx:err() == nil then
+    say("%s: done for %s, total %.2f", id, ctx:value(USER), sum)
   else
-    local kind = context.classify(final)
-    say("%s: stopped %s: %s (%s; cause: %s)", id, where.at, tostring(final), kind,
-      tostring(ctx:cause()))
+    say("%s: stopped: %s (%s; cause: %s)", id, tostring(ctx:err()),
+      context.classify(ctx:err()), tostring(ctx:cause()))
   end
 end
 
 context.go(function()
   -- (each story keeps 50 ms or more between the events that must not swap,
   -- so that it holds on a loaded machine)
-  request("req-1", { budget = 0.5, load_time = 0.02, price_time = 0.01 })
+  request("req-1", { budget = 0.5, price_time = 0.01 })
   print()
-  -- the client leaves while "load order" runs: the checkpoint stops it after
-  request("req-2", { budget = 0.5, load_time = 0.15, price_time = 0.01,
-    client_leaves_after = 0.06 })
+  -- the client leaves while the second item is priced
+  request("req-2", { budget = 0.5, price_time = 0.1, client_leaves_after = 0.15 })
   print()
-  -- "price" is too slow for the budget: it watches the context and stops
-  request("req-3", { budget = 0.2, load_time = 0.01, price_time = 0.5 })
+  -- pricing is too slow for the budget
+  request("req-3", { budget = 0.2, price_time = 0.5 })
 end)
 context.run()

@@ -1,13 +1,24 @@
--- pool.lua — a resource pool whose loans end with the borrowing context.
+-- pool.lua — a connection pool on a semaphore and a channel, whose loans end
+-- with the borrowing context.
 --
 --   lua5.4 tools/with_paths.lua examples/pool.lua
 --
+-- The pool is two primitives of lcontext's structured concurrency
+-- (docs/concurrency.md):
+--
+--   * a semaphore of `size` units: a unit is the right to hold a connection.
+--     Borrowers that find none wait in sem:acquire(ctx), first come, first
+--     served (the semaphore is FIFO), and give up as soon as their context
+--     ends, holding nothing.
+--   * a buffered channel of idle connections, with room for all of them, so
+--     giving one back never waits. A connection is opened the first time a
+--     unit finds the channel empty.
+--
 -- pool:acquire(ctx) lends a connection for as long as ctx lives: the loan
 -- is returned by release(), or -- if the borrower forgets, crashes or runs
--- out of time -- by context.after_func once ctx is done. A borrower that
--- finds the pool empty waits with context.select on its own context and a
--- wake-up signal, so it gives up as soon as its context ends, and waiters
--- are served first come, first served.
+-- out of time -- by context.after_func once ctx is done. Each borrower is
+-- a task of context.spawn, whose context ends when the borrower returns or
+-- raises: a crash gives its connection back by itself.
 local context = require "lcontext"
 
 local bg = context.background()
@@ -22,42 +33,32 @@ end
 local Pool = {}
 Pool.__index = Pool
 
-function Pool.new(resources)
-  local free = {}
-  for i, r in ipairs(resources) do free[i] = r end
-  return setmetatable({ free = free, waiters = {} }, Pool)
+-- Pool.new(size, open): open() makes a new connection
+function Pool.new(size, open)
+  return setmetatable({
+    size = size,
+    open = open,
+    opened = 0,
+    units = context.semaphore(size), -- held: connections lent out
+    idle = context.channel(size),    -- connections nobody holds
+  }, Pool)
 end
 
--- Give `res` back: to the first waiter, else to the free list.
-function Pool:put(res)
-  local w = table.remove(self.waiters, 1)
-  if w then
-    w.res = res
-    w.wake() -- a context used as a one-shot signal: cancelling it wakes the waiter
-  else
-    self.free[#self.free + 1] = res
-  end
-end
-
--- acquire(ctx) -> res, release | nil, ctx:err()
+-- acquire(ctx) -> conn, release | nil, ctx:err()
 function Pool:acquire(ctx)
-  if ctx:is_done() then return nil, ctx:err() end
-  local res = table.remove(self.free)
-  if not res then
-    local signal, wake = context.with_cancel(bg)
-    local w = { wake = wake }
-    self.waiters[#self.waiters + 1] = w
-    context.select(ctx, signal) -- whichever comes first
-    wake()
-    for i, x in ipairs(self.waiters) do -- gave up: leave the queue
-      if x == w then table.remove(self.waiters, i) break end
-    end
-    if w.res and ctx:is_done() then
-      self:put(w.res) -- handed over just as ctx ended: pass it on
-      w.res = nil
-    end
-    if not w.res then return nil, ctx:err() end
-    res = w.res
+  local ok, err = self.units:acquire(ctx) -- waits in line, bounded by ctx
+  if not ok then return nil, err end
+  -- A unit taken by a ctx that is already done: the semaphore's fast path
+  -- does not ask ctx (Go's rule), and a unit granted in the instant ctx
+  -- ended stands (done wins). The loan would end at once: give it back.
+  if ctx:err() then
+    self.units:release()
+    return nil, ctx:err()
+  end
+  local conn = self.idle:try_recv() -- a unit always finds room or a connection
+  if conn == nil then
+    self.opened = self.opened + 1
+    conn = self.open(self.opened)
   end
 
   -- the loan ends with ctx, whatever happens to the borrower
@@ -67,29 +68,31 @@ function Pool:acquire(ctx)
     if returned then return end
     returned = true
     stop()
-    say("  %s back in the pool (%s)", res, why or "released")
-    self:put(res)
+    say("  %s back in the pool (%s)", conn, why or "released")
+    assert(self.idle:try_send(conn)) -- never waits: room for every connection
+    self.units:release()             -- wakes the first in line
   end
   stop = context.after_func(ctx, function()
     release(("%s's context ended: %s"):format(ctx:value("who"), tostring(ctx:cause())))
   end)
-  return res, function() release() end
+  return conn, function() release() end
 end
 
 function Pool:status()
-  return ("%d free, %d waiting"):format(#self.free, #self.waiters)
+  return ("%d open, %d idle, %d lent, %d waiting"):format(self.opened, self.idle:len(),
+    self.units:held(), self.units:waiting())
 end
 
 ---------------------------------------------------------------------------
 -- Borrowers
 
-local pool = Pool.new({ "conn-2", "conn-1" })
+local pool = Pool.new(2, function(n) return "conn-" .. n end)
 
 -- borrower(name, arrive, budget, work, how): how = "release", "forget" or "crash"
 local function borrower(name, arrive, budget, work, how)
-  return context.go(function()
-    context.sleep(bg, arrive)
-    local ctx, cancel <close> = context.with_timeout(context.with_value(bg, "who", name), budget)
+  return context.spawn(context.with_value(bg, "who", name), function(task_ctx)
+    context.sleep(task_ctx, arrive)
+    local ctx, cancel <close> = context.with_timeout(task_ctx, budget)
     say("%s wants a connection (budget %.0f ms; pool: %s)", name, budget * 1000, pool:status())
     local conn, release = pool:acquire(ctx)
     if not conn then
@@ -106,7 +109,7 @@ local function borrower(name, arrive, budget, work, how)
       context.sleep(bg, budget) -- still running, the loan is not: ctx ends first
     elseif how == "crash" then
       say("%s crashes while holding %s", name, conn)
-      error(name .. " crashed", 0) -- <close> cancels ctx on the way out
+      error(name .. " crashed", 0) -- its task's context ends: so does the loan
     end
   end)
 end
@@ -115,11 +118,13 @@ context.on_error(function(err) say("(task failed: %s)", tostring(err)) end)
 
 -- (the timings leave 60 ms or more between the events that must not swap,
 -- so the story holds on a loaded machine)
-borrower("A", 0.000, 0.600, 0.060, "release") -- uses conn-1 for 60 ms
-borrower("B", 0.010, 0.240, 0.030, "forget")  -- holds conn-2 until its budget ends
+borrower("A", 0.000, 0.600, 0.060, "release") -- opens conn-1, uses it for 60 ms
+borrower("B", 0.010, 0.240, 0.030, "forget")  -- opens conn-2, holds it until its budget ends
 borrower("C", 0.020, 0.600, 0.090, "crash")   -- waits, gets conn-1, crashes
 borrower("D", 0.030, 0.060, 0.030, "release") -- cannot wait long enough
 borrower("E", 0.045, 0.600, 0.150, "release") -- gets what C dropped
 borrower("F", 0.180, 0.600, 0.030, "release") -- gets what B forgot
 context.run()
 say("pool: %s", pool:status())
+local s = context.sync_stats()
+say("semaphores: %d units held, %d waiting", s.semaphore_held, s.semaphore_waiting)

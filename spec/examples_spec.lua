@@ -123,9 +123,35 @@ local expect = {
     "user +not called: context deadline exceeded %(service_timeouts: no time left for 'user'",
   },
   ["pipeline.lua"] = {
+    "load +sent 3 items for alice",
+    "price +priced 3 items",
+    "total +summed 3 items",
     "req%-1: done for alice, total 58%.50",
-    "req%-2: stopped before 'price': context canceled %(canceled; cause: client went away%)",
-    "req%-3: stopped in 'price': context deadline exceeded %(deadline_exceeded",
+    "load +stopped after sending %d of 3 items: context canceled",
+    "price +stopped pricing the %a+, after %d items?: context canceled",
+    "total +stopped after %d items?: context canceled",
+    "req%-2: stopped: context canceled %(canceled; cause: client went away%)",
+    "load +stopped after sending 1 of 3 items: context deadline exceeded",
+    "price +stopped pricing the book, after 0 items: context deadline exceeded",
+    "total +stopped after 0 items: context deadline exceeded",
+    "req%-3: stopped: context deadline exceeded %(deadline_exceeded",
+  },
+  ["multiplexer.lua"] = {
+    "meeting: 3 talkers, deadline 400 ms, silence limit 300 ms",
+    "Bob says 1",
+    "Bob says 2",
+    "%(Bob has left%)",
+    "meeting: heard %d+ messages, stopped listening %(deadline: context deadline exceeded%)",
+    "Joe stopped after %d+ messages: context canceled",
+    "Ann stopped after %d+ messages: context canceled",
+    "Bob left after 2 messages",
+    "lunch: 2 talkers, deadline 2000 ms, silence limit 150 ms",
+    "Ann says 2",
+    "%(Ann has left%)",
+    "lunch: heard 2 messages, stopped listening %(nobody spoke for 150 ms%)",
+    "Ann left after 2 messages",
+    "Joe stopped after 0 messages: context canceled",
+    "channels: 5 made, %d+ values passed, 0 tasks still blocked",
   },
   ["pool.lua"] = {
     "A got conn%-1",
@@ -136,7 +162,8 @@ local expect = {
     "E got conn%-1",
     "conn%-2 back in the pool %(B's context ended: context deadline exceeded%)",
     "F got conn%-2",
-    "pool: 2 free, 0 waiting",
+    "pool: 2 open, 2 idle, 0 lent, 0 waiting",
+    "semaphores: 0 units held, 0 waiting",
   },
 }
 
@@ -156,7 +183,7 @@ describe("examples", function()
   end
 
   it("are all covered by this spec", function()
-    local covered = { ["shutdown.lua"] = true }
+    local covered = { ["shutdown.lua"] = true, ["worker_pool.lua"] = true }
     for k in pairs(expect) do covered[k] = true end
     for _, name in ipairs(names) do
       assert.is_true(covered[name] ~= nil, "no expectations for examples/" .. name)
@@ -171,9 +198,11 @@ describe("examples", function()
     end)
   end
 
-  it("shutdown.lua stops its workers cleanly on SIGTERM", function()
+  -- runs examples/name, sends it signal sig once it printed "pid N:" on its
+  -- first line, and returns all it printed, then its exit status on a line
+  local function run_and_signal(name, sig)
     local tmp = os.tmpname()
-    local p = assert(io.popen(LUA .. " tools/with_paths.lua examples/shutdown.lua > "
+    local p = assert(io.popen(LUA .. " tools/with_paths.lua examples/" .. name .. " > "
       .. tmp .. " 2>&1; echo $? >> " .. tmp))
     local pid
     for _ = 1, 200 do -- wait for its first line (at most ~10 s)
@@ -184,18 +213,38 @@ describe("examples", function()
       if pid then break end
       os.execute("sleep 0.05")
     end
-    assert.is_truthy(pid, "shutdown.lua did not start")
+    assert.is_truthy(pid, name .. " did not start")
     os.execute("sleep 0.1")
-    os.execute("kill -TERM " .. pid)
+    os.execute("kill -" .. sig .. " " .. pid)
     p:read("a")
     p:close()
     local f = assert(io.open(tmp))
     local out = f:read("a")
     f:close()
     os.remove(tmp)
+    return out
+  end
+
+  it("shutdown.lua stops its workers cleanly on SIGTERM", function()
+    local out = run_and_signal("shutdown.lua", "TERM")
     assert_lines(out, {
       "worker %d: stopping after %d+ jobs %(signal SIGTERM%)",
       "all workers stopped cleanly; cause: signal SIGTERM",
+    })
+    assert.is_truthy(out:match("\n0\n$"), "exit status not 0:\n" .. out)
+  end)
+
+  it("worker_pool.lua drains its queue cleanly on SIGINT", function()
+    local out = run_and_signal("worker_pool.lua", "INT")
+    assert_lines(out, {
+      "pid %d+: 3 workers, a queue of 5",
+      "producer: job %d+ not queued %(context canceled, cause: signal SIGINT%)",
+      "producer: %d+ jobs queued; queue closed with %d still waiting",
+      "worker %d: queue drained, %d+ jobs done",
+      "worker %d: queue drained, %d+ jobs done",
+      "worker %d: queue drained, %d+ jobs done",
+      "queued (%d+) jobs, done %1, lost 0; queue: 0 buffered, 0 tasks blocked",
+      "all workers stopped cleanly; cause: signal SIGINT",
     })
     assert.is_truthy(out:match("\n0\n$"), "exit status not 0:\n" .. out)
   end)
