@@ -233,8 +233,8 @@ static void finish(lua_State *L, lc_runtime *rt, lc_task *t, int status,
 }
 
 /* After t ended: its end function (core._on_end: context.spawn cancels the
-** task's context), if any, runs once, protected; an error in it is
-** reported. */
+** task's context), if any, runs once, protected, given the error the task
+** raised (nil if it returned); an error in it is reported. */
 static void run_on_end(lua_State *L, lc_runtime *rt, int taskidx) {
   (void)rt;
   lua_getiuservalue(L, taskidx, 4);
@@ -244,7 +244,12 @@ static void run_on_end(lua_State *L, lc_runtime *rt, int taskidx) {
   }
   lua_pushnil(L);
   lua_setiuservalue(L, taskidx, 4);
-  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+  /* its argument: the error it raised (nil when it returned) */
+  if (((lc_task *)lua_touserdata(L, taskidx))->status == TS_FAILED)
+    lua_getiuservalue(L, taskidx, 2);
+  else
+    lua_pushnil(L);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
     lc_report("error in the end function of a task", L, -1);
     lua_pop(L, 1);
   }
@@ -429,14 +434,18 @@ void lc_task_init(lua_State *L, lc_runtime *rt) {
   rt->ref_onerror = LUA_NOREF;
 }
 
-/* core._on_end(task, fn): fn() runs once the task has ended (at once if
-** it has) */
+/* core._on_end(task, fn): fn(err) runs once the task has ended (at once if
+** it has); err: what it raised, nil if it returned */
 static int l_on_end(lua_State *L) {
   lc_task *t = check_task(L, 1, "_on_end");
   if (!lc_iscallable(L, 2)) lc_typeerror(L, 2, "_on_end", "function");
   lua_settop(L, 2);
   if (t->status != TS_RUNNING) {
-    lua_call(L, 0, 0);
+    if (t->status == TS_FAILED)
+      lua_getiuservalue(L, 1, 2);
+    else
+      lua_pushnil(L);
+    lua_call(L, 1, 0);
     return 0;
   }
   lua_setiuservalue(L, 1, 4);

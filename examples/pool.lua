@@ -48,9 +48,8 @@ end
 function Pool:acquire(ctx)
   local ok, err = self.units:acquire(ctx) -- waits in line, bounded by ctx
   if not ok then return nil, err end
-  -- A unit taken by a ctx that is already done: the semaphore's fast path
-  -- does not ask ctx (Go's rule), and a unit granted in the instant ctx
-  -- ended stands (done wins). The loan would end at once: give it back.
+  -- A unit granted in the instant ctx ended stands (done wins): the loan
+  -- would end at once, so give it back.
   if ctx:err() then
     self.units:release()
     return nil, ctx:err()

@@ -158,7 +158,7 @@ local expect = {
     "B got conn%-2",
     "D gave up waiting: context deadline exceeded",
     "C crashes while holding conn%-1",
-    "conn%-1 back in the pool %(C's context ended: context canceled%)",
+    "conn%-1 back in the pool %(C's context ended: C crashed%)",
     "E got conn%-1",
     "conn%-2 back in the pool %(B's context ended: context deadline exceeded%)",
     "F got conn%-2",

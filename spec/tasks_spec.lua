@@ -100,7 +100,7 @@ describe("context.spawn", function()
     assert.is_true(calls < 100, "retry stopped early")
   end)
 
-  it("a raise in fn is reported with its traceback, and cancels task_ctx", function()
+  it("a raise in fn is reported with its traceback, and cancels task_ctx with it as the cause", function()
     local reported
     context.on_error(function(err, tb) reported = { err, tb } end)
     local t = context.spawn(bg, function() error("boom") end)
@@ -110,6 +110,7 @@ describe("context.spawn", function()
     assert.matches("boom", reported[1])
     assert.matches("traceback", reported[2])
     assert.are.equal(context.canceled, t:context():err())
+    assert.matches("boom", tostring(t:context():cause()))
   end)
 
   it("a cancelled parent cancels the task's context", function()
@@ -232,5 +233,46 @@ describe("context.dump", function()
     sem:release()
     B.run()
     assert.matches("^lcontext: 0 live tasks", context.dump())
+  end)
+end)
+
+describe("the bound is looked at first", function()
+  it("in a cancelled task, ready operations fail too: a loop on a ready channel stops", function()
+    local ch = context.channel(1)
+    local t = context.spawn(bg, function(tctx)
+      local n = 0
+      while true do
+        if not ch:send(bg, n) then break end -- always room: the receive below makes it
+        local v = ch:recv(bg)
+        if v == nil then break end
+        n = n + 1
+        if n % 50 == 0 then coroutine.yield() end -- (lets the canceller run)
+      end
+      return n, tctx:err()
+    end)
+    -- the canceller yields too (a task that only yields keeps the loop
+    -- from its timers: a sleep here would wait for it forever)
+    context.go(function()
+      for _ = 1, 5 do coroutine.yield() end
+      t:cancel()
+    end)
+    local n, err = t:wait()
+    assert.is_true(n > 0)
+    assert.are.equal(context.canceled, err)
+    local sem = context.semaphore(1)
+    local ev = context.event()
+    ev:set()
+    local r = { cancelled = context.spawn(bg, function()
+      context.sleep(bg, 5) -- cancelled here; then every ready op fails
+      return { sem:acquire(bg) }, { ev:wait(bg) }, { context.sleep(bg, 0) }, { context.select(1 - 1) }
+    end) }
+    context.sleep(bg, 0.01)
+    r.cancelled:cancel()
+    local a, b, c2, d = r.cancelled:wait()
+    assert.are.same({ nil, context.canceled }, a)
+    assert.are.same({ nil, context.canceled }, b)
+    assert.are.same({ nil, context.canceled }, c2)
+    assert.are.same({ nil, context.canceled }, d)
+    assert.are.equal(0, sem:held())
   end)
 end)

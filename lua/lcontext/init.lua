@@ -77,6 +77,7 @@ local function wait(fname, ...)
   local ok, i
   if bound.active then -- in a spawned task: its context ends the wait too
     local b = bound_ctx[running() or MAIN]
+    if b ~= nil and b:is_done() then return 0 end -- the bound first, as ctx
     if b ~= nil and b ~= (...) then
       local n = select("#", ...)
       local args = { ... }

@@ -292,16 +292,20 @@ local function task_ended(t)
     rec.sema:post(1)
   end
   local on_end = t._on_end
-  if on_end then -- context.spawn: cancels the task's context
+  if on_end then -- context.spawn: cancels the task's context (cause: its error)
     t._on_end = nil
-    on_end()
+    local r = t._res
+    on_end(r and not r[1] and r[2] or nil)
   end
 end
 
 -- for lua/lcontext/tasks.lua: the tasks' methods, and fn() once t has ended
 check.task_methods = Task
 function check.on_task_end(t, fn)
-  if t._status ~= "running" then return fn() end
+  if t._status ~= "running" then
+    local r = t._res
+    return fn(r and not r[1] and r[2] or nil)
+  end
   t._on_end = fn
 end
 
@@ -585,10 +589,20 @@ local function bound_err()
   return bound_ctx[running() or MAIN]:err()
 end
 
+-- the bound's err() if the running task's bound is done (looked at first,
+-- before what the wait would find ready, as on the libev backend)
+local function bound_first()
+  if not bound.active then return nil end
+  local b = bound_ctx[running() or MAIN]
+  return b and b:err()
+end
+
 
 --- ctx:done() -> ctx:err(), once ctx is done.
 function methods.done(ctx)
   check_ctx(ctx, "done", 1)
+  local be = bound_first()
+  if be ~= nil then return be end
   if not ctx:is_done() and wait_on("done", { ctx }, { "ctx" }, 1) == 0 then
     return bound_err()
   end
@@ -599,6 +613,8 @@ end
 function M.sleep(ctx, seconds)
   check_ctx(ctx, "sleep", 1)
   check_seconds(seconds, "sleep", 2)
+  local be = bound_first()
+  if be ~= nil then return nil, be end
   if ctx:is_done() then return nil, ctx:err() end
   if seconds <= 0 then return true end
   local i = wait_on("sleep", { ctx, now() + seconds }, { "ctx", "sleep" }, 2)
@@ -656,6 +672,8 @@ function M.select(...)
         :format(i, tname(w)), 2)
     end
   end
+  local be = bound_first()
+  if be ~= nil then return nil, be end
   local i = ready or wait_on("select", ws, kinds, n)
   if i == 0 then return nil, bound_err() end
   return i, (select(i, ...))
@@ -670,6 +688,8 @@ function Task:wait(ctx)
   end
   if ctx ~= nil then check_ctx(ctx, "wait", 1) end
   if self._status == "running" then
+    local be = bound_first()
+    if be ~= nil then return nil, be end
     if ctx ~= nil then
       if ctx:is_done() then return nil, ctx:err() end
       local i = wait_on("wait", { self, ctx }, { "task", "ctx" }, 2)

@@ -30,12 +30,15 @@ return function(context)
   local check = require "lcontext.check"
   local background, with_cancel = context.background, context.with_cancel
   local tonumber, pairs = tonumber, pairs
+  local running, co_status = coroutine.running, coroutine.status
   local type, error, tostring, getmetatable, setmetatable, select, rawget =
     type, error, tostring, getmetatable, setmetatable, select, rawget
   local floor, huge = math.floor, math.huge
   local pack, unpack, pcall = check.pack, check.unpack, check.pcall
   local check_ctx, argerr, tname = check.ctx, check.argerr, check.tname
   local backend_select = context.select
+  local task_status = check.task_methods.status
+  local native_pcall = _G.pcall -- (for what cannot wait: no proxy on 5.1)
 
   local M = {}
 
@@ -74,10 +77,11 @@ return function(context)
   end
   -- the first record of q whose waiter is still waiting (records of a
   -- select that another case already won are dropped on the way)
+  local on_dead -- (below: per kind of record)
   local function q_first(q)
     local r = q.head
-    while r and r.w.done do
-      q_remove(r)
+    while r and (r.w.done or (r.co and co_status(r.co) == "dead")) do
+      if r.w.done then q_remove(r) else on_dead(r, true) end -- (on_dead unlinks it)
       r = q.head
     end
     return r
@@ -94,7 +98,6 @@ return function(context)
   -- closure of a killed frame reads nil for its locals (ngx_lua resets a
   -- killed thread's stack without closing its upvalues).
   local newproxy = rawget(_G, "newproxy")
-  local on_dead -- (below: per kind of record)
   local function dead(recs)
     for k = 1, #recs do
       local r = recs[k]
@@ -123,6 +126,7 @@ return function(context)
     local sig, fire = with_cancel(background())
     r = r or {}
     r.done, r.sig, r.fire = false, sig, fire
+    r.co = running() -- (nil on the main thread of 5.1: it never dies)
     return r
   end
   -- complete: the waiter's operation r is done (r.w must not be done)
@@ -198,6 +202,23 @@ return function(context)
     return v
   end
 
+  -- the err of the running spawned task's context once it is done (the
+  -- bound rule, lua/lcontext/tasks.lua: looked at first, as ctx is, so a
+  -- loop on a channel that is always ready still stops), else nil
+  local bound = check.bound
+  local bound_ctx, MAIN = bound.ctx, bound.MAIN
+  local function bound_err()
+    if not bound.active then return nil end
+    local b = bound_ctx[running() or MAIN]
+    return b and b:err()
+  end
+  -- ctx:err(), or the bound's
+  local function err_of(ctx)
+    local e = ctx:err()
+    if e == nil and bound.active then e = bound_err() end
+    return e
+  end
+
   local function closed_error(level)
     error("context.channel: send on a closed channel", level + 1)
   end
@@ -250,15 +271,16 @@ return function(context)
     check_ch(ch, "send")
     check_ctx(ctx, "send", 1)
     if ch._closed then closed_error(2) end
-    local e = ctx:err()
+    local e = err_of(ctx)
     if e ~= nil then return nil, e end
     if try_send(ch, v) then return true end
     local r = new_waiter({ index = 1, value = v, kind = "send", ch = ch })
     local w = r
     r.w = r
     q_push(ch._sendq, r)
-    local guard = guard_of({ r })
-    blocked_on[w.sig] = guard
+    local recs = { r }
+    local guard = guard_of(recs)
+    blocked_on[w.sig] = recs -- (kept alive by the guard, which the frame keeps)
     stats.blocked_send = stats.blocked_send + 1
     local ok, err = pcall(park, w, ctx)
     stats.blocked_send = stats.blocked_send - 1
@@ -267,7 +289,11 @@ return function(context)
     -- done wins: a completed operation stands, even if the wait then failed
     if not ok and not w.done then error(err, 0) end
     if w.done then
-      if w.ok == false then closed_error(2) end -- woken by close
+      if w.ok == false then -- woken by close: raises, unless ctx ended too
+        local ce = err_of(ctx)
+        if ce ~= nil then return nil, ce end
+        closed_error(2)
+      end
       return true
     end
     return nil, err
@@ -277,7 +303,7 @@ return function(context)
   function Channel.recv(ch, ctx)
     check_ch(ch, "recv")
     check_ctx(ctx, "recv", 1)
-    local e = ctx:err()
+    local e = err_of(ctx)
     if e ~= nil then return nil, e end
     local done, v, ok = try_recv(ch)
     if done then return v, ok end
@@ -285,14 +311,21 @@ return function(context)
     local w = r
     r.w = r
     q_push(ch._recvq, r)
-    local guard = guard_of({ r })
-    blocked_on[w.sig] = guard
+    local recs = { r }
+    local guard = guard_of(recs)
+    blocked_on[w.sig] = recs -- (kept alive by the guard, which the frame keeps)
     stats.blocked_recv = stats.blocked_recv + 1
     local pok, err = pcall(park, w, ctx)
     stats.blocked_recv = stats.blocked_recv - 1
     r.consumed = guard ~= nil
     q_remove(r)
-    if w.done then return w.got, w.ok end -- done wins (even over a failed wait)
+    if w.done then -- done wins (even over a failed wait) ...
+      if w.ok == false then -- ... but a close carries no value: ctx first
+        local ce = err_of(ctx)
+        if ce ~= nil then return nil, ce end
+      end
+      return w.got, w.ok
+    end
     if not pok then error(err, 0) end
     return nil, err
   end
@@ -329,6 +362,12 @@ return function(context)
       complete(r, nil, false)
       r = q_first(ch._sendq)
     end
+  end
+
+  --- <close>: `local out <close> = context.channel()` closes it on the way
+  -- out (Go's `defer close(out)`), unless it is closed already
+  function Channel.__close(ch)
+    if getmetatable(ch) == Channel and not ch._closed then ch:close() end
   end
 
   function Channel.len(ch) check_ch(ch, "len"); return ch._count end
@@ -390,9 +429,9 @@ return function(context)
   function Event.wait(ev, ctx)
     check_ev(ev, "wait")
     check_ctx(ctx, "wait", 1)
-    if ev._ctx:is_done() then return true end
-    local e = ctx:err()
+    local e = err_of(ctx)
     if e ~= nil then return nil, e end
+    if ev._ctx:is_done() then return true end
     local i, err = backend_select(ctx, ev._ctx)
     if i == 2 then return true end
     if i == nil then return nil, err end
@@ -412,6 +451,8 @@ return function(context)
   local function select_cases(bsel, ...)
     local n = select("#", ...)
     local args = pack(...)
+    local be = bound.active and bound_err()
+    if be then return nil, be end -- the bound first, as every wait does
     -- check, and take the first ready in order
     for i = 1, n do
       local a = args[i]
@@ -438,6 +479,9 @@ return function(context)
         if a:is_done() then return i, (select(i, ...)) end
       elseif type(a) == "number" then
         if a <= 0 and a == a then return i, a end
+      elseif type(a) == "userdata" or type(a) == "table" then -- an ended task
+        local ok, st = native_pcall(task_status, a)
+        if ok and st ~= "running" then return i, a end
       end
     end
     -- nothing ready: the cases' records, and the backend waits for the rest
@@ -446,7 +490,7 @@ return function(context)
     for i = 1, n do
       local a = args[i]
       if getmetatable(a) == Case then
-        local r = { w = w, index = i, value = a.value, kind = a.kind, case = true, ch = a.ch }
+        local r = { w = w, index = i, value = a.value, kind = a.kind, case = true, ch = a.ch, co = w.co }
         recs[#recs + 1] = r
         q_push(a.kind == "send" and a.ch._sendq or a.ch._recvq, r)
       else
@@ -457,7 +501,7 @@ return function(context)
     m = m + 1
     rest[m] = w.sig
     local guard = guard_of(recs)
-    blocked_on[w.sig] = guard
+    blocked_on[w.sig] = recs
     local ok, j, e = pcall(bsel, unpack(rest, 1, m))
     for k = 1, #recs do
       recs[k].consumed = guard ~= nil
@@ -539,8 +583,10 @@ return function(context)
     end
   end
 
-  -- the finaliser of a blocked call whose coroutine died (guard_of)
-  function on_dead(r)
+  -- A blocked call whose coroutine died: from its guard's finaliser, or
+  -- found dead in a queue (queued: the walk that found it goes on, so no
+  -- grant from here: no recursion)
+  function on_dead(r, queued)
     r.consumed = true
     local sem = r.sem
     if r.kind == "acquire" then
@@ -549,8 +595,8 @@ return function(context)
       q_remove(r)
       if r.w.done then -- granted, never returned: give the units back
         sem._cur = sem._cur - r.weight
-        grant(sem)
-      elseif was_head then
+        if not queued then grant(sem) end
+      elseif was_head and not queued then
         grant(sem)
       end
     else
@@ -562,30 +608,31 @@ return function(context)
   end
 
   --- sem:acquire(ctx [, w]) -> true | nil, err (nothing held then)
-  -- The fast path (a free unit, nobody waiting) takes it without asking
-  -- ctx, as Go's x/sync/semaphore does: "if ctx is already done, Acquire
-  -- may still succeed without blocking".
+  -- ctx is looked at first, also when a unit is free (as Go's
+  -- x/sync/semaphore does since golang/go#63615, and as Trio does).
   function Semaphore.acquire(sem, ctx, w)
     if w == nil and getmetatable(sem) == Semaphore and sem._cur < sem._size
-      and sem._q.head == nil and getmetatable(ctx) == "context" then
+      and sem._q.head == nil and getmetatable(ctx) == "context"
+      and ctx:err() == nil and not bound.active then -- the fast path
       sem._cur = sem._cur + 1
       return true
     end
     check_sem(sem, "acquire")
     check_ctx(ctx, "acquire", 1)
     w = check_weight(sem, w, "acquire")
+    local e = err_of(ctx)
+    if e ~= nil then return nil, e end
     if sem._size - sem._cur >= w and q_first(sem._q) == nil then
       sem._cur = sem._cur + w
       return true
     end
-    local e = ctx:err()
-    if e ~= nil then return nil, e end
     local r = new_waiter({ index = 1, weight = w, kind = "acquire", sem = sem })
     local wt = r
     r.w = r
     q_push(sem._q, r)
-    local guard = guard_of({ r })
-    blocked_on[wt.sig] = guard
+    local recs = { r }
+    local guard = guard_of(recs)
+    blocked_on[wt.sig] = recs
     stats.blocked_acquire = stats.blocked_acquire + 1
     local ok, err = pcall(park, wt, ctx)
     stats.blocked_acquire = stats.blocked_acquire - 1
@@ -631,8 +678,14 @@ return function(context)
   function Semaphore.size(sem) check_sem(sem, "size"); return sem._size end
   function Semaphore.waiting(sem)
     check_sem(sem, "waiting")
-    q_first(sem._q)
-    return sem._q.n
+    local n, r = 0, q_first(sem._q)
+    while r do
+      local nx = r.next
+      if r.co and co_status(r.co) == "dead" then on_dead(r, true) -- (its coroutine died)
+      elseif not r.w.done then n = n + 1 end
+      r = nx
+    end
+    return n
   end
   -- ===}
 

@@ -18,8 +18,9 @@
 -- coroutine. A task started with context.go, even from a spawned task, has
 -- no bound: spawn it with context.current() to keep it inside.
 --
--- task_ctx is cancelled when fn returns or raises (as errgroup's context is
--- after Wait), so nothing started under it outlives the task by accident.
+-- task_ctx is cancelled when fn returns, or raises (then with the error as
+-- its cause, as errgroup's), so nothing started under it outlives the task
+-- by accident.
 return function(context)
   local check = require "lcontext.check"
   local go, with_cancel_cause, with_timeout, without_cancel, background =
@@ -53,7 +54,9 @@ return function(context)
     bound.active = true
     local t = go(body, tctx, fn, ...)
     owned[t] = { ctx = tctx, cancel = cancel, parent = running() or MAIN, fn = fn }
-    on_task_end(t, cancel)
+    on_task_end(t, function(err) -- its error becomes the cause (as errgroup's)
+      if err ~= nil then cancel(err) else cancel() end
+    end)
     return t
   end
 
