@@ -334,7 +334,8 @@ return function(context, E)
     for _, rec in ipairs(S.spawned) do
       local t = rec.t
       if t and t:status() == "running" then
-        violate("spawned task (wait %d) still running after its cancel", rec.k)
+        violate("spawned task (wait %d) still running after its cancel (its context: %s)\n%s", rec.k,
+          tostring(t:context():err()), context.dump())
       elseif t then
         local r = { t:wait() }
         if r[1] ~= nil or not (r[2] == CANCELED or (rec.parent ~= bg and is_err(r[2])) or fault(r[2])) then
