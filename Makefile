@@ -143,11 +143,11 @@ fuzz: deps build asan
 stress: deps build $(BUILD)/stall.so
 	@sh tools/stress.sh
 
-# The open problem of the OpenResty backend (docs/openresty.md, "Known
-# problem"): spec/ngx/run.sh with the requests that die (200 aborted, half
+# The stress test of the spinning worker (docs/openresty.md, "A worker that
+# spun"): spec/ngx/run.sh, with the requests that die (200 aborted, half
 # cancelled by on_abort and half killed, interleaved; ngx.exit; body
 # timeouts), NGX_SPIN_RUNS times (6); a run whose worker spins fails.
-# Not part of make test.
+# LCONTEXT_NGX_ON_SPIN=tools/ngx_spin_diag.sh catches a spinning worker.
 ngx-spin: deps build-jit
 	@i=0; f=0; while [ $$i -lt $${NGX_SPIN_RUNS:-6} ]; do i=$$((i + 1)); \
 	  if LCONTEXT_NGX_ABORTS=1 LCONTEXT_NGX_MIX=1 sh spec/ngx/run.sh > /tmp/lcontext-ngx-spin.$$i.log 2>&1; then echo "run $$i: ok"; \

@@ -289,6 +289,18 @@ end
 -- use them pay nothing in their waits.
 M.bound = { active = false, ctx = setmetatable({}, { __mode = "k" }), MAIN = {} }
 
+--- interp_only(f) -> f, never compiled by LuaJIT (jit.off): for what a
+-- __gc metamethod runs. Inside a finaliser LuaJIT records no trace, and a
+-- loop compiled before then ends through a trace exit that re-enters its
+-- own trace until that exit gets a side trace of its own, which never
+-- comes there: the loop spins forever (docs/openresty.md, "A worker that
+-- spun"). Elsewhere it does nothing.
+local jit = rawget(_G, "jit")
+function M.interp_only(f)
+  if type(jit) == "table" and jit.off then jit.off(f) end
+  return f
+end
+
 --- select's other waitables (lua/lcontext/sync.lua): a table whose
 -- metatable has __lcontext_case is a channel case or an event; the
 -- backends' select hands a call with one to M.select_cases(select, ...).

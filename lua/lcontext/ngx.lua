@@ -46,6 +46,14 @@ local unpack, pack = check.unpack, check.pack
 local traceback = debug.traceback
 local newproxy = newproxy -- LuaJIT / 5.1: userdata with a __gc
 
+-- What runs inside a __gc metamethod must never run compiled code (LuaJIT):
+-- inside a finaliser LuaJIT records no trace, and a pairs() loop compiled
+-- before then ends through a trace exit that re-enters its own trace until
+-- that exit gets a side trace of its own, which never comes there: the
+-- loop spins forever (docs/openresty.md, "A worker that spun"). Every
+-- function below that a finaliser runs is interpreted only: interp_only(f).
+local interp_only = check.interp_only
+
 local watch, unwatch = core._watch, core._unwatch
 local advance, next_wakeup = core._advance, core._next_wakeup
 local now = core.now
@@ -267,6 +275,7 @@ local function settle()
     drv.sema:post(1)
   end
 end
+interp_only(settle) -- (a finaliser calls it: wait_collected)
 
 -------------------------------------------------------------------------------
 -- Tasks: light threads
@@ -283,7 +292,8 @@ local is_task = setmetatable({}, { __mode = "k" })
 -- may keep the coroutine, and the entry must not keep what it waited on)
 local waiting_of = setmetatable({}, { __mode = "k" })
 
--- tell the waits on task t that it ended
+-- tell the waits on task t that it ended (a finaliser calls it too:
+-- task_collected; so interpreted only, see interp_only)
 local function task_ended(t)
   local waiters = t._waiters
   t._waiters = nil
@@ -308,33 +318,51 @@ function check.on_task_end(t, fn)
   end
   t._on_end = fn
 end
+interp_only(task_ended)
 
--- new_gc_guard(fn): an object whose collection calls fn (a userdata with
--- __gc on LuaJIT / 5.1, a table with __gc on 5.2+)
-local function new_gc_guard(fn)
+-- The __gc of every guard: one function for all, interpreted only; what
+-- the guard must do is in its metatable (fn, arg), and runs once.
+local function guard_gc(p)
+  local mt = getmetatable(p)
+  local fn, arg = mt.fn, mt.arg
+  mt.fn, mt.arg = nil, nil
+  if fn then fn(arg) end
+end
+interp_only(guard_gc)
+
+-- new_gc_guard(fn, arg): an object whose collection calls fn(arg) (a
+-- userdata with __gc on LuaJIT / 5.1, a table with __gc on 5.2+). fn must
+-- be interpreted only (interp_only), and so must what it calls that loops.
+-- No closure: the guard keeps fn and arg, nothing of the frame making it.
+local function new_gc_guard(fn, arg)
   if newproxy then
     local p = newproxy(true)
-    getmetatable(p).__gc = fn
+    local mt = getmetatable(p)
+    mt.__gc, mt.fn, mt.arg = guard_gc, fn, arg
     return p
   end
-  return setmetatable({}, { __gc = fn })
+  return setmetatable({}, { __gc = guard_gc, fn = fn, arg = arg })
 end
 
 local KILLED = "task's light thread was killed"
 
--- The guard of task t: if its light thread is killed (ngx.exit,
--- ngx.thread.kill, a client abort) and collected, the task ends as failed,
--- and its waiters hear of it. Made here, not in task_body: a closure must
--- not keep an upvalue of a frame that a kill can leave open (ngx_lua resets
--- a killed thread's stack, and its open upvalues then read nil).
+-- What the guard of task t does once collected while t runs: its light
+-- thread was killed (ngx.exit, ngx.thread.kill, a client abort), so the
+-- task ends as failed, and its waiters hear of it.
+local function task_collected(t)
+  if t._status ~= "running" then return end
+  stats.tasks = stats.tasks - 1
+  t._res = { false, KILLED, n = 2 }
+  t._status = "failed"
+  pcall(task_ended, t)
+end
+interp_only(task_collected)
+
+-- The guard of task t. Made here, not in task_body: nothing may keep a
+-- frame that a kill can leave open (ngx_lua resets a killed thread's
+-- stack, and open upvalues of its frames then read nil).
 local function task_guard(t)
-  return new_gc_guard(function()
-    if t._status ~= "running" then return end
-    stats.tasks = stats.tasks - 1
-    t._res = { false, KILLED, n = 2 }
-    t._status = "failed"
-    pcall(task_ended, t)
-  end)
+  return new_gc_guard(task_collected, t)
 end
 
 local function task_body(t, fn, args)
@@ -423,22 +451,27 @@ local function unwatch_h(h)
   end
   return false
 end
+interp_only(unwatch_h) -- (wait_collected calls it)
 
--- Make something that unwatches the handles if the waiting light thread is
--- killed (ngx.exit, ngx.thread.kill) and collected mid-wait.
+-- What the guard of wait record rec does once collected while the wait
+-- is open: the waiting light thread was killed (ngx.exit, ngx.thread.kill)
+-- and collected mid-wait; its handles are unwatched.
+local function wait_collected(rec)
+  if rec.closed then return end
+  rec.closed = true
+  if rec.co and waiting_of[rec.co] == rec.dump then waiting_of[rec.co] = nil end
+  stats.waits = stats.waits - 1
+  local any = false
+  for _, h in ipairs(rec.handles) do
+    local ok, stopped = pcall(unwatch_h, h)
+    any = any or (ok and stopped)
+  end
+  if any then pcall(settle) end
+end
+interp_only(wait_collected)
+
 local function new_guard(rec)
-  return new_gc_guard(function()
-    if rec.closed then return end
-    rec.closed = true
-    if rec.co and waiting_of[rec.co] == rec.dump then waiting_of[rec.co] = nil end
-    stats.waits = stats.waits - 1
-    local any = false
-    for _, h in ipairs(rec.handles) do
-      local ok, stopped = pcall(unwatch_h, h)
-      any = any or (ok and stopped)
-    end
-    if any then pcall(settle) end
-  end)
+  return new_gc_guard(wait_collected, rec)
 end
 
 -- the function a watch of wait record rec calls when the i-th waitable is
@@ -778,6 +811,16 @@ local function queue_callback(rec)
   start_runner()
 end
 
+-- What the guard of after_func record rec does once collected unrun (its
+-- watch went with a context nothing could cancel any more): uncount it.
+local function callback_collected(rec)
+  if rec.fired or rec.stopped then return end
+  rec.stopped = true
+  stats.callbacks = stats.callbacks - 1
+  stats.watches = stats.watches - 1
+end
+interp_only(callback_collected)
+
 --- context.after_func(ctx, fn) -> stop
 -- Once ctx is done, fn() runs once, in a light thread of its own, in a
 -- timer (never inside cancel()). stop() returns true if it prevented the run.
@@ -789,12 +832,7 @@ function M.after_func(ctx, fn)
   local rec = { fn = fn } -- armed until it starts or is stopped
   -- the watch is weak: on a context nothing can cancel any more, the core
   -- collects it unrun, and with it `fire` and this guard, which uncounts it
-  local guard = new_gc_guard(function()
-    if rec.fired or rec.stopped then return end
-    rec.stopped = true
-    stats.callbacks = stats.callbacks - 1
-    stats.watches = stats.watches - 1
-  end)
+  local guard = new_gc_guard(callback_collected, rec)
   local function fire()
     rec.fired = guard -- (and keeps the guard as long as fire lives)
     if not rec.stopped then queue_callback(rec) end

@@ -98,12 +98,14 @@ return function(context)
   -- closure of a killed frame reads nil for its locals (ngx_lua resets a
   -- killed thread's stack without closing its upvalues).
   local newproxy = rawget(_G, "newproxy")
-  local function dead(recs)
+  -- (dead and all it calls that loops run in finalisers: interpreted only
+  -- on LuaJIT, check.interp_only; so on_dead has its own grant loop)
+  local dead = check.interp_only(function(recs)
     for k = 1, #recs do
       local r = recs[k]
       if not r.consumed then on_dead(r) end
     end
-  end
+  end)
   local guard_of
   if newproxy then -- 5.1, LuaJIT: a userdata's finaliser (tables have none)
     guard_of = function(recs)
@@ -583,6 +585,25 @@ return function(context)
     end
   end
 
+  -- grant, for finalisers: the same loop, interpreted only (see dead)
+  local grant_gc = check.interp_only(function(sem)
+    local q = sem._q
+    local r = q.head
+    while r do
+      local nx = r.next
+      if r.w.done or (r.co and co_status(r.co) == "dead") then
+        q_remove(r) -- (a dead one's own guard gives back what it holds)
+      elseif sem._size - sem._cur >= r.weight then
+        q_remove(r)
+        sem._cur = sem._cur + r.weight
+        complete(r, nil, true)
+      else
+        break
+      end
+      r = nx
+    end
+  end)
+
   -- A blocked call whose coroutine died: from its guard's finaliser, or
   -- found dead in a queue (queued: the walk that found it goes on, so no
   -- grant from here: no recursion)
@@ -595,9 +616,9 @@ return function(context)
       q_remove(r)
       if r.w.done then -- granted, never returned: give the units back
         sem._cur = sem._cur - r.weight
-        if not queued then grant(sem) end
+        if not queued then grant_gc(sem) end
       elseif was_head and not queued then
-        grant(sem)
+        grant_gc(sem)
       end
     else
       if r.case then -- (select's cases are not counted as blocked calls)

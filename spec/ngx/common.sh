@@ -31,6 +31,22 @@ record_workers() {
 }
 # is pid $1 still an nginx process (not a pid reused by something else)?
 is_nginx() { { tr '\0' ' ' < "/proc/$1/cmdline"; } 2>/dev/null | grep -q '^nginx: '; }
+# a process's CPU time in clock ticks (utime + stime, /proc/PID/stat)
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'; }
+# LCONTEXT_NGX_ON_SPIN=CMD: before cleanup stops them, `CMD PID DIR` runs
+# for each of the pids $1... that used more than half a core over 0.5 s (a
+# spinning worker, caught alive: e.g. tools/ngx_spin_diag.sh)
+on_spin() {
+  [ -n "${LCONTEXT_NGX_ON_SPIN:-}" ] || return 0
+  t0=
+  for p in "$@"; do t0="$t0 $p:$(cpu_ticks "$p")"; done
+  sleep 0.5
+  for pt in $t0; do
+    p=${pt%%:*}; a=${pt#*:}; b=$(cpu_ticks "$p")
+    [ -n "$a" ] && [ -n "$b" ] && [ $((b - a)) -gt 25 ] && $LCONTEXT_NGX_ON_SPIN "$p" "$DIR"
+  done
+  return 0
+}
 cleanup() {
   # the master we started and its workers, by pid: those recorded at the
   # start (a worker orphaned when its master died first is no child of
@@ -40,6 +56,7 @@ cleanup() {
   if [ -n "$MASTER" ] && is_nginx "$MASTER"; then pids="$MASTER $(workers_of "$MASTER")"; fi
   for p in $WORKERS; do is_nginx "$p" && pids="$pids $p"; done
   if [ -n "$pids" ]; then
+    on_spin $pids
     kill -TERM $pids 2>/dev/null
     i=0
     while [ $i -lt 20 ]; do

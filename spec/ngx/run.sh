@@ -8,7 +8,10 @@
 # log. Bounded in time; loopback only. Needs nginx, libnginx-mod-http-lua,
 # lua-resty-core, lua5.4 + LuaSocket, and build-jit/lcontext/core.so
 # (make build-jit). The last line is `N passed, N failed`; the exit status
-# is non-zero if anything failed. KEEP=1 keeps the directory.
+# is non-zero if anything failed. KEEP=1 keeps the directory;
+# LCONTEXT_NGX_ABORTS=0 leaves out the requests that die mid-wait,
+# LCONTEXT_NGX_MIX=0 sends their two halves one after the other (client.lua);
+# LCONTEXT_NGX_ON_SPIN=CMD runs CMD on a worker that spins (common.sh).
 set -u
 
 . "$(dirname "$0")/common.sh"
