@@ -237,6 +237,8 @@ static void finish(lua_State *L, lc_runtime *rt, lc_task *t, int status,
 ** raised (nil if it returned); an error in it is reported. */
 static void run_on_end(lua_State *L, lc_runtime *rt, int taskidx) {
   (void)rt;
+  lua_pushnil(L); /* its function is not kept once it has ended */
+  lua_setiuservalue(L, taskidx, 5);
   lua_getiuservalue(L, taskidx, 4);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);

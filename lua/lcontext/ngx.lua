@@ -287,16 +287,21 @@ local task_mt = {
   __tostring = function(t) return ("context.task (%s): %s"):format(t._status, t._id) end,
 }
 local is_task = setmetatable({}, { __mode = "k" })
--- what each waiting coroutine waits on, for context.dump (weak keys; a
--- killed light thread's entry goes when its wait's guard runs: the task
--- may keep the coroutine, and the entry must not keep what it waited on)
+-- what each waiting coroutine waits on, for context.dump (weak keys; its
+-- values hold what is waited on weakly: a task may keep a killed light
+-- thread's coroutine, and must not keep what that thread waited on)
 local waiting_of = setmetatable({}, { __mode = "k" })
+local WEAK_VALUES = { __mode = "v" }
+-- each task's coroutine, for context.dump; weakly: a killed light thread's
+-- coroutine must go when nothing else keeps it (its task's guard runs then)
+local co_of = setmetatable({}, { __mode = "kv" })
 
 -- tell the waits on task t that it ended (a finaliser calls it too:
 -- task_collected; so interpreted only, see interp_only)
 local function task_ended(t)
   local waiters = t._waiters
   t._waiters = nil
+  t._fn = nil -- (context.dump's; not kept once it has ended)
   for rec, i in pairs(waiters) do
     if not rec.fired then rec.fired = i end
     rec.sema:post(1)
@@ -367,7 +372,7 @@ end
 
 local function task_body(t, fn, args)
   local guard = task_guard(t)
-  t._co = coroutine.running()
+  co_of[t] = coroutine.running()
   -- start once go has returned, as context.go does: a light thread that
   -- yields goes to the back of ngx_lua's posted threads (spawn posted its
   -- parent first), so spawn returns, and this one runs when the threads
@@ -459,7 +464,6 @@ interp_only(unwatch_h) -- (wait_collected calls it)
 local function wait_collected(rec)
   if rec.closed then return end
   rec.closed = true
-  if rec.co and waiting_of[rec.co] == rec.dump then waiting_of[rec.co] = nil end
   stats.waits = stats.waits - 1
   local any = false
   for _, h in ipairs(rec.handles) do
@@ -509,10 +513,10 @@ function check.task_list()
   local out, me = {}, running()
   for t in pairs(is_task) do
     if t._status == "running" then
-      local co = t._co
+      local co = co_of[t]
       local wr = co and waiting_of[co]
       local e = { task = t, co = co, fn = t._fn }
-      if wr then
+      if wr and wr.ws and wr.kinds then
         e.state, e.since, e.waits = "parked", now() - wr.since, {}
         for i = 1, wr.n do
           local k = wr.kinds[i]
@@ -572,8 +576,9 @@ local function wait_on(fname, ws, kinds, n)
   local guard = new_guard(rec)
   if #rec.handles > 0 then kick() end
   local me = running()
-  rec.co, rec.dump = me, { ws = ws, kinds = kinds, n = n, since = now() }
-  waiting_of[me] = rec.dump -- (context.dump)
+  -- (context.dump; weak values: the record of a killed light thread's wait
+  -- must not keep what it waited on, nor its frame: ws and kinds live in it)
+  waiting_of[me] = setmetatable({ ws = ws, kinds = kinds, n = n, since = now() }, WEAK_VALUES)
   stats.waits = stats.waits + 1
   local ok, err = pcall(function()
     local quick = 0
