@@ -1,6 +1,8 @@
 -- context.group (docs/resilience.md): Go's errgroup, plus g:go
 -- returning false after the first failure, g:errors(), and Lua errors raised
--- in a task becoming its failure with a traceback.
+-- in a task becoming its failure with a traceback; the policies (supervise,
+-- any, quorum), g:results(), g:cancel, context.group_scope, and a group in
+-- a cancelled spawned task. (<close>: close_54_spec.lua.)
 --
 -- Assertions run on the main thread (in nginx: the request's light thread;
 -- an assertion raised in a task would only reach the error handler); every

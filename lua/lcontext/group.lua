@@ -320,7 +320,8 @@ return function(context)
 
   -- <close> (Lua 5.4): cancel, with the error that closes the block as
   -- cause, then wait. Waiting yields in a task: the runtime must allow a
-  -- yield in __close there (Lua 5.4.3 and later do).
+  -- yield in __close there (5.4.4 does); where it cannot, the wait raises,
+  -- with the members cancelled already.
   function Group:__close(err)
     self:cancel(err)
     self:wait()
