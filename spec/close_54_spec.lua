@@ -78,3 +78,42 @@ describe("context.signal (<close>)", function()
     context.run()
   end)
 end)
+
+describe("context.group (<close>)", function()
+  it("cancels the members and waits for them when the block ends", function()
+    local ended, gctx
+    do
+      local g <close>, c = context.group(bg, { policy = "supervise" })
+      gctx = c
+      g:go(function(ctx)
+        ctx:done()
+        context.sleep(bg, 0.002) -- still waited for
+        ended = ctx:cause()
+      end)
+    end
+    h.is(ended, C, "the member ended before the block did")
+    h.is(gctx:err(), C, "gctx after the block")
+  end)
+
+  it("in a task, a raise that leaves the block is the cause; the wait yields in __close", function()
+    local obj = { "left by error" }
+    local t = context.go(function()
+      local ended
+      local ok, err = pcall(function()
+        local g <close> = context.group(bg)
+        g:go(function(ctx)
+          ctx:done()
+          context.sleep(bg, 0.002)
+          ended = ctx:cause()
+        end)
+        context.sleep(bg, 0.001)
+        error(obj)
+      end)
+      return ok, err, ended
+    end)
+    local ok, err, ended = t:wait()
+    assert.is_false(ok)
+    h.is(err, obj, "the error")
+    h.is(ended, obj, "the member's cause")
+  end)
+end)

@@ -22,6 +22,8 @@ end
 -- a misspelled option and the one it should be, and a value for the latter.
 local cases = {
   { "retry", 3, function(o) context.retry(bg, f, o) end, "attemps", "attempts", 2 },
+  { "group", 2, function(o) context.group(bg, o) end, "qourum", "quorum", 2 },
+  { "group_scope", 3, function(o) context.group_scope(bg, f, o) end, "limt", "limit", 2 },
   { "backoff", 1, function(o) context.backoff(o) end, "jiter", "jitter", "none" },
   { "retry_budget", 1, function(o) context.retry_budget(o) end, "max_token", "max_tokens", 5 },
   { "breaker", 1, function(o) context.breaker(o) end, "treshold", "threshold", 2 },

@@ -400,6 +400,69 @@ ACTS = {
       violate("group: first failure %s, g:wait() gave %s", show(fails[1]), show(first))
     end
   end,
+  -- a group with a random policy: every member's outcome in g:results() is
+  -- what it returned (or failed, if closed from outside), and g:wait()'s
+  -- result follows from them by the policy (docs/resilience.md, "Policies")
+  group_policy = function(a)
+    local policy = pick({ "fail_fast", "supervise", "any", "quorum" })
+    local k = policy == "quorum" and R(3) or (policy == "any" and 1 or nil)
+    local g, gctx = context.group(a.n.ctx, { policy = policy, limit = chance(0.5) and R(2) or nil,
+      quorum = policy == "quorum" and k or nil })
+    local said, ids = {}, {} -- said[i]: what member i returned; ids: the members started, in order
+    for i = 1, R(4) do
+      local kind = R(3)
+      local started = g:go(function(gc)
+        if kind == 3 and AV[11] == nil and M.close_member then M.closable[#M.closable + 1] = { co = running(), bug = 11 } end
+        local ok, err = context.sleep(gc, R() * 0.01)
+        if kind == 2 then local e = our_error(-2); said[i] = { false, e }; return nil, e end
+        if ok then said[i] = { true }; return "v" .. i, i end
+        said[i] = { false, err }; return nil, err
+      end)
+      if started then ids[#ids + 1] = i end
+    end
+    local r = pack(g:wait())
+    if not gctx:is_done() then violate("group %s: gctx running after g:wait()", policy) end
+    local res, errs = g:results(), g:errors()
+    if #res ~= #ids then return violate("group %s: %d results for %d members", policy, #res, #ids) end
+    local nok, winners = 0, {}
+    for j, i in ipairs(ids) do
+      local x, w = res[j], said[i]
+      if w == nil then -- closed from outside before it returned
+        if x.status ~= "failed" then violate("group %s: closed member %d is %s", policy, i, show(x.status)) end
+      elseif w[1] then
+        nok = nok + 1
+        winners["v" .. i] = i
+        local v = x.values
+        if x.status ~= "ok" or not v or v.n ~= 2 or v[1] ~= "v" .. i or v[2] ~= i then
+          violate("group %s: member %d returned v%d, %d; results say %s", policy, i, i, i, show(x.status))
+        end
+      elseif (x.status ~= "failed" and x.status ~= "canceled") or not rawequal(x.err, w[2]) then
+        violate("group %s: member %d failed with %s; results say %s, %s", policy, i, show(w[2]), show(x.status), show(x.err))
+      elseif x.status == "canceled" and not rawequal(x.err, gctx:err()) and not rawequal(x.err, gctx:cause()) then
+        violate("group %s: member %d canceled with %s, not gctx's", policy, i, show(x.err))
+      end
+    end
+    if #errs ~= #ids - nok then violate("group %s: %d errors for %d failed members", policy, #errs, #ids - nok) end
+    local failure = errs[1]
+    if k then
+      -- group_short: too few members and none had failed when wait() found
+      -- it out (those it cancelled then fail after)
+      if failure == nil or rawequal(r[1], context.group_short) then failure = context.group_short end
+      if (r[1] == nil) ~= (nok >= k) then
+        violate("group %s %d: %d succeeded, g:wait() gave %s", policy, k, nok, show(r[1]))
+      end
+      if r[1] ~= nil and rawequal(gctx:cause(), context.group_done) then violate("group %s: failed, with group_done as cause", policy) end
+    end
+    if r[1] ~= nil or not k then
+      if r.n ~= 1 or not rawequal(r[1], failure) then
+        violate("group %s: first failure %s, g:wait() gave %s (%d values)", policy, show(failure), show(r[1]), r.n)
+      end
+    elseif policy == "any" then
+      if r.n ~= 3 or winners[r[2]] ~= r[3] then violate("group any: g:wait() gave %s, %s: not a winner", show(r[2]), show(r[3])) end
+    elseif r.n ~= 1 then
+      violate("group quorum: g:wait() gave %d values", r.n)
+    end
+  end,
   retry = function(a)
     local k, calls, attempts = R(0, 3), 0, R(4)
     local r = pack(context.retry(a.c, function(c, n)
@@ -449,7 +512,7 @@ ACTS = {
   end,
 }
 local ACT_NAMES = { "sleep", "sleep", "done", "select", "select", "fd", "cancel", "derive", "yield",
-  "go", "nonyield", "main_only", "group", "retry", "breaker", "hedge" }
+  "go", "nonyield", "main_only", "group", "group_policy", "retry", "breaker", "hedge" }
 
 local function gen_act(depth)
   local name = pick(ACT_NAMES)
@@ -530,7 +593,9 @@ local BAD = {
     { 2 ^ 31 - 1, "closed", 10 }, { 2 ^ 32, 1, 4 }, { 2 ^ 32 + 1, 1, 4 }, { INF, 1, 4 }, { 2 ^ 63, 1, 4 } },
   mode = { { "x", 1 }, { 1, 1 }, { {}, 1 }, { NIL } },
   sig = { { "NOPE", 1 }, { NIL, 1 }, { {}, 1 }, { "" , 1 } },
-  limit = { { 0, 1 }, { -1, 1 }, { 1.5, 1 }, { NAN, 1 }, { "x", 1 }, { {}, 1 }, { INF } },
+  limit = { { 0, 1 }, { -1, 1 }, { 1.5, 1 }, { NAN, 1 }, { "x", 1 }, { true, 1 }, { INF }, { {} },
+    { { limit = 0 }, 1 }, { { polcy = "any" }, 1 }, { { policy = "quorum" }, 1 }, { { policy = "any", quorum = 1 }, 1 },
+    { { quorum = 0 }, 1 }, { { quorum = 2 } }, { { policy = "supervise", limit = INF } } },
   opts = { { 1, 1 }, { "x", 1 }, { true, 1 } },
   -- options tables whose keys are all option names: a misspelled one is refused
   sopts = { { 1, 1 }, { "x", 1 }, { true, 1 }, { { attemps = 1 }, 1 }, { { treshold = 2 }, 1 }, { { dleay = 0.1 }, 1 } },

@@ -455,7 +455,12 @@ local function helper_call()
   local n = pnode()
   local r = R(3)
   if r == 1 then
-    local g, gctx = context.group(n.ctx, chance(0.5) and R(2) or nil)
+    local opts = chance(0.5) and R(2) or nil
+    if chance(0.5) then -- a policy (docs/resilience.md, "Policies")
+      local policy = pick({ "fail_fast", "supervise", "any", "quorum" })
+      opts = { limit = opts, policy = policy, quorum = policy == "quorum" and R(3) or nil }
+    end
+    local g, gctx = context.group(n.ctx, opts)
     for _ = 1, R(3) do
       local kind = R(3)
       g:go(function(c)
@@ -466,6 +471,9 @@ local function helper_call()
     end
     g:wait()
     if not gctx:is_done() then violate("group: its context runs after g:wait()") end
+    for i, x in ipairs(g:results()) do
+      if x.status == "running" then violate("group: member %d still running after g:wait()", i) end
+    end
   elseif r == 2 then
     context.retry(n.ctx, function(_, k)
       if k < R(3) then return nil, "flaky" end

@@ -234,7 +234,7 @@ end
 -- already; select is not here: its arguments are waitables of any kind.
 M.CONTEXT_METHODS = {
   "sleep", "wait_fd", "after_func", "signal",                   -- init.lua, the core
-  "group", "retry", "hedge",                                    -- group, retry, hedge
+  "group", "group_scope", "retry", "hedge",                      -- group, retry, hedge
   "with_min_timeout", "split", "scope", "fallback", "classify_timeout", -- patterns
   "with_request_info", "request_info", "log_fields", "copy_values",     -- observe
   "spawn",                                                      -- tasks
