@@ -303,8 +303,19 @@ end
 
 --- select's other waitables (lua/lcontext/sync.lua): a table whose
 -- metatable has __lcontext_case is a channel case or an event; the
--- backends' select hands a call with one to M.select_cases(select, ...).
+-- backends' select hands a call with one (has_case) to
+-- M.select_cases(select, ...).
 M.select_cases = nil
+function M.has_case(...)
+  for k = 1, select("#", ...) do
+    local w = (select(k, ...))
+    if type(w) == "table" then
+      local mt = getmetatable(w)
+      if type(mt) == "table" and rawget(mt, "__lcontext_case") then return true end
+    end
+  end
+  return false
+end
 
 -- {=== runtime shims (Lua 5.1, LuaJIT 2.1, 5.3, 5.4) ===
 -- Where the runtime has the function, the shim is that very function. The

@@ -182,21 +182,13 @@ end
 -- (a sleep of that many seconds), context.fd(fd, mode) (when ready), and
 -- (lua/lcontext/sync.lua) channel cases and events. In a spawned task whose
 -- context ends first: nil, that context's err().
-local getmetatable = getmetatable
+local has_case = check.has_case
 local function select_(...)
   local n = select("#", ...)
   if n == 0 then
     error("bad argument #1 to 'select' (waitable expected, got no value)", 2)
   end
-  for k = 1, n do
-    local w = (select(k, ...))
-    if type(w) == "table" then
-      local mt = getmetatable(w)
-      if type(mt) == "table" and rawget(mt, "__lcontext_case") then
-        return check.select_cases(select_, ...)
-      end
-    end
-  end
+  if has_case(...) then return check.select_cases(select_, ...) end
   local i = wait("select", ...)
   if i == 0 then return nil, bound_err() end
   if i < 0 then -- an fd that cannot be waited on: not open, or closed since

@@ -665,21 +665,13 @@ end
 -- Waitables: a context (fires when done), a task (when it ends), a number
 -- (a sleep of that many seconds). The first one ready, in argument order,
 -- wins; the others leave nothing behind.
-local select_
+local select_, has_case = nil, check.has_case
 function M.select(...)
   local n = select("#", ...)
   if n == 0 then
     error("bad argument #1 to 'select' (waitable expected, got no value)", 2)
   end
-  for k = 1, n do
-    local w = (select(k, ...))
-    if type(w) == "table" then
-      local mt = getmetatable(w)
-      if type(mt) == "table" and rawget(mt, "__lcontext_case") then
-        return check.select_cases(select_, ...)
-      end
-    end
-  end
+  if has_case(...) then return check.select_cases(select_, ...) end
   local ws, kinds, ready = { ... }, {}, nil
   local t0 = now()
   for i = 1, n do

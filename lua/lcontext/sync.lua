@@ -149,6 +149,24 @@ return function(context)
     if i == 1 then return ctx:err() end
     return "lcontext.sync: woken with nothing done" -- (not reached)
   end
+
+  -- block(r, q, ctx, stat): queue the blocked call's record r (its own
+  -- waiter) in q and park until it is done or ctx ends; stats[stat] counts
+  -- it meanwhile. -> the pcall of park: ok, err. The guard lives in this
+  -- frame, the waiting one; the caller unlinks r (q_remove) afterwards.
+  local function block(r, q, ctx, stat)
+    new_waiter(r)
+    r.w = r
+    q_push(q, r)
+    local recs = { r }
+    local guard = guard_of(recs)
+    blocked_on[r.sig] = recs -- (kept alive by the guard, which this frame keeps)
+    stats[stat] = stats[stat] + 1
+    local ok, err = pcall(park, r, ctx)
+    stats[stat] = stats[stat] - 1
+    r.consumed = guard ~= nil
+    return ok, err
+  end
   -- ===}
 
   -- {=== channels ===
@@ -276,18 +294,9 @@ return function(context)
     local e = err_of(ctx)
     if e ~= nil then return nil, e end
     if try_send(ch, v) then return true end
-    local r = new_waiter({ index = 1, value = v, kind = "send", ch = ch })
-    local w = r
-    r.w = r
-    q_push(ch._sendq, r)
-    local recs = { r }
-    local guard = guard_of(recs)
-    blocked_on[w.sig] = recs -- (kept alive by the guard, which the frame keeps)
-    stats.blocked_send = stats.blocked_send + 1
-    local ok, err = pcall(park, w, ctx)
-    stats.blocked_send = stats.blocked_send - 1
-    r.consumed = guard ~= nil
-    q_remove(r)
+    local w = { index = 1, value = v, kind = "send", ch = ch }
+    local ok, err = block(w, ch._sendq, ctx, "blocked_send")
+    q_remove(w)
     -- done wins: a completed operation stands, even if the wait then failed
     if not ok and not w.done then error(err, 0) end
     if w.done then
@@ -309,18 +318,9 @@ return function(context)
     if e ~= nil then return nil, e end
     local done, v, ok = try_recv(ch)
     if done then return v, ok end
-    local r = new_waiter({ index = 1, kind = "recv", ch = ch })
-    local w = r
-    r.w = r
-    q_push(ch._recvq, r)
-    local recs = { r }
-    local guard = guard_of(recs)
-    blocked_on[w.sig] = recs -- (kept alive by the guard, which the frame keeps)
-    stats.blocked_recv = stats.blocked_recv + 1
-    local pok, err = pcall(park, w, ctx)
-    stats.blocked_recv = stats.blocked_recv - 1
-    r.consumed = guard ~= nil
-    q_remove(r)
+    local w = { index = 1, kind = "recv", ch = ch }
+    local pok, err = block(w, ch._recvq, ctx, "blocked_recv")
+    q_remove(w)
     if w.done then -- done wins (even over a failed wait) ...
       if w.ok == false then -- ... but a close carries no value: ctx first
         local ce = err_of(ctx)
@@ -647,17 +647,9 @@ return function(context)
       sem._cur = sem._cur + w
       return true
     end
-    local r = new_waiter({ index = 1, weight = w, kind = "acquire", sem = sem })
+    local r = { index = 1, weight = w, kind = "acquire", sem = sem }
     local wt = r
-    r.w = r
-    q_push(sem._q, r)
-    local recs = { r }
-    local guard = guard_of(recs)
-    blocked_on[wt.sig] = recs
-    stats.blocked_acquire = stats.blocked_acquire + 1
-    local ok, err = pcall(park, wt, ctx)
-    stats.blocked_acquire = stats.blocked_acquire - 1
-    r.consumed = guard ~= nil
+    local ok, err = block(r, sem._q, ctx, "blocked_acquire")
     local was_head = sem._q.head == r
     q_remove(r)
     if wt.done then return true end -- granted: done wins (even over a failed wait)
