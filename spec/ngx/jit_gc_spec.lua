@@ -107,7 +107,13 @@ describe("LuaJIT finalisers (lcontext.ngx)", function()
         hots[i] = hot -- (alive: a new chunk at a freed one's address has its penalty)
         jit.flush() -- (hot counters reset)
         local seen = {}
-        local function on_trace(what, _, _, _, code)
+        -- (only the traces that start in this hot loop, and how each ends:
+        -- code left running by the specs before may record traces of its own)
+        local mine = false
+        local function on_trace(what, _, func, _, code)
+          if what == "start" then mine = func == hot end
+          if not mine then return end
+          if what ~= "start" then mine = false end
           seen[#seen + 1] = what .. (what == "abort" and (": " .. tostring(vmdef.traceerr[code])) or "")
         end
         jit.attach(on_trace, "trace")
