@@ -156,11 +156,11 @@ return function(context)
   -- frame, the waiting one; the caller unlinks r (q_remove) afterwards.
   local function block(r, q, ctx, stat)
     new_waiter(r)
-    r.w = r
-    q_push(q, r)
+    r.w, r.q, r.prev, r.next = r, false, false, false -- (every field it will have)
     local recs = { r }
     local guard = guard_of(recs)
     blocked_on[r.sig] = recs -- (kept alive by the guard, which this frame keeps)
+    q_push(q, r) -- armed last: everything above allocates (and may fail), this does not
     stats[stat] = stats[stat] + 1
     local ok, err = pcall(park, r, ctx)
     stats[stat] = stats[stat] - 1
@@ -492,9 +492,8 @@ return function(context)
     for i = 1, n do
       local a = args[i]
       if getmetatable(a) == Case then
-        local r = { w = w, index = i, value = a.value, kind = a.kind, case = true, ch = a.ch, co = w.co }
-        recs[#recs + 1] = r
-        q_push(a.kind == "send" and a.ch._sendq or a.ch._recvq, r)
+        recs[#recs + 1] = { w = w, index = i, value = a.value, kind = a.kind, case = true,
+          ch = a.ch, co = w.co, q = false, prev = false, next = false }
       else
         m = m + 1
         rest[m], map[m] = a, i
@@ -504,6 +503,11 @@ return function(context)
     rest[m] = w.sig
     local guard = guard_of(recs)
     blocked_on[w.sig] = recs
+    -- armed last: everything above allocates (and may fail), q_push does not
+    for k = 1, #recs do
+      local r = recs[k]
+      q_push(r.kind == "send" and r.ch._sendq or r.ch._recvq, r)
+    end
     local ok, j, e = pcall(bsel, unpack(rest, 1, m))
     for k = 1, #recs do
       recs[k].consumed = guard ~= nil
