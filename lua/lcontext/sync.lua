@@ -108,9 +108,12 @@ return function(context)
   end)
   local guard_of
   if newproxy then -- 5.1, LuaJIT: a userdata's finaliser (tables have none)
+    -- (the records in the proxy's own metatable: no closure per guard)
+    local function proxy_gc(p) dead(getmetatable(p).recs) end
     guard_of = function(recs)
       local p = newproxy(true)
-      getmetatable(p).__gc = function() dead(recs) end
+      local mt = getmetatable(p)
+      mt.recs, mt.__gc = recs, proxy_gc
       return p
     end
   else -- the list of records itself, with one shared metatable: no closure
@@ -709,12 +712,12 @@ return function(context)
   -- {=== metrics ===
   --- context.sync_stats() -> the figures of this module
   function M.sync_stats()
-    local ch_live, buffered, sem_live, held, waiting = 0, 0, 0, 0, 0
+    local ch_live, buffered, sem_live, held = 0, 0, 0, 0
     for ch in pairs(live_ch) do
       ch_live, buffered = ch_live + 1, buffered + ch._count
     end
     for sem in pairs(live_sem) do
-      sem_live, held, waiting = sem_live + 1, held + sem._cur, waiting + sem._q.n
+      sem_live, held = sem_live + 1, held + sem._cur
     end
     return {
       channels_created = stats.channels, channels_live = ch_live,

@@ -53,8 +53,10 @@ return function(context)
     local tctx, cancel = with_cancel_cause(ctx)
     bound.active = true
     local t = go(body, tctx, fn, ...)
-    owned[t] = { ctx = tctx, cancel = cancel, parent = running() or MAIN, fn = fn }
+    local o = { ctx = tctx, cancel = cancel, parent = running() or MAIN, fn = fn }
+    owned[t] = o
     on_task_end(t, function(err) -- its error becomes the cause (as errgroup's)
+      o.fn, o.parent = nil, nil -- (context.dump's: not kept once it has ended)
       if err ~= nil then cancel(err) else cancel() end
     end)
     return t
