@@ -103,8 +103,10 @@ return function(context)
   end
 
   -- A member ended. ok: values is its returned values (a pack); else err is
-  -- its failure and tb the traceback of a raise (or false).
-  local function ended(g, rec, ok, values, err, tb)
+  -- its failure and tb the traceback of a raise (or false). outside: it was
+  -- ended from outside (its coroutine closed): failed, whatever gctx says
+  -- (a sibling closed first made CLOSED gctx's cause)
+  local function ended(g, rec, ok, values, err, tb, outside)
     if ok then
       stats.ok = stats.ok + 1
       g._ok = g._ok + 1
@@ -120,7 +122,7 @@ return function(context)
         -- it stopped because gctx ended (its err or cause is what it
         -- returned), rather than on its own
         local cerr = g.ctx:err()
-        local canceled = cerr ~= nil and (err == cerr or err == g.ctx:cause())
+        local canceled = not outside and cerr ~= nil and (err == cerr or err == g.ctx:cause())
         rec.status, rec.err = canceled and "canceled" or "failed", err
         if tb then rec.traceback = tb end
       end
@@ -161,7 +163,7 @@ return function(context)
     end
     g._tasks[t] = nil
     g._running = g._running - 1
-    ended(g, g._recs[t], false, nil, err, false)
+    ended(g, g._recs[t], false, nil, err, false, true)
     g._recs[t] = nil
     return true
   end
