@@ -38,7 +38,8 @@ static const luaL_Reg core_funcs[] = {
 /* the module's functions, by file (each with the shared upvalues) */
 static const luaL_Reg *const module_funcs[] = {
   lc_ctx_funcs, lc_key_funcs, lc_task_funcs, lc_callback_funcs,
-  lc_signal_funcs, lc_loop_funcs, lc_park_funcs, lc_metrics_funcs, NULL
+  lc_signal_funcs, lc_loop_funcs, lc_park_funcs, lc_metrics_funcs,
+  lc_sync_funcs, NULL
 };
 
 /* [-0, +LC_NUP, m] push the shared upvalues kept in table t */
@@ -139,6 +140,7 @@ LC_EXPORT int luaopen_lcontext_core(lua_State *L) {
   lua_rawgeti(L, uvt, LC_UV_TASKMT);
   rt->ref_taskmt = luaL_ref(L, LUA_REGISTRYINDEX);
   lc_loop_init(L, rt);
+  lc_sync_init(L, rt, uvt);
   lua_rawgeti(L, uvt, LC_UV_CANCELED);
   rt->canceled_p = lua_topointer(L, -1);
   lua_rawgeti(L, uvt, LC_UV_DEADLINE);

@@ -28,7 +28,7 @@ static const char *const iomodes[] = {"r", "w", "rw", NULL};
 
 /* Check the waitable at idx and describe it in x, arming nothing (so that
 ** a bad argument leaves nothing behind). */
-static void prepare(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
+int lc_prepare_wait(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
                     const char *fname) {
   lc_ctx *c;
   lc_task *t;
@@ -46,7 +46,7 @@ static void prepare(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
     else
       at = now + (int64_t)ceil(secs * 1e9);
     wt_wait_sleep(x, at);
-    return;
+    return 0;
   }
   case LUA_TTABLE: {
     int isnum, mode;
@@ -75,16 +75,16 @@ static void prepare(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
     lua_pop(L, 1);
     wt_wait_io(x, (int)fd, mode == 0 ? WT_IO_READ : mode == 1 ? WT_IO_WRITE
                                                   : WT_IO_READ | WT_IO_WRITE);
-    return;
+    return 0;
   }
   case LUA_TUSERDATA:
     if ((c = lc_testctx(L, idx)) != NULL) {
       lc_wait_ctx(x, c);
-      return;
+      return 0;
     }
     if ((t = lc_testtask(L, idx, rt)) != NULL) {
       wt_wait_source(x, &t->end);
-      return;
+      return 0;
     }
     /* FALLTHROUGH */
   default:
@@ -94,6 +94,7 @@ static void prepare(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
                                    "number of seconds or context.fd(fd, mode)), "
                                    "got %s", luaL_typename(L, idx)));
   }
+  return 0;
 }
 
 /* [-0, +1, -] the index of the wait that fired, negated if it is an fd
@@ -105,24 +106,32 @@ static int push_fired(lua_State *L, lc_wait *waits, int i) {
   return 1;
 }
 
-/* The main thread waits: run the loop until one of its waits fires. Every
-** way out releases the waiter (it lives on this C stack). */
-static int park_main(lua_State *L, lc_runtime *rt, lc_waiter *w,
-                     lc_wait *waits, const char *fname) {
-  int fired, woken;
+/* Run the loop until w, the main thread's waiter (PARKED), is woken.
+** Returns 1 once it is, 0 if an error is pending for the caller
+** (lc_raise_pending raises it), -1 on a deadlock (nothing can wake it).
+** w is left as it is: the caller releases it. */
+int lc_main_wait(lua_State *L, lc_runtime *rt, lc_waiter *w) {
   for (;;) {
     if (!lc_drain(rt, 1)) break; /* an error is pending */
     if (w->state != WT_PARKED) break;
     if (!lc_can_progress(rt) && lc_sweep_closed(rt) > 0) continue;
-    if (!lc_can_progress(rt)) {
-      wt_release(&rt->sched, w);
-      return luaL_error(L, "context.%s: deadlock: waiting for something "
-                        "nothing can bring", fname);
-    }
+    if (!lc_can_progress(rt)) return -1;
     lc_iterate(rt, EVRUN_ONCE);
     if (lc_has_pending(L, rt)) break;
   }
-  woken = w->state != WT_PARKED;
+  return w->state != WT_PARKED;
+}
+
+/* The main thread waits: run the loop until one of its waits fires. Every
+** way out releases the waiter (it lives on this C stack). */
+static int park_main(lua_State *L, lc_runtime *rt, lc_waiter *w,
+                     lc_wait *waits, const char *fname) {
+  int fired, woken = lc_main_wait(L, rt, w);
+  if (woken < 0) {
+    wt_release(&rt->sched, w);
+    return luaL_error(L, "context.%s: deadlock: waiting for something "
+                      "nothing can bring", fname);
+  }
   fired = w->fired;
   wt_release(&rt->sched, w); /* out of its waits, or of the queue */
   if (woken) lc_drain(rt, 1); /* what woke it may have woken others */
@@ -160,7 +169,7 @@ static int l_park(lua_State *L) {
   waits = (lc_wait *)lua_newuserdatauv(L, sizeof(lc_wait) * (size_t)n, n);
   memset(waits, 0, sizeof(lc_wait) * (size_t)n);
   for (i = 0; i < n; i++) {
-    prepare(L, rt, &waits[i], i + 2, fname);
+    lc_prepare_wait(L, rt, &waits[i], i + 2, fname);
     lua_pushvalue(L, i + 2);
     lua_setiuservalue(L, -2, i + 1); /* keep what is waited on alive */
   }

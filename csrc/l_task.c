@@ -112,7 +112,7 @@ lc_task *lc_new_task(lua_State *L, lc_runtime *rt, int fidx, int n) {
   lua_State *co;
   fidx = lua_absindex(L, fidx);
   luaL_checkstack(L, n + 4, "too many arguments");
-  t = (lc_task *)lua_newuserdatauv(L, sizeof(lc_task), 5);
+  t = (lc_task *)lua_newuserdatauv(L, sizeof(lc_task), LC_TASK_NUV);
   memset(t, 0, sizeof *t);
   wt_waiter_init(&t->w, WK_TASK, 1);
   t->status = TS_RUNNING;
@@ -222,6 +222,7 @@ static void finish(lua_State *L, lc_runtime *rt, lc_task *t, int status,
   t->status = (uint8_t)status;
   t->reason = (uint8_t)reason;
   wt_release(&rt->sched, &t->w);
+  lc_sync_abandon(L, rt, t); /* blocked in a channel/semaphore call */
   t->w.state = WT_DONE;
   wt_source_end(&rt->sched, &t->end);
   rt->ntasks--;
@@ -482,37 +483,50 @@ static int l_task_waits(lua_State *L) {
   lua_pushstring(L, st);
   if (t->w.state != WT_PARKED || t->status != TS_RUNNING) return 1;
   lua_pushnumber(L, (lua_Number)(lc_now() - t->parked_at) / 1e9);
+  if (t->sync != NULL) { /* in a channel or semaphore call (l_sync.c) */
+    lc_sync_waits(L, lc_rt(L), t, 1);
+    return 3;
+  }
   lua_createtable(L, t->w.nwaits, 0);
   lua_getiuservalue(L, 1, 3); /* the waits' userdata: its user values are the waitables */
   for (i = 0; i < t->w.nwaits; i++) {
-    lc_wait *x = &t->w.waits[i];
-    lua_createtable(L, 0, 4);
-    switch (x->src) {
-    case WS_CTX: lua_pushliteral(L, "ctx"); break;
-    case WS_SLEEP: lua_pushliteral(L, "sleep"); break;
-    case WS_IO: lua_pushliteral(L, "fd"); break;
-    case WS_SOURCE: lua_pushliteral(L, "task"); break;
-    default: lua_pushliteral(L, "none"); break;
-    }
-    lua_setfield(L, -2, "kind");
-    if (lua_type(L, -2) == LUA_TUSERDATA) {
-      lua_getiuservalue(L, -2, i + 1);
-      lua_setfield(L, -2, "value");
-    }
-    if (x->src == WS_SLEEP) {
-      lua_pushnumber(L, (lua_Number)(x->u.t.e.expires - lc_now()) / 1e9);
-      lua_setfield(L, -2, "due");
-    } else if (x->src == WS_IO) {
-      lua_pushinteger(L, x->u.io.fd);
-      lua_setfield(L, -2, "fd");
-      lua_pushstring(L, x->u.io.events == WT_IO_READ ? "r"
-                        : x->u.io.events == WT_IO_WRITE ? "w" : "rw");
-      lua_setfield(L, -2, "mode");
-    }
+    if (lua_type(L, -1) == LUA_TUSERDATA)
+      lc_push_wait_entry(L, &t->w.waits[i], lua_gettop(L), i + 1);
+    else
+      lc_push_wait_entry(L, &t->w.waits[i], 0, 0);
     lua_rawseti(L, -3, i + 1);
   }
   lua_pop(L, 1);
   return 3;
+}
+
+/* [-0, +1, m] context.dump's entry for the wait x: { kind = "ctx" | "task"
+** | "sleep" | "fd", value = user value uv of the userdata at holder (0:
+** none), due = seconds left (sleep), fd =, mode = } */
+void lc_push_wait_entry(lua_State *L, lc_wait *x, int holder, int uv) {
+  lua_createtable(L, 0, 4);
+  switch (x->src) {
+  case WS_CTX: lua_pushliteral(L, "ctx"); break;
+  case WS_SLEEP: lua_pushliteral(L, "sleep"); break;
+  case WS_IO: lua_pushliteral(L, "fd"); break;
+  case WS_SOURCE: lua_pushliteral(L, "task"); break;
+  default: lua_pushliteral(L, "none"); break;
+  }
+  lua_setfield(L, -2, "kind");
+  if (holder != 0) {
+    lua_getiuservalue(L, holder, uv);
+    lua_setfield(L, -2, "value");
+  }
+  if (x->src == WS_SLEEP) {
+    lua_pushnumber(L, (lua_Number)(x->u.t.e.expires - lc_now()) / 1e9);
+    lua_setfield(L, -2, "due");
+  } else if (x->src == WS_IO) {
+    lua_pushinteger(L, x->u.io.fd);
+    lua_setfield(L, -2, "fd");
+    lua_pushstring(L, x->u.io.events == WT_IO_READ ? "r"
+                      : x->u.io.events == WT_IO_WRITE ? "w" : "rw");
+    lua_setfield(L, -2, "mode");
+  }
 }
 
 /* core._task_thread(task) -> its coroutine, its function */

@@ -106,6 +106,13 @@ typedef struct lc_runtime {
   int ref_tracked;       /* registry, weak keys: context -> creation record */
   int ref_signames;      /* registry, weak keys: signal context -> the names
                             of its signals ("SIGINT, SIGTERM"), for tostring */
+  /* l_sync.c */
+  const void *chanmt, *semmt, *casemt; /* metatables, as pointers */
+  int ref_chanmt, ref_semmt, ref_casemt; /* ... and in the registry */
+  struct lc_ctx *main_bound;   /* the main thread's bound (a shield), or NULL ... */
+  int ref_mainbound;     /* ... kept in the registry (LUA_NOREF: none) */
+  uint64_t sync_sends, sync_recvs; /* values passed through channels */
+  long sync_blocked_send, sync_blocked_recv, sync_blocked_acquire;
 } lc_runtime;
 
 /* kinds of context */
@@ -248,6 +255,38 @@ enum { WK_MAIN, WK_TASK, WK_CALLBACK, WK_SIGNAL, WK_EXTERNAL };
 /* task outcomes */
 enum { TS_RUNNING, TS_OK, TS_FAILED };
 
+/* l_sync.c: a blocked channel or semaphore operation (a record in the
+** object's queue) and the call it belongs to (one record, or a select's
+** cases). The call parks on its contexts and on sel.src, which the
+** operation's other side ends once it has done the whole transfer. */
+struct lc_crec;
+typedef struct lc_cq {
+  struct lc_crec *head, *tail;
+  long n;
+} lc_cq;
+typedef struct lc_sel {
+  wt_source src;        /* ended when one record's operation is done */
+  void *obj;            /* anchored object whose user values hold payloads */
+  struct lc_task *task; /* the blocked task; NULL: the main thread */
+  struct lc_crec *recs; /* its records ... */
+  uint16_t nrec;        /* ... and how many */
+  uint16_t fired;       /* the index of the record done (0: none) */
+  uint8_t done;         /* a record's operation was done */
+  uint8_t ok;           /* false: done by a close */
+  uint8_t consumed;     /* its caller has taken the outcome */
+} lc_sel;
+typedef struct lc_crec {
+  struct lc_crec *prev, *next;
+  lc_cq *q;             /* the queue it is in; NULL: none */
+  lc_sel *sel;
+  void *target;         /* the lc_chan or lc_sem */
+  lua_Integer weight;   /* an acquire's */
+  int slot;             /* user value of sel->obj: the value sent / received */
+  uint16_t index;       /* select's argument position; 1 for a single call */
+  uint8_t kind;         /* LC_CR_* */
+} lc_crec;
+enum { LC_CR_SEND = 1, LC_CR_RECV, LC_CR_ACQUIRE };
+
 typedef struct lc_task {
   lc_waiter w;       /* counted in sched.nparked while parked */
   lua_State *co;     /* the coroutine (user value 1 anchors it) */
@@ -259,9 +298,21 @@ typedef struct lc_task {
   uint8_t closed;    /* its coroutine was closed from outside */
   int64_t parked_at; /* when it last parked (lc_now), for context.dump */
   struct lc_task *tnext, **tpprev; /* in rt->tasks while it runs */
+  lc_sel *sync;      /* the channel/semaphore call it is blocked in, or NULL */
+  lc_ctx *bound;     /* its bound (lua/lcontext/tasks.lua), or NULL */
+  lc_sel sel;        /* a single call's (no allocation per call) ... */
+  lc_crec crec;      /* ... its record ... */
+  lc_wait swaits[3]; /* ... and its waits: ctx, sel.src, the bound */
 } lc_task;
 /* task user values: 1 coroutine, 2 the error it raised, 3 current waits,
-** 4 its end function (core._on_end), 5 its function (context.dump) */
+** 4 its end function (core._on_end), 5 its function (context.dump),
+** 6 the ctx of a blocked channel/semaphore call, 7 what it is blocked on,
+** 8 the value it sends or receives, 9 its bound */
+#define LC_TUV_SCTX 6
+#define LC_TUV_SOBJ 7
+#define LC_TUV_PAYLOAD 8
+#define LC_TUV_BOUND 9
+#define LC_TASK_NUV 9
 
 /* after_func callbacks and external watches (core._watch): one wait on a
 ** context. A "weak" one is kept alive by the keep sets of the contexts whose
@@ -358,6 +409,20 @@ int lc_can_progress(lc_runtime *rt);
 
 /* l_park.c */
 extern const luaL_Reg lc_park_funcs[];
+
+/* l_park.c */
+int lc_prepare_wait(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
+                    const char *fname);
+int lc_main_wait(lua_State *L, lc_runtime *rt, lc_waiter *w);
+
+/* l_sync.c */
+extern const luaL_Reg lc_sync_funcs[];
+void lc_sync_init(lua_State *L, lc_runtime *rt, int uvt);
+void lc_sync_abandon(lua_State *L, lc_runtime *rt, lc_task *t);
+int lc_sync_waits(lua_State *L, lc_runtime *rt, lc_task *t, int taskidx);
+/* l_task.c: context.dump's entry for the wait x, whose waitable is user
+** value uv of the userdata at holder */
+void lc_push_wait_entry(lua_State *L, lc_wait *x, int holder, int uv);
 
 /* l_metrics.c */
 extern const luaL_Reg lc_metrics_funcs[];

@@ -227,11 +227,32 @@ end
 -- drained: the loop has just run (nothing ready), so every task parked by
 -- the yield wrapper is parked in C; otherwise some may be queued (woken)
 local core_stats = require("lcontext.core").sched_stats
+-- the coroutines parked in a C channel/semaphore call (csrc/l_sync.c):
+-- they yield from C, past the wrapper; the core lists them
+local core_m = require "lcontext.core"
+local function c_parked()
+  local set, n = {}, 0
+  if not core_m._channel then return set, n end
+  for _, t in ipairs(core_m._tasks()) do
+    local st, _, waits = core_m._task_waits(t)
+    if st == "parked" and waits then
+      for _, w in ipairs(waits) do
+        if w.kind == "sync" then
+          local co = core_m._task_thread(t)
+          if not parked[co] then set[co] = true; n = n + 1 end
+          break
+        end
+      end
+    end
+  end
+  return set, n
+end
 local function check_metrics(drained, exact)
   local lost = core_stats().lost
   if lost ~= 0 then violate("%d woken callback(s) had nothing to keep them (sched_stats().lost)", lost) end
   if not isyieldable then return end
-  local live, closed = 0, 0
+  local _, live = c_parked()
+  local closed = 0
   for co in pairs(parked) do
     if costatus(co) == "dead" then
       closed = closed + 1
@@ -824,8 +845,9 @@ local OPS = {
     -- close every closable parked task (one left open would sleep on: the
     -- model counts only short waits as left)
     local keep = {}
+    local cp = c_parked()
     for _, x in ipairs(M.closable) do
-      if not AV[x.bug] and x.co and parked[x.co] and costatus(x.co) == "suspended" then
+      if not AV[x.bug] and x.co and (parked[x.co] or cp[x.co]) and costatus(x.co) == "suspended" then
         coroutine.close(x.co)
         for _, T in ipairs(M.tasks) do if T.co == x.co then T.closed = true end end
       elseif x.co and costatus(x.co) ~= "dead" then keep[#keep + 1] = x end
@@ -833,7 +855,7 @@ local OPS = {
     M.closable = keep
     if not AV[6] then -- any parked task of the model
       local T = pick(M.tasks)
-      if T and T.co and parked[T.co] and costatus(T.co) == "suspended" and chance(0.3) then
+      if T and T.co and (parked[T.co] or cp[T.co]) and costatus(T.co) == "suspended" and chance(0.3) then
         coroutine.close(T.co); T.closed = true
       end
     end

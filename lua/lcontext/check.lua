@@ -289,6 +289,16 @@ end
 -- use them pay nothing in their waits.
 M.bound = { active = false, ctx = setmetatable({}, { __mode = "k" }), MAIN = {} }
 
+--- set_bound(key, ctx | nil): the bound of the running coroutine (key: it,
+-- or MAIN), told to the core too where it keeps its own copy (the C
+-- channels and semaphores of lcontext.core on Lua 5.3+: set_bound_core).
+M.set_bound_core = nil
+function M.set_bound(key, ctx)
+  M.bound.ctx[key] = ctx
+  local f = M.set_bound_core
+  if f then f(ctx) end
+end
+
 --- interp_only(f) -> f, never compiled by LuaJIT (jit.off): for what a
 -- __gc metamethod runs. Inside a finaliser LuaJIT records no trace, and a
 -- loop compiled before then ends through a trace exit that re-enters its

@@ -297,9 +297,9 @@ return function(context)
       self._cancel(b:cause())
       -- lifted while the members end, as Trio's nursery waits for its
       -- children in a cancelled scope (the scope cancelled them too)
-      bound_ctx[key] = nil
+      check.set_bound(key, nil)
       local ok, e = pcall(wait_members, self)
-      bound_ctx[key] = b
+      check.set_bound(key, b)
       if not ok then error(e, 0) end
     end
     if not self._finished then

@@ -41,6 +41,13 @@ do
   end
 end
 local park, TOKEN, results = core._park, core._token(), core._results
+-- channels and semaphores in C where the runtime can yield from C (Lua
+-- 5.3+: csrc/l_sync.c); lua/lcontext/sync.lua falls back on its own
+if core._channel then
+  check.core_sync = { channel = core._channel, semaphore = core._semaphore,
+    select = core._select, stats = core._sync_stats, init = core._sync_init }
+  check.set_bound_core = core._set_bound
+end
 local yield, type, select, error = coroutine.yield, type, select, error
 local floor = math.floor
 

@@ -53,6 +53,12 @@ return function(context)
   -- figures for metrics(): live objects are counted by the collector
   local stats = { channels = 0, semaphores = 0, sends = 0, recvs = 0,
                   blocked_send = 0, blocked_recv = 0, blocked_acquire = 0 }
+  -- sends, receives, blocked sends, receives, acquires (the C objects
+  -- count their own: counters is replaced below)
+  local function counters()
+    return stats.sends, stats.recvs, stats.blocked_send, stats.blocked_recv,
+      stats.blocked_acquire
+  end
   local live_ch = setmetatable({}, { __mode = "k" })
   local live_sem = setmetatable({}, { __mode = "k" })
 
@@ -709,23 +715,92 @@ return function(context)
   end
   -- ===}
 
+  -- {=== the C channels and semaphores (csrc/l_sync.c) ===
+  -- Where lcontext.core has them (libev, Lua 5.3+), the public API is put
+  -- on them: the same rules, the same errors, and no Lua frame nor
+  -- allocation in a blocked send, receive or acquire. The Lua versions
+  -- above serve Lua 5.1, LuaJIT and nginx. Events stay in Lua (a cancel
+  -- context each), mapped to their context when select gets them.
+  local csync = check.core_sync
+  if csync and not context.backend then
+    local cchannel, csemaphore, cselect = csync.channel, csync.semaphore, csync.select
+    csync.init(Case)
+
+    function M.channel(capacity)
+      if capacity == nil then
+        capacity = 0
+      elseif type(capacity) ~= "number" or capacity ~= floor(capacity) or capacity < 0
+        or capacity == huge or capacity > 2^53 then
+        argerr("channel", 1, "capacity must be a non-negative integer, got " .. tostring(capacity))
+      end
+      local ch = cchannel(capacity)
+      live_ch[ch] = true
+      stats.channels = stats.channels + 1
+      return ch
+    end
+
+    function M.semaphore(n)
+      if type(n) ~= "number" or n ~= floor(n) or n < 1 or n == huge or n > 2^53 then
+        argerr("semaphore", 1, "size must be a positive integer, got " .. tostring(n))
+      end
+      local sem = csemaphore(n)
+      live_sem[sem] = true
+      stats.semaphores = stats.semaphores + 1
+      return sem
+    end
+
+    -- select with cases: events become their contexts, the core does the
+    -- rest; its errors are raised here, at select's caller
+    check.select_cases = function(_, ...)
+      local n = select("#", ...)
+      local args = pack(...)
+      for i = 1, n do
+        local a = args[i]
+        local mt = type(a) == "table" and getmetatable(a)
+        if mt == Event then
+          args[i] = a._ctx
+        elseif mt ~= Case and type(mt) == "table" and rawget(mt, "__lcontext_case") then
+          error(("bad argument #%d to 'select' (%s is not a waitable)"):format(i, tname(a)), 3)
+        end
+      end
+      local ok, i, v, got = pcall(cselect, "select", unpack(args, 1, n))
+      if not ok then error(i, 3) end
+      if i == nil then return nil, v end -- the spawned task's own context
+      if i == false then closed_error(3) end
+      if i < 0 then
+        error(("bad argument #%d to 'select' (fd %d is not open)"):format(-i, args[-i].fd), 3)
+      end
+      local a = (select(i, ...))
+      if getmetatable(a) == Case and a.kind == "recv" then return i, a, v, got end
+      return i, a
+    end
+
+    local cstats = csync.stats
+    counters = function()
+      local sends, recvs, bs, br, ba = cstats()
+      return sends, recvs, bs, br, ba
+    end
+  end
+  -- ===}
+
   -- {=== metrics ===
   --- context.sync_stats() -> the figures of this module
   function M.sync_stats()
     local ch_live, buffered, sem_live, held = 0, 0, 0, 0
     for ch in pairs(live_ch) do
-      ch_live, buffered = ch_live + 1, buffered + ch._count
+      ch_live, buffered = ch_live + 1, buffered + ch:len()
     end
     for sem in pairs(live_sem) do
-      sem_live, held = sem_live + 1, held + sem._cur
+      sem_live, held = sem_live + 1, held + sem:held()
     end
+    local sends, recvs, bs, br, ba = counters()
     return {
       channels_created = stats.channels, channels_live = ch_live,
-      channel_buffered = buffered, channel_sends = stats.sends,
-      channel_recvs = stats.recvs, channel_blocked_send = stats.blocked_send,
-      channel_blocked_recv = stats.blocked_recv,
+      channel_buffered = buffered, channel_sends = sends,
+      channel_recvs = recvs, channel_blocked_send = bs,
+      channel_blocked_recv = br,
       semaphores_created = stats.semaphores, semaphores_live = sem_live,
-      semaphore_held = held, semaphore_waiting = stats.blocked_acquire,
+      semaphore_held = held, semaphore_waiting = ba,
     }
   end
   if context.metrics_source then

@@ -31,6 +31,7 @@ return function(context)
   local pack, unpack, pcall = check.pack, check.unpack, check.pcall
   local bound = check.bound
   local bound_ctx, MAIN = bound.ctx, bound.MAIN
+  local set_bound = check.set_bound
   local check_ctx, argerr, tname, callable = check.ctx, check.argerr, check.tname, check.callable
   local task_methods, on_task_end = check.task_methods, check.on_task_end
 
@@ -40,7 +41,7 @@ return function(context)
   local owned = setmetatable({}, { __mode = "k" })
 
   local function body(tctx, fn, ...)
-    bound_ctx[running() or MAIN] = tctx
+    set_bound(running() or MAIN, tctx)
     return fn(tctx, ...)
   end
 
@@ -106,9 +107,9 @@ return function(context)
     local outer = bound_ctx[key]
     local sctx, cancel = with_timeout(without_cancel(outer or background()), seconds)
     bound.active = true
-    bound_ctx[key] = sctx
+    set_bound(key, sctx)
     local r = pack(pcall(fn, sctx, ...))
-    bound_ctx[key] = outer
+    set_bound(key, outer)
     cancel()
     if not r[1] then error(r[2], 0) end
     return unpack(r, 2, r.n)
@@ -196,6 +197,7 @@ return function(context)
     elseif w.kind == "task" then return "the end of " .. (name_of[w.value] or tostring(w.value))
     elseif w.kind == "sleep" then return format("a sleep, due in %s", secs(w.due or 0))
     elseif w.kind == "fd" then return format("fd %d (%s)", w.fd or -1, w.mode or "?")
+    elseif w.kind == "sync" then return format("%s (%s)", w.what, tostring(w.value))
     end
     return w.kind
   end
