@@ -174,7 +174,7 @@ static int l_park(lua_State *L) {
     lua_setiuservalue(L, -2, i + 1); /* keep what is waited on alive */
   }
   if (!ismain) { /* the task anchors its waits */
-    lc_push_anchored(L, rt, rt->current);
+    lc_push_task(L, rt->current);
     lua_pushvalue(L, -2);
     lua_setiuservalue(L, -2, 3);
     lua_pop(L, 1);

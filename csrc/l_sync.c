@@ -19,9 +19,11 @@
 **     a case that loses leaves nothing behind;
 **   - the ctx (and the bound of a spawned task) is looked at first, even
 **     when the operation could complete.
-** Values cross between coroutines through user values of an anchored
-** object: the task's (LC_TUV_PAYLOAD) for a single call, a select's own
-** userdata otherwise. A task closed from outside while blocked is found
+** Values cross between coroutines without a write of their own: a task's
+** single send is read from its suspended C frame (argument 3), and a
+** value received is pushed onto the receiving task's suspended stack,
+** where its continuation finds it; a select (or a call of the main
+** thread) keeps them in user values of its own userdata. A task closed from outside while blocked is found
 ** by whoever walks its queue (or by the loop's sweep) and its records are
 ** dropped; units granted to it and never taken go back (lc_sync_abandon).
 */
@@ -36,6 +38,7 @@
 #if LUA_VERSION_NUM >= 503
 
 typedef struct lc_chan {
+  const void *magic; /* &rt->chanmt: what it is (testobj) */
   lc_cq recvq, sendq;
   lua_Integer cap;   /* 0: unbuffered */
   lua_Integer count; /* values buffered (user value 1: slots 1..cap) */
@@ -44,6 +47,7 @@ typedef struct lc_chan {
 } lc_chan;
 
 typedef struct lc_sem {
+  const void *magic; /* &rt->semmt */
   lc_cq q;
   lua_Integer size, cur;
 } lc_sem;
@@ -126,10 +130,16 @@ static void complete(lua_State *L, lc_runtime *rt, lc_crec *r, int vidx,
   s->fired = r->index;
   s->ok = (uint8_t)ok;
   if (vidx != 0) {
-    lc_push_anchored(L, rt, s->obj);
-    lua_pushvalue(L, vidx);
-    lua_setiuservalue(L, -2, r->slot);
-    lua_pop(L, 1);
+    if (r->slot == 0) { /* a task's single call: onto its suspended stack */
+      lua_State *co = s->task->co;
+      lua_pushvalue(L, vidx);
+      lua_xmove(L, co, 1); /* (its C frame has LUA_MINSTACK slots: room) */
+    } else {
+      lc_push_anchored(L, rt, s->obj);
+      lua_pushvalue(L, vidx);
+      lua_setiuservalue(L, -2, r->slot);
+      lua_pop(L, 1);
+    }
   }
   sel_unlink(s);
   wt_source_end(&rt->sched, &s->src);
@@ -137,7 +147,14 @@ static void complete(lua_State *L, lc_runtime *rt, lc_crec *r, int vidx,
 
 /* [-0, +1, -] the value r sends */
 static void push_payload(lua_State *L, lc_runtime *rt, lc_crec *r) {
-  lc_push_anchored(L, rt, r->sel->obj);
+  lc_sel *s = r->sel;
+  if (r->slot == 0) { /* a task's single send: its argument 3, on its stack */
+    lua_State *co = s->task->co;
+    lua_pushvalue(co, 3);
+    lua_xmove(co, L, 1);
+    return;
+  }
+  lc_push_anchored(L, rt, s->obj);
   lua_getiuservalue(L, -1, r->slot);
   lua_remove(L, -2);
 }
@@ -172,18 +189,24 @@ static const char *tname(lua_State *L, int idx) {
   return lua_type(L, idx) == LUA_TNONE ? "nil" : luaL_typename(L, idx);
 }
 
-static void *testobj(lua_State *L, int idx, const void *mt) {
-  void *p = lua_touserdata(L, idx);
-  if (p != NULL && lua_getmetatable(L, idx)) {
-    const void *m = lua_topointer(L, -1);
-    lua_pop(L, 1);
-    if (m == mt) return p;
-  }
-  return NULL;
+/* the channel or semaphore at idx, or NULL: a full userdata of its size
+** whose first field is the address of its kind in the runtime (memory of
+** this module's own that no other userdata can hold by chance, and that
+** Lua code cannot write), which is cheaper to check than the metatable */
+static void *testobj(lua_State *L, int idx, const void *magic, size_t size) {
+  void *p;
+  if (lua_type(L, idx) != LUA_TUSERDATA || lua_rawlen(L, idx) != size)
+    return NULL;
+  p = lua_touserdata(L, idx);
+  return *(const void *const *)p == magic ? p : NULL;
 }
+#define testchan(L, idx, rt) \
+  ((lc_chan *)testobj((L), (idx), &(rt)->chanmt, sizeof(lc_chan)))
+#define testsem(L, idx, rt) \
+  ((lc_sem *)testobj((L), (idx), &(rt)->semmt, sizeof(lc_sem)))
 
 static lc_chan *check_chan(lua_State *L, lc_runtime *rt, const char *fname) {
-  lc_chan *ch = (lc_chan *)testobj(L, 1, rt->chanmt);
+  lc_chan *ch = testchan(L, 1, rt);
   if (ch == NULL)
     luaL_error(L, "calling '%s' on bad self (context.channel expected, got %s)",
                fname, tname(L, 1));
@@ -191,7 +214,7 @@ static lc_chan *check_chan(lua_State *L, lc_runtime *rt, const char *fname) {
 }
 
 static lc_sem *check_sem(lua_State *L, lc_runtime *rt, const char *fname) {
-  lc_sem *sem = (lc_sem *)testobj(L, 1, rt->semmt);
+  lc_sem *sem = testsem(L, 1, rt);
   if (sem == NULL)
     luaL_error(L, "calling '%s' on bad self (context.semaphore expected, got %s)",
                fname, tname(L, 1));
@@ -241,7 +264,7 @@ static int is_main(lua_State *L) {
 /* [-0, +1, -] the bound of the running coroutine: t's, or the main's */
 static void push_bound(lua_State *L, lc_runtime *rt, lc_task *t) {
   if (t != NULL) {
-    lc_push_anchored(L, rt, t);
+    lc_push_task(L, t);
     lua_getiuservalue(L, -1, LC_TUV_BOUND);
     lua_remove(L, -2);
   } else
@@ -413,16 +436,9 @@ static int op_result(lua_State *L, lc_runtime *rt, lc_task *t, lc_sel *s,
     if (kind == LC_CR_ACQUIRE && was_head) /* those behind it may fit now */
       grant(L, rt, (lc_sem *)r->target);
   }
-  /* the payload, taken out of the anchored object */
-  if (t != NULL) {
-    lc_push_anchored(L, rt, t);
-    lua_getiuservalue(L, -1, LC_TUV_PAYLOAD);
-    lua_pushnil(L);
-    lua_setiuservalue(L, -3, LC_TUV_PAYLOAD);
-    lua_insert(L, -2);
-    lua_pop(L, 1); /* the payload stays on top */
-  } else
-    lua_getiuservalue(L, uidx, r->slot);
+  /* a value received: a task's is on top already (complete put it on its
+  ** stack); the main thread's is in its userdata */
+  if (t == NULL) lua_getiuservalue(L, uidx, r->slot);
   nres = lua_gettop(L);
   if (s->done) {
     if (kind == LC_CR_ACQUIRE || (kind == LC_CR_SEND && s->ok)) {
@@ -451,14 +467,32 @@ static int op_result(lua_State *L, lc_runtime *rt, lc_task *t, lc_sel *s,
                     kind_names[kind]);
 }
 
-/* the continuation of a task's single call: resumed with the index of the
-** wait that fired, which its waiter also keeps */
+/* A task resumed by another than the loop while it waits in a call (a
+** coroutine.resume of its coroutine): the call is given up as if the task
+** had been closed, the loop will resume the task when it next can (it
+** then goes on from its next yield, or is found ended), and the call
+** raises. */
+static int foreign(lua_State *L, lc_runtime *rt, lc_task *t,
+                   const char *fname) {
+  lc_sync_abandon(L, rt, t);
+  t->w.fired = 0;
+  wt_push(&rt->sched, &t->w); /* (out of its waits and queue first) */
+  return luaL_error(L, "context.%s: the task was resumed from outside "
+                    "lcontext while it waited", fname);
+}
+
+/* the continuation of a task's single call: resumed by the loop with the
+** index of the wait that fired (its waiter keeps it too), above a value
+** received */
 static int k_op(lua_State *L, int status, lua_KContext kctx) {
   lc_runtime *rt = lc_rt(L);
-  lc_task *t = rt->current;
+  lc_task *t = (lc_task *)kctx;
+  lc_sel *s = &t->sel;
+  int kind = t->crec.kind;
   (void)status;
-  lua_settop(L, 3);
-  return op_result(L, rt, t, &t->sel, (int)kctx, t->w.fired, NULL, 0);
+  if (rt->current != t || t->sync != s) return foreign(L, rt, t, kind_names[kind]);
+  lua_settop(L, s->done && s->ok && kind == LC_CR_RECV ? 4 : 3);
+  return op_result(L, rt, t, s, kind, t->w.fired, NULL, 0);
 }
 
 /* Block the running coroutine on a single call: the record of kind on
@@ -544,15 +578,20 @@ static int block(lua_State *L, lc_runtime *rt, int kind, void *target,
                       "the stack (a table.sort comparator, a gsub callback, "
                       "a metamethod called from C...), so the task cannot "
                       "yield", fname);
-  /* anchors first (they may allocate), then the records and waits */
-  lc_push_anchored(L, rt, t);
-  lua_pushvalue(L, 2);
-  lua_setiuservalue(L, 4, LC_TUV_SCTX);
-  lua_pushvalue(L, 1);
-  lua_setiuservalue(L, 4, LC_TUV_SOBJ);
-  lua_pushvalue(L, 3);
-  lua_setiuservalue(L, 4, LC_TUV_PAYLOAD);
-  lua_settop(L, 3);
+  /* anchors first (they may allocate), then the records and waits: the
+  ** task keeps ctx and the object while a close from outside could free
+  ** its stack (kept until the next call on others: no write in a loop
+  ** on the same ones) */
+  if (t->sctx_p != (const void *)c || t->sobj_p != target) {
+    lc_push_task(L, t);
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, 4, LC_TUV_SCTX);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, 4, LC_TUV_SOBJ);
+    lua_settop(L, 3);
+    t->sctx_p = c;
+    t->sobj_p = target;
+  }
   s = &t->sel;
   r = &t->crec;
   s->src.waits = NULL;
@@ -568,7 +607,7 @@ static int block(lua_State *L, lc_runtime *rt, int kind, void *target,
   r->sel = s;
   r->target = target;
   r->weight = weight;
-  r->slot = LC_TUV_PAYLOAD;
+  r->slot = 0; /* the value sent is argument 3, on the task's stack */
   r->index = 1;
   r->kind = (uint8_t)kind;
   lc_wait_ctx(&t->swaits[n++], c);
@@ -585,7 +624,7 @@ static int block(lua_State *L, lc_runtime *rt, int kind, void *target,
     return op_result(L, rt, t, s, kind, fired, NULL, 0);
   }
   lua_pushlightuserdata(L, rt); /* the token the loop expects */
-  return lua_yieldk(L, 1, (lua_KContext)kind, k_op);
+  return lua_yieldk(L, 1, (lua_KContext)t, k_op);
 }
 
 /* }====================================================================== */
@@ -600,6 +639,7 @@ static int l_channel(lua_State *L) {
   lua_Integer cap = luaL_checkinteger(L, 1);
   lc_chan *ch = (lc_chan *)lua_newuserdatauv(L, sizeof(lc_chan), 1);
   memset(ch, 0, sizeof *ch);
+  ch->magic = &rt->chanmt;
   ch->cap = cap < 0 ? 0 : cap;
   ch->head = 1;
   if (ch->cap > 0) {
@@ -679,7 +719,7 @@ static int l_close(lua_State *L) {
 /* <close>: closes it on the way out, unless it is closed already */
 static int l_chan_close_mm(lua_State *L) {
   lc_runtime *rt = lc_rt(L);
-  lc_chan *ch = (lc_chan *)testobj(L, 1, rt->chanmt);
+  lc_chan *ch = testchan(L, 1, rt);
   if (ch != NULL && !ch->closed) close_chan(L, rt, ch);
   return 0;
 }
@@ -739,6 +779,7 @@ static int l_semaphore(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   lc_sem *sem = (lc_sem *)lua_newuserdatauv(L, sizeof(lc_sem), 0);
   memset(sem, 0, sizeof *sem);
+  sem->magic = &rt->semmt;
   sem->size = n;
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_semmt);
   lua_setmetatable(L, -2);
@@ -839,7 +880,7 @@ static lc_chan *get_case(lua_State *L, lc_runtime *rt, int idx, int *kind) {
   lua_pop(L, 1);
   if (mt != rt->casemt) return NULL;
   lua_getfield(L, idx, "ch");
-  ch = (lc_chan *)testobj(L, -1, rt->chanmt);
+  ch = testchan(L, -1, rt);
   lua_pop(L, 1);
   if (ch == NULL) return NULL; /* (a forged case: not a waitable) */
   lua_getfield(L, idx, "kind");
@@ -897,12 +938,13 @@ static int select_result(lua_State *L, lc_runtime *rt, lc_task *t,
 
 static int k_select(lua_State *L, int status, lua_KContext kctx) {
   lc_runtime *rt = lc_rt(L);
-  lc_task *t = rt->current;
   int uidx = (int)kctx;
+  lc_selud *u = (lc_selud *)lua_touserdata(L, uidx);
+  lc_task *t = u->sel.task;
   (void)status;
+  if (rt->current != t || t->sync != &u->sel) return foreign(L, rt, t, "select");
   lua_settop(L, uidx);
-  return select_result(L, rt, t, (lc_selud *)lua_touserdata(L, uidx), uidx,
-                       t->w.fired);
+  return select_result(L, rt, t, u, uidx, t->w.fired);
 }
 
 static int l_select(lua_State *L) {
@@ -1012,7 +1054,7 @@ static int l_select(lua_State *L) {
     if (u->waits[j].src == WS_IO) lc_need_loop(L, rt);
   lc_anchor(L, rt, uidx);
   if (t != NULL) { /* the task keeps it: context.dump, a close from outside */
-    lc_push_anchored(L, rt, t);
+    lc_push_task(L, t);
     lua_pushvalue(L, uidx);
     lua_setiuservalue(L, -2, 3);
     lua_pop(L, 1);
@@ -1170,7 +1212,7 @@ static int l_set_bound(lua_State *L) {
   lc_task *t = running_task(L, rt);
   lua_settop(L, 1);
   if (t != NULL) {
-    lc_push_anchored(L, rt, t);
+    lc_push_task(L, t);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, LC_TUV_BOUND);
     t->bound = c;

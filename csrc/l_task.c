@@ -132,6 +132,8 @@ lc_task *lc_new_task(lua_State *L, lc_runtime *rt, int fidx, int n) {
   }
   t->co = co;
   t->nargs = n;
+  lua_pushvalue(L, -1);
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lc_anchor(L, rt, -1);
   rt->ntasks++;
   t->tnext = rt->tasks; /* the list of live tasks */
@@ -231,6 +233,8 @@ static void finish(lua_State *L, lc_runtime *rt, lc_task *t, int status,
   t->tnext = NULL;
   t->tpprev = NULL;
   lc_unanchor(L, rt, t);
+  luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+  t->ref = LUA_NOREF;
 }
 
 /* After t ended: its end function (core._on_end: context.spawn cancels the
@@ -265,7 +269,7 @@ static void run_on_end(lua_State *L, lc_runtime *rt, int taskidx) {
 void lc_resume_task(lua_State *L, lc_runtime *rt, lc_task *t) {
   lua_State *co = t->co;
   int nres = 0, st, nargs, taskidx, first = t->nargs >= 0, runnable;
-  lc_push_anchored(L, rt, t);
+  lc_push_task(L, t);
   taskidx = lua_gettop(L);
   if (t->closed)
     runnable = 0;

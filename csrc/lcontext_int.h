@@ -298,21 +298,26 @@ typedef struct lc_task {
   uint8_t closed;    /* its coroutine was closed from outside */
   int64_t parked_at; /* when it last parked (lc_now), for context.dump */
   struct lc_task *tnext, **tpprev; /* in rt->tasks while it runs */
+  int ref;           /* registry reference to its userdata while it runs
+                        (lc_push_task: one array lookup, for hot paths) */
   lc_sel *sync;      /* the channel/semaphore call it is blocked in, or NULL */
   lc_ctx *bound;     /* its bound (lua/lcontext/tasks.lua), or NULL */
+  const void *sctx_p, *sobj_p; /* what its user values 6 and 7 hold */
   lc_sel sel;        /* a single call's (no allocation per call) ... */
   lc_crec crec;      /* ... its record ... */
   lc_wait swaits[3]; /* ... and its waits: ctx, sel.src, the bound */
 } lc_task;
 /* task user values: 1 coroutine, 2 the error it raised, 3 current waits,
 ** 4 its end function (core._on_end), 5 its function (context.dump),
-** 6 the ctx of a blocked channel/semaphore call, 7 what it is blocked on,
-** 8 the value it sends or receives, 9 its bound */
+** 6 the ctx of its last channel/semaphore call, 7 the object of that call,
+** 8 its bound */
 #define LC_TUV_SCTX 6
 #define LC_TUV_SOBJ 7
-#define LC_TUV_PAYLOAD 8
-#define LC_TUV_BOUND 9
-#define LC_TASK_NUV 9
+#define LC_TUV_BOUND 8
+#define LC_TASK_NUV 8
+
+/* [-0, +1, -] the userdata of a task that has not finished */
+#define lc_push_task(L, t) lua_rawgeti((L), LUA_REGISTRYINDEX, (t)->ref)
 
 /* after_func callbacks and external watches (core._watch): one wait on a
 ** context. A "weak" one is kept alive by the keep sets of the contexts whose

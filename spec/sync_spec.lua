@@ -429,6 +429,122 @@ describe("a blocked call whose coroutine dies", function()
     end)
 end)
 
+describe("a blocked call at the scheduler's edges", function()
+  B.it_libev("units granted to a task closed before it ran again go back to the semaphore",
+    "closes a parked task's coroutine (coroutine.close, Lua 5.4); nginx kills light threads, which spec/ngx's abort checks cover",
+    function()
+      if not coroutine.close then return end
+      local sem = context.semaphore(2)
+      assert.is_true(sem:acquire(bg, 2))
+      local co
+      local t = context.go(function() co = coroutine.running(); return sem:acquire(bg, 2) end)
+      local later = context.go(function() return sem:acquire(bg, 1) end)
+      context.sleep(bg, 0.01)
+      assert.are.equal(2, sem:waiting())
+      sem:release(2) -- granted to t, which has not run since ...
+      coroutine.close(co) -- ... and never will
+      context.on_error(function() end)
+      t:wait()
+      assert.is_true(later:wait()) -- the units went back, and on to the next
+      assert.are.equal(1, sem:held())
+      sem:release()
+      assert.are.equal(0, sem:held())
+    end)
+
+  B.it_libev("a select closed from outside while it waits leaves none of its cases behind",
+    "closes a parked task's coroutine (coroutine.close, Lua 5.4)",
+    function()
+      if not coroutine.close then return end
+      local a, b = context.channel(), context.channel()
+      local co
+      local t = context.go(function()
+        co = coroutine.running()
+        return context.select(a:recv_case(), b:send_case("x"), 60)
+      end)
+      context.sleep(bg, 0.01)
+      coroutine.close(co)
+      context.on_error(function() end)
+      t:wait()
+      assert.is_false(a:try_send("lost?"))
+      assert.are.same({ nil, nil }, { b:try_recv() })
+    end)
+
+  B.it_libev("cannot wait where a C function is on the stack: a clear error, nothing armed",
+    "a comparator of table.sort cannot yield: the error names the call on libev",
+    function()
+      local ch = context.channel()
+      local t = context.go(function()
+        return pcall(table.sort, { 3, 1, 2 }, function(x, y)
+          ch:recv(bg)
+          return x < y
+        end)
+      end)
+      local ok, err = t:wait()
+      assert.is_false(ok)
+      assert.matches("cannot wait here", err)
+      assert.is_true(ch:try_send(1) == false) -- no receiver was left queued
+      assert.are.equal(0, context.sync_stats().channel_blocked_recv)
+    end)
+
+  B.it_libev("a task resumed from outside lcontext while it waits in a call: the call raises, nothing is left behind",
+    "resumes a task's coroutine with coroutine.resume, which nginx's light threads do not allow",
+    function()
+      -- (the C calls of Lua 5.3+; on 5.1 and LuaJIT the Lua version parks
+      -- as every other wait does, and a foreign resume is not noticed)
+      if not require("lcontext.check").core_sync then return end
+      local ch = context.channel()
+      local sem = context.semaphore(1)
+      sem:acquire(bg)
+      local co1, co2
+      local t1 = context.go(function() co1 = coroutine.running(); return pcall(ch.recv, ch, bg) end)
+      local t2 = context.go(function() co2 = coroutine.running(); return pcall(sem.acquire, sem, bg) end)
+      context.sleep(bg, 0.01)
+      local ok, a, b = coroutine.resume(co1)
+      assert.is_true(ok)
+      assert.is_false(a)
+      assert.matches("context.recv: the task was resumed from outside lcontext", b)
+      sem:release() -- granted to t2, which is then resumed by another
+      ok, a, b = coroutine.resume(co2)
+      assert.is_true(ok)
+      assert.is_false(a)
+      assert.matches("context.acquire: the task was resumed from outside lcontext", b)
+      assert.is_false(ch:try_send(1)) -- no receiver left queued
+      assert.are.equal(0, sem:held()) -- the units granted went back
+      assert.are.equal(0, sem:waiting())
+      t1:wait(); t2:wait() -- the loop finds them ended
+    end)
+
+  B.it_libev("the main thread waiting on a channel nothing can fill gets a deadlock error",
+    "nginx has no main thread that runs the loop",
+    function()
+      local ch = context.channel()
+      local ok, err = pcall(ch.recv, ch, bg)
+      assert.is_false(ok)
+      assert.matches("deadlock", err)
+      assert.are.same({ nil, nil }, { ch:try_recv() })
+      assert.is_true(context.go(function() return ch:send(bg, 1) end) ~= nil)
+      assert.are.same({ 1, true }, { ch:recv(bg) })
+    end)
+
+  it("a task blocked in a call shows what it waits on, and the wait ends when its task is cancelled", function()
+    local ch = context.channel()
+    local sem = context.semaphore(1)
+    sem:acquire(bg)
+    local t1 = context.spawn(bg, function() return ch:send(bg, "v") end)
+    local t2 = context.spawn(bg, function() return sem:acquire(bg, 1) end)
+    context.sleep(bg, 0.01)
+    local text = context.dump()
+    assert.matches("waits on: channel send", text)
+    assert.matches("waits on: semaphore acquire of 1", text)
+    t1:cancel(); t2:cancel()
+    assert.are.same({ nil, context.canceled }, { t1:wait() })
+    assert.are.same({ nil, context.canceled }, { t2:wait() })
+    assert.are.equal(0, sem:waiting())
+    sem:release()
+    assert.are.same({ nil, nil }, { ch:try_recv() })
+  end)
+end)
+
 describe("the rules, at their edges", function()
   it("a close does not win over the context: a receiver woken by it with ctx done gets ctx:err()", function()
     local ch = context.channel()
