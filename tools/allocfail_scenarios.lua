@@ -143,6 +143,27 @@ scenario("select", function(context, env)
   cr()
 end)
 
+-- Channels, a select with cases and a semaphore (csrc/l_sync.c on Lua
+-- 5.3+): tasks blocked in each kind of call, and the main thread.
+scenario("sync", function(context)
+  local bg = context.background()
+  local root, cr = context.with_timeout(bg, 0.2)
+  local ch, buf = context.channel(), context.channel(2)
+  local sem = context.semaphore(1)
+  assert(sem:acquire(root))
+  local r = context.go(function() return ch:recv(root) end)
+  local s = context.go(function() return ch:send(root, "v") end)
+  local q = context.go(function() return sem:acquire(root) end)
+  local x = context.go(function()
+    return context.select(buf:recv_case(), ch:send_case(1), root)
+  end)
+  buf:send(root, 1)
+  sem:release()
+  context.select(ch:recv_case(), root, 0.01)
+  r:wait(); s:wait(); q:wait(); x:wait()
+  cr()
+end)
+
 -- Signal contexts: one cancelled by the signal (a task waits on it), one
 -- cancelled by its cancel, one under a parent that ends.
 scenario("signal", function(context, env)
@@ -258,6 +279,12 @@ local function epilogue(context)
                        "timers_pending", "signal_contexts" }) do
     if m[k] ~= 0 then
       return ("metrics: %s = %d once run() has returned"):format(k, m[k])
+    end
+  end
+  local st = context.sync_stats()
+  for _, k in ipairs({ "channel_blocked_send", "channel_blocked_recv", "semaphore_waiting" }) do
+    if st[k] ~= 0 then
+      return ("sync_stats: %s = %d once run() has returned"):format(k, st[k])
     end
   end
   local anchors = find_tables(context)
