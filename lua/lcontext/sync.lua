@@ -33,7 +33,7 @@ return function(context)
   local running, co_status = coroutine.running, coroutine.status
   local type, error, tostring, getmetatable, setmetatable, select, rawget =
     type, error, tostring, getmetatable, setmetatable, select, rawget
-  local floor, huge = math.floor, math.huge
+  local floor = math.floor
   local pack, unpack, pcall = check.pack, check.unpack, check.pcall
   local check_ctx, argerr, tname = check.ctx, check.argerr, check.tname
   local backend_select = context.select
@@ -192,14 +192,15 @@ return function(context)
 
   --- context.channel([capacity]) -> ch (capacity 0, the default: unbuffered,
   -- each send waits for its receiver)
+  local c_channel, c_semaphore -- (the C versions where they exist: below)
   function M.channel(capacity)
     if capacity == nil then
       capacity = 0
     elseif type(capacity) ~= "number" or capacity ~= floor(capacity) or capacity < 0
-      or capacity == huge then
+      or capacity > 2^53 then
       argerr("channel", 1, "capacity must be a non-negative integer, got " .. tostring(capacity))
     end
-    local ch = setmetatable({
+    local ch = c_channel and c_channel(capacity) or setmetatable({
       _cap = capacity, _buf = {}, _head = 1, _count = 0, _closed = false,
       _recvq = q_new(), _sendq = q_new(),
     }, Channel)
@@ -573,10 +574,11 @@ return function(context)
 
   --- context.semaphore(n) -> sem: n units; waiters are served in FIFO order
   function M.semaphore(n)
-    if type(n) ~= "number" or n ~= floor(n) or n < 1 or n == huge then
+    if type(n) ~= "number" or n ~= floor(n) or n < 1 or n > 2^53 then
       argerr("semaphore", 1, "size must be a positive integer, got " .. tostring(n))
     end
-    local sem = setmetatable({ _size = n, _cur = 0, _q = q_new() }, Semaphore)
+    local sem = c_semaphore and c_semaphore(n)
+      or setmetatable({ _size = n, _cur = 0, _q = q_new() }, Semaphore)
     live_sem[sem] = true
     stats.semaphores = stats.semaphores + 1
     return sem
@@ -723,31 +725,9 @@ return function(context)
   -- context each), mapped to their context when select gets them.
   local csync = check.core_sync
   if csync and not context.backend then
-    local cchannel, csemaphore, cselect = csync.channel, csync.semaphore, csync.select
+    local cselect = csync.select
+    c_channel, c_semaphore = csync.channel, csync.semaphore -- (for M.channel, M.semaphore)
     csync.init(Case)
-
-    function M.channel(capacity)
-      if capacity == nil then
-        capacity = 0
-      elseif type(capacity) ~= "number" or capacity ~= floor(capacity) or capacity < 0
-        or capacity == huge or capacity > 2^53 then
-        argerr("channel", 1, "capacity must be a non-negative integer, got " .. tostring(capacity))
-      end
-      local ch = cchannel(capacity)
-      live_ch[ch] = true
-      stats.channels = stats.channels + 1
-      return ch
-    end
-
-    function M.semaphore(n)
-      if type(n) ~= "number" or n ~= floor(n) or n < 1 or n == huge or n > 2^53 then
-        argerr("semaphore", 1, "size must be a positive integer, got " .. tostring(n))
-      end
-      local sem = csemaphore(n)
-      live_sem[sem] = true
-      stats.semaphores = stats.semaphores + 1
-      return sem
-    end
 
     -- select with cases: events become their contexts, the core does the
     -- rest; its errors are raised here, at select's caller
