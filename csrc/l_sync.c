@@ -20,7 +20,7 @@
 **   - the ctx (and the bound of a spawned task) is looked at first, even
 **     when the operation could complete.
 ** Values cross between coroutines without a write of their own: a task's
-** single send is read from its suspended C frame (argument 3), and a
+** single send is read from its suspended C frame (argument 3, its top), and a
 ** value received is pushed onto the receiving task's suspended stack,
 ** where its continuation finds it; a select (or a call of the main
 ** thread) keeps them in user values of its own userdata. A task closed from outside while blocked is found
@@ -148,9 +148,11 @@ static void complete(lua_State *L, lc_runtime *rt, lc_crec *r, int vidx,
 /* [-0, +1, -] the value r sends */
 static void push_payload(lua_State *L, lc_runtime *rt, lc_crec *r) {
   lc_sel *s = r->sel;
-  if (r->slot == 0) { /* a task's single send: its argument 3, on its stack */
+  if (r->slot == 0) { /* a task's single send: its argument 3, the top of
+    ** its suspended stack (read from the top: while a C function is
+    ** suspended, Lua 5.3 shifts its frame's base onto its results) */
     lua_State *co = s->task->co;
-    lua_pushvalue(co, 3);
+    lua_pushvalue(co, -1);
     lua_xmove(co, L, 1);
     return;
   }
