@@ -782,7 +782,10 @@ local OPS = {
     for _, n in ipairs(M.nodes) do if n.sig == "USR1" and not n.ctx:is_done() then live[#live + 1] = n end end
     if #live == 0 then return end
     os.execute("kill -USR1 " .. M.pid)
-    for _ = 1, 50 do if live[1].ctx:is_done() then break end; context.step(0.005) end
+    -- (bounded in time, not in steps: a step returns at once while tasks
+    -- are ready, and a loaded machine may deliver the signal late)
+    local t_end = context.now() + 2
+    while not live[1].ctx:is_done() and context.now() < t_end do context.step(0.005) end
     for _, n in ipairs(live) do
       local late = n.ctx:err() == DEADLINE and (n.ctx:remaining() or 1) <= 0 -- its deadline came first
       if n.ctx:err() ~= CANCELED and not late then violate("signal context #%d: not cancelled by SIGUSR1", n.id) end
