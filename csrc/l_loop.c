@@ -80,6 +80,9 @@ static const wt_ops ops = {io_start, io_stop, queued, woken};
 
 /* }====================================================================== */
 
+/* resumptions in one drain before the loop gets a turn (see drain_p) */
+#define LC_DRAIN_ROUND 1024
+
 /* {======================================================================
 ** The wheel's timer, and the drain
 ** ======================================================================= */
@@ -106,7 +109,7 @@ static void advance(lc_runtime *rt) { wt_advance(&rt->sched, lc_now()); }
 static int drain_p(lua_State *L) {
   lc_runtime *rt = (lc_runtime *)lua_touserdata(L, 1);
   wt_waiter *w;
-  int top = lua_gettop(L);
+  int top = lua_gettop(L), n = 0;
   lc_after_cancel(L, rt, 0);
   advance(rt);
   lc_after_cancel(L, rt, 0);
@@ -123,12 +126,22 @@ static int drain_p(lua_State *L) {
     if (rt->sched.ready == NULL) {
       advance(rt);
       lc_after_cancel(L, rt, 0);
+    } else if (++n == LC_DRAIN_ROUND) {
+      /* A round: what is due fires, and the loop polls fds and signals
+      ** before the next (the idle watcher stays on while work is ready),
+      ** so that tasks that keep each other ready, or one that only
+      ** yields, starve nothing. */
+      advance(rt);
+      lc_after_cancel(L, rt, 0);
+      break;
     }
   }
   return 0;
 }
 
-/* Run what is ready, until nothing is, on the main thread, protected.
+/* Run what is ready, until nothing is or a round ends (LC_DRAIN_ROUND
+** resumptions: then what is ready waits for the next drain), on the main
+** thread, protected.
 ** Returns 0 if an error escaped: it is pending for the Lua caller if there
 ** is one (can_raise), else reported. */
 int lc_drain(lc_runtime *rt, int can_raise) {

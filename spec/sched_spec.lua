@@ -1167,6 +1167,33 @@ describe("yields that are not the scheduler's", function()
     assert.are.same({ "a1", "b1", "a2", "b2", "a3" }, log)
   end)
 
+  B.it_libev("tasks that only yield starve no timer, fd or main thread: the loop drains in rounds",
+    "nginx schedules light threads itself (a yield there is ngx_lua's)",
+    function()
+      local spins = { 0, 0 }
+      local stop = false
+      finally(function() stop = true; context.run() end)
+      local LIMIT = 3000000 -- (a bound: before rounds, the sleep below waited for all of it)
+      for i = 1, 2 do -- two tasks that keep each other, and the queue, busy
+        context.go(function()
+          while not stop and spins[i] < LIMIT do spins[i] = spins[i] + 1; coroutine.yield() end
+        end)
+      end
+      -- a timer, then an fd, while they spin
+      assert.is_true(context.sleep(bg, 0.005))
+      local at_timer = spins[1]
+      local srv = assert(socket.bind("127.0.0.1", 0))
+      local ip, port = srv:getsockname()
+      local cl = assert(socket.connect(ip, port))
+      finally(function() cl:close(); srv:close() end)
+      local ok = context.wait_fd(bg, cl, "w") -- writable at once, but only the loop can tell
+      stop = true
+      context.run()
+      assert.is_true(ok)
+      assert.is_true(at_timer < LIMIT, "the main thread's sleep waited for the spinning tasks to end")
+      assert.is_true(spins[1] > 0 and spins[2] > 0)
+    end)
+
   it("a task that yields while a context it does not wait on ends is not disturbed", function()
     local c, cancel = context.with_cancel(bg)
     local t = context.go(function()

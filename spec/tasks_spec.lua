@@ -250,8 +250,7 @@ describe("the bound is looked at first", function()
       end
       return n, tctx:err()
     end)
-    -- the canceller yields too (a task that only yields keeps the loop
-    -- from its timers: a sleep here would wait for it forever)
+    -- the canceller yields too
     context.go(function()
       for _ = 1, 5 do coroutine.yield() end
       t:cancel()
