@@ -1054,13 +1054,13 @@ static int l_select(lua_State *L) {
   }
   for (j = 0; j < nw; j++)
     if (u->waits[j].src == WS_IO) lc_need_loop(L, rt);
-  lc_anchor(L, rt, uidx);
   if (t != NULL) { /* the task keeps it: context.dump, a close from outside */
     lc_push_task(L, t);
     lua_pushvalue(L, uidx);
     lua_setiuservalue(L, -2, 3);
     lua_pop(L, 1);
   }
+  lc_anchor(L, rt, uidx); /* the last step that may fail (allocate) */
   /* armed last: what is above may fail, this may not */
   for (k = 0; k < s->nrec; k++) {
     lc_crec *r = &s->recs[k];
