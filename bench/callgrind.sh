@@ -6,7 +6,8 @@
 # a change costs nothing on the scheduler's paths (`make bench-cg
 # BASE=<rev>`). Scenarios (bench/cg_*.lua): 20,000 tasks parked on one
 # context until a cancel resumes them all; 20,000 tasks each sleeping 1 ms;
-# 200,000 with_timeout+cancel beside 20,000 deadlines waited on.
+# 200,000 with_timeout+cancel beside 20,000 deadlines waited on; 20,000
+# channel handoffs between two tasks.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 BASE=${1:-}
