@@ -74,7 +74,7 @@ static void let_go(lua_State *L, lc_runtime *rt, lc_callback *cb, int cbidx) {
 ** wait is armed with: it cannot pass between the two. */
 static int arm_callback(lua_State *L, lc_runtime *rt, lc_callback *cb) {
   lc_ctx *c = (lc_ctx *)lua_touserdata(L, 1);
-  int64_t now = lc_now();
+  int64_t now = lc_now(rt);
   if (lc_ctx_err_at(L, rt, c, 1, now) != CTX_ERR_NONE) return 1;
   lc_wait_ctx(&cb->wait, c);
   return wt_park(&rt->sched, &cb->w, &cb->wait, 1, now) != 0;

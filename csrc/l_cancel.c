@@ -298,7 +298,7 @@ static void do_cancel(lua_State *L, lc_runtime *rt, lc_ctx *c, int causeidx) {
   int ctxidx = lua_gettop(L);
   if (n->err != CTX_ERR_NONE) return;
   luaL_checkstack(L, 8, NULL);
-  if (n->deadline != CTX_NEVER && ctx_poll(&rt->tree, n, lc_now()) != 0) {
+  if (n->deadline != CTX_NEVER && ctx_poll(&rt->tree, n, lc_now(rt)) != 0) {
     lc_after_cancel(L, rt, ctxidx);
     return;
   }

@@ -50,7 +50,18 @@ lua_Number lc_checkduration(lua_State *L, int arg, const char *fname) {
   return d;
 }
 
-int64_t lc_now(void) { return clk_mono_ns(); }
+/* the runtime's clock (context.virtual_clock, l_clock.c): monotonic ns,
+** virtual while a virtual clock is installed, else the system's shifted
+** by what virtual time moved ahead of it (never backwards) */
+int64_t lc_now(const lc_runtime *rt) {
+  return rt->vclock ? rt->vnow : clk_mono_ns() + rt->clk_offset;
+}
+
+/* epoch seconds: virtual while a virtual clock is installed */
+double lc_real(const lc_runtime *rt) {
+  return rt->vclock ? rt->vepoch + (double)(rt->vnow - rt->vbase) / 1e9
+                    : clk_real();
+}
 
 /* is the value at idx callable (a function, or has __call)? */
 int lc_iscallable(lua_State *L, int idx) {

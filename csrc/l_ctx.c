@@ -46,7 +46,7 @@ int lc_ctx_err(lua_State *L, lc_runtime *rt, lc_ctx *c, int idx) {
   ctx_node *n = c->cn;
   if (n == NULL) return CTX_ERR_NONE;
   if (n->err != CTX_ERR_NONE || n->deadline == CTX_NEVER) return n->err;
-  return poll(L, rt, n, idx, lc_now());
+  return poll(L, rt, n, idx, lc_now(rt));
 }
 
 int lc_ctx_err_at(lua_State *L, lc_runtime *rt, lc_ctx *c, int idx, int64_t now) {
@@ -82,7 +82,7 @@ static lc_ctx *derive_rt(lua_State *L, lc_runtime *rt, lc_ctx *p, int kind,
   int anchored = !isroot(p);
   lc_cctx *c;
   if (pn != NULL && pn->err == CTX_ERR_NONE && pn->deadline != CTX_NEVER) {
-    if (now == 0) now = lc_now();
+    if (now == 0) now = lc_now(rt);
     poll(L, rt, pn, 1, now);
   }
   c = (lc_cctx *)lua_newuserdatauv(L, size, anchored);
@@ -150,9 +150,9 @@ static int l_with_timeout(lua_State *L) {
   lc_runtime *rt = lc_rt(L);
   lc_ctx *p = lc_checkctx_rt(L, 1, "with_timeout", rt);
   lua_Number secs = lc_checkduration(L, 2, "with_timeout");
-  int64_t now = lc_now();
+  int64_t now = lc_now(rt);
   return derive_timer(L, rt, p, deadline_after(now, secs), now,
-                      clk_real() + secs);
+                      lc_real(rt) + secs);
 }
 
 /* The least deadline with_deadline takes: 2000-01-01T00:00:00Z. Anything
@@ -170,8 +170,8 @@ static int l_with_deadline(lua_State *L) {
                 lua_pushfstring(L, "epoch seconds expected (context.time() + "
                                    "n), got %f, before the year 2000",
                                 at));
-  now = lc_now();
-  return derive_timer(L, lc_rt(L), p, deadline_after(now, at - clk_real()),
+  now = lc_now(lc_rt(L));
+  return derive_timer(L, lc_rt(L), p, deadline_after(now, at - lc_real(lc_rt(L))),
                       now, at);
 }
 
@@ -188,9 +188,9 @@ static int l_detached(lua_State *L) {
   lc_ctx *c;
   if (hasdl) {
     lua_Number secs = lc_checkduration(L, 2, "with_min_timeout");
-    now = lc_now();
+    now = lc_now(lc_rt(L));
     own = deadline_after(now, secs);
-    epoch = clk_real() + secs;
+    epoch = lc_real(lc_rt(L)) + secs;
   }
   lua_settop(L, 1);
   c = derive_rt(L, lc_rt(L), p, hasdl ? LK_TIMER : LK_CANCEL, own, now,
@@ -227,7 +227,7 @@ static int l_merge(lua_State *L) {
     lc_ctx *c = lc_checkctx(L, i, "merge");
     if (c->cn != NULL && c->cn->err == CTX_ERR_NONE &&
         c->cn->deadline != CTX_NEVER) {
-      if (now == 0) now = lc_now();
+      if (now == 0) now = lc_now(rt);
       poll(L, rt, c->cn, i, now);
     }
   }
@@ -332,8 +332,8 @@ static int l_deadline(lua_State *L) {
   if (o != NULL)
     lua_pushnumber(L, ((lc_tctx *)o)->epoch);
   else if (c->cn != NULL && c->cn->deadline != CTX_NEVER)
-    lua_pushnumber(L, clk_real() +
-                          (double)(c->cn->deadline - lc_now()) * 1e-9);
+    lua_pushnumber(L, lc_real(lc_rt(L)) +
+                          (double)(c->cn->deadline - lc_now(lc_rt(L))) * 1e-9);
   else
     lua_pushnil(L);
   return 1;
@@ -347,7 +347,7 @@ static int l_remaining(lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
-  now = lc_now();
+  now = lc_now(lc_rt(L));
   poll(L, lc_rt(L), c->cn, 1, now);
   lua_pushnumber(L, (lua_Number)(c->cn->deadline - now) * 1e-9);
   return 1;
@@ -482,7 +482,7 @@ static int l_tostring(lua_State *L) {
         luaL_addstring(&b, ".WithDeadline(");
         add_time(&b, ((lc_tctx *)x)->epoch);
         snprintf(buf, sizeof buf, " [%.3fs])",
-                 (double)(lc_node(x)->deadline - lc_now()) * 1e-9);
+                 (double)(lc_node(x)->deadline - lc_now(lc_rt(L))) * 1e-9);
         luaL_addstring(&b, buf);
       } else
         luaL_addstring(&b, ".WithCancel");

@@ -90,12 +90,14 @@ static const wt_ops ops = {io_start, io_stop, queued, woken};
 static void arm(lc_runtime *rt) {
   int64_t next;
   if (rt->closed || rt->loop == NULL) return; /* armed once a loop exists */
-  next = wt_next_wakeup(&rt->sched);
+  /* a virtual clock moves by advance or autojump (lc_turn), never by a
+  ** real timer */
+  next = rt->vclock ? TW_NEVER : wt_next_wakeup(&rt->sched);
   if (next == rt->wtimer_at) return;
   if (ev_is_active(&rt->wtimer)) ev_timer_stop(rt->loop, &rt->wtimer);
   rt->wtimer_at = next;
   if (next != TW_NEVER) {
-    int64_t now = lc_now();
+    int64_t now = lc_now(rt);
     double after = next > now ? (double)(next - now) * 1e-9 : 0.0;
     ev_now_update(rt->loop);
     ev_timer_set(&rt->wtimer, after, 0.0);
@@ -103,7 +105,8 @@ static void arm(lc_runtime *rt) {
   }
 }
 
-static void advance(lc_runtime *rt) { wt_advance(&rt->sched, lc_now()); }
+static void advance(lc_runtime *rt) { wt_advance(&rt->sched, lc_now(rt)); }
+static void iterate_for(lc_runtime *rt, double secs);
 
 /* [-1, +0, e] the body of drain: run what is ready, until nothing is */
 static int drain_p(lua_State *L) {
@@ -202,9 +205,20 @@ static void step_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   (void)revents;
 }
 
-/* could anything still happen without the main thread doing something? */
+/* could anything still happen without the main thread doing something?
+** (with a virtual clock that does not jump, its timers cannot) */
 int lc_can_progress(lc_runtime *rt) {
+  if (rt->vclock && !rt->autojump)
+    return rt->sched.ready != NULL || rt->sched.nio > 0 || rt->nsig > 0;
   return wt_pending(&rt->sched) || rt->nsig > 0;
+}
+
+/* the deadlock error's words when only virtual time is left to wait for */
+const char *lc_deadlock_hint(lc_runtime *rt) {
+  return rt->vclock && !rt->autojump && tw_count(&rt->sched.wheel) > 0
+             ? " (only virtual time can wake it: clock:advance(seconds), or "
+               "context.virtual_clock{autojump = true})"
+             : "";
 }
 
 static int alive(lc_runtime *rt) {
@@ -221,7 +235,7 @@ static int alive(lc_runtime *rt) {
 static void sweep(lc_runtime *rt) {
   int64_t now, next;
   if (rt->sched.nparked == 0 || rt->sched.ready != NULL) return;
-  now = lc_now();
+  now = lc_now(rt);
   next = wt_next_wakeup(&rt->sched);
   if (now - rt->swept_at < SWEEP_NS && next != TW_NEVER &&
       next - now < SWEEP_NS)
@@ -238,6 +252,78 @@ void lc_iterate(lc_runtime *rt, int flags) {
   ev_run(rt->loop, flags);
   rt->in_run--;
   advance(rt);
+}
+
+/* an iteration that blocks for at most secs (steptimer bounds it) */
+static void iterate_for(lc_runtime *rt, double secs) {
+  ev_timer_set(&rt->steptimer, secs, 0.0);
+  ev_now_update(rt->loop);
+  ev_timer_start(rt->loop, &rt->steptimer);
+  lc_iterate(rt, EVRUN_ONCE);
+  ev_timer_stop(rt->loop, &rt->steptimer);
+}
+
+/* The virtual clock moves to the wheel's next wake-up (its due times are
+** exact to the wheel's 1 ms tick); the drain that follows fires what is
+** due there. */
+static void vjump(lc_runtime *rt) {
+  int64_t next = wt_next_wakeup(&rt->sched);
+  if (next != TW_NEVER && next > rt->vnow) rt->vnow = next;
+  advance(rt);
+}
+
+/* One turn of the loop where it may block (run, a main-thread wait). With
+** a virtual clock that jumps (autojump), a turn in which only its timers
+** can wake anyone moves it to the next due time instead: at once when no
+** fd or signal is waited on, else once autojump_real seconds of real time
+** have passed with nothing happening (if set). */
+void lc_turn(lc_runtime *rt) {
+  if (rt->vclock && rt->autojump && rt->sched.ready == NULL &&
+      tw_count(&rt->sched.wheel) > 0) {
+    if (rt->sched.nio == 0 && rt->nsig == 0) {
+      vjump(rt);
+      return;
+    }
+    if (rt->autojump_real >= 0) {
+      uint64_t w0 = rt->sched.wakeups;
+      iterate_for(rt, rt->autojump_real);
+      if (rt->sched.wakeups == w0 && rt->sched.ready == NULL) vjump(rt);
+      return;
+    }
+  }
+  lc_iterate(rt, EVRUN_ONCE);
+}
+
+/* Move the virtual clock to target (ns), firing what falls due in order
+** and running what is ready at each due time before the next, so that a
+** task woken at t that sleeps d wakes at t + d within the same move.
+** Returns 0 if an error is pending for the caller (lc_raise_pending). */
+int lc_vadvance(lc_runtime *rt, int64_t target) {
+  for (;;) {
+    int64_t next;
+    do { /* what is ready now, in rounds, fds polled between them */
+      if (!lc_drain(rt, 1)) return 0;
+      if (rt->sched.ready != NULL) lc_iterate(rt, EVRUN_NOWAIT);
+    } while (rt->sched.ready != NULL);
+    next = wt_next_wakeup(&rt->sched);
+    if (next == TW_NEVER || next > target) break;
+    if (next > rt->vnow) rt->vnow = next;
+    advance(rt);
+  }
+  if (target > rt->vnow) rt->vnow = target;
+  advance(rt);
+  do {
+    if (!lc_drain(rt, 1)) return 0;
+  } while (rt->sched.ready != NULL);
+  return 1;
+}
+
+/* re-arm the wheel's timer after the clock changed (l_clock.c) */
+void lc_rearm(lc_runtime *rt) {
+  if (rt->loop != NULL && !rt->closed) {
+    rt->wtimer_at = -1; /* (whatever it was armed for) */
+    arm(rt);
+  }
 }
 
 /* The fd of the loop's own backend (epoll), if this call made it, else -1:
@@ -306,8 +392,9 @@ static int l_run(lua_State *L) {
       }
       if (!lc_can_progress(rt))
         return luaL_error(L, "context.run: deadlock: %d task(s) wait for "
-                          "something nothing can bring", (int)rt->ntasks);
-      lc_iterate(rt, EVRUN_ONCE);
+                          "something nothing can bring%s", (int)rt->ntasks,
+                          lc_deadlock_hint(rt));
+      lc_turn(rt);
       lc_drain(rt, 1);
       lc_raise_pending(L, rt);
     }
@@ -317,7 +404,7 @@ static int l_run(lua_State *L) {
     else if (alive(rt) && lc_can_progress(rt)) {
       uint64_t w0 = rt->sched.wakeups;
       do { /* until something happens, not just a move inside the wheel */
-        lc_iterate(rt, EVRUN_ONCE);
+        lc_turn(rt);
         lc_raise_pending(L, rt);
       } while (rt->sched.wakeups == w0 && rt->sched.ready == NULL &&
                lc_can_progress(rt));
@@ -376,7 +463,7 @@ static int l_next_wakeup(lua_State *L) {
   lc_runtime *rt = lc_rt(L);
   int64_t next = wt_next_wakeup(&rt->sched), now;
   if (next == TW_NEVER) return 0;
-  now = lc_now();
+  now = lc_now(rt);
   lua_pushnumber(L, next > now ? (lua_Number)(next - now) * 1e-9 : 0.0);
   return 1;
 }
@@ -416,7 +503,7 @@ void lc_loop_init(lua_State *L, lc_runtime *rt) {
   rt->loop = (struct ev_loop *)lua_touserdata(L, -1);
   lua_pop(L, 1);
   /* NULL: libev's default loop, taken when first needed (lc_need_loop) */
-  wt_init(&rt->sched, &rt->tree, lc_now(), &ops, rt);
+  wt_init(&rt->sched, &rt->tree, lc_now(rt), &ops, rt);
   rt->loopfd = -1;
   ev_timer_init(&rt->wtimer, wtimer_cb, 0.0, 0.0);
   rt->wtimer.data = rt;

@@ -128,7 +128,7 @@ void lc_track_new(lua_State *L, lc_runtime *rt, int idx) {
   lua_createtable(L, 0, 3);
   push_site(L);
   lua_setfield(L, -2, "site");
-  lua_pushnumber(L, (lua_Number)clk_mono_ns() * 1e-9);
+  lua_pushnumber(L, (lua_Number)lc_now(rt) * 1e-9);
   lua_setfield(L, -2, "created");
   lua_rawset(L, -3);
   lua_pop(L, 1);

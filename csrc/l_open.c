@@ -17,29 +17,12 @@
 #include "lcontext.h"
 #include "lcontext_int.h"
 
-/* context.now() -> monotonic seconds */
-static int l_now(lua_State *L) {
-  lua_pushnumber(L, (lua_Number)clk_mono_ns() * 1e-9);
-  return 1;
-}
-
-/* context.time() -> epoch seconds with fraction */
-static int l_time(lua_State *L) {
-  lua_pushnumber(L, clk_real());
-  return 1;
-}
-
-static const luaL_Reg core_funcs[] = {
-  {"now", l_now},
-  {"time", l_time},
-  {NULL, NULL}
-};
 
 /* the module's functions, by file (each with the shared upvalues) */
 static const luaL_Reg *const module_funcs[] = {
   lc_ctx_funcs, lc_key_funcs, lc_task_funcs, lc_callback_funcs,
   lc_signal_funcs, lc_loop_funcs, lc_park_funcs, lc_metrics_funcs,
-  lc_sync_funcs, NULL
+  lc_sync_funcs, lc_clock_funcs, NULL
 };
 
 /* [-0, +LC_NUP, m] push the shared upvalues kept in table t */
@@ -141,6 +124,7 @@ LC_EXPORT int luaopen_lcontext_core(lua_State *L) {
   rt->ref_taskmt = luaL_ref(L, LUA_REGISTRYINDEX);
   lc_loop_init(L, rt);
   lc_sync_init(L, rt, uvt);
+  lc_clock_init(L, rt, uvt);
   lua_rawgeti(L, uvt, LC_UV_CANCELED);
   rt->canceled_p = lua_topointer(L, -1);
   lua_rawgeti(L, uvt, LC_UV_DEADLINE);
@@ -198,7 +182,6 @@ LC_EXPORT int luaopen_lcontext_core(lua_State *L) {
     push_upvalues(L, uvt);
     luaL_setfuncs(L, module_funcs[i], LC_NUP);
   }
-  luaL_setfuncs(L, core_funcs, 0);
   lua_rawgeti(L, uvt, LC_UV_CANCELED);
   lua_setfield(L, -2, "canceled");
   lua_rawgeti(L, uvt, LC_UV_DEADLINE);

@@ -35,7 +35,7 @@ int lc_prepare_wait(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
   switch (lua_type(L, idx)) {
   case LUA_TNUMBER: {
     lua_Number secs = lua_tonumber(L, idx);
-    int64_t now = lc_now(), at;
+    int64_t now = lc_now(rt), at;
     if (secs != secs) lc_argerror(L, idx - 1, fname, "number is NaN");
     if (secs == HUGE_VAL || secs == -HUGE_VAL)
       lc_argerror(L, idx - 1, fname, "number is not finite");
@@ -116,7 +116,7 @@ int lc_main_wait(lua_State *L, lc_runtime *rt, lc_waiter *w) {
     if (w->state != WT_PARKED) break;
     if (!lc_can_progress(rt) && lc_sweep_closed(rt) > 0) continue;
     if (!lc_can_progress(rt)) return -1;
-    lc_iterate(rt, EVRUN_ONCE);
+    lc_turn(rt);
     if (lc_has_pending(L, rt)) break;
   }
   return w->state != WT_PARKED;
@@ -130,7 +130,7 @@ static int park_main(lua_State *L, lc_runtime *rt, lc_waiter *w,
   if (woken < 0) {
     wt_release(&rt->sched, w);
     return luaL_error(L, "context.%s: deadlock: waiting for something "
-                      "nothing can bring", fname);
+                      "nothing can bring%s", fname, lc_deadlock_hint(rt));
   }
   fired = w->fired;
   wt_release(&rt->sched, w); /* out of its waits, or of the queue */
@@ -182,7 +182,7 @@ static int l_park(lua_State *L) {
   for (i = 0; i < n; i++)
     if (waits[i].src == WS_IO) lc_need_loop(L, rt);
   {
-    int64_t now = lc_now();
+    int64_t now = lc_now(rt);
     if (!ismain) rt->current->parked_at = now;
     fired = wt_park(&rt->sched, w, waits, (uint16_t)n, now);
   }

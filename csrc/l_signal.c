@@ -128,7 +128,7 @@ static void signal_cb(struct ev_loop *loop, ev_signal *sw, int revents) {
   (void)loop;
   (void)revents;
   if (rt->closed || s->c->cn == NULL ||
-      ctx_poll(&rt->tree, s->c->cn, lc_now()) != CTX_ERR_NONE)
+      ctx_poll(&rt->tree, s->c->cn, lc_now(rt)) != CTX_ERR_NONE)
     return; /* ended meanwhile (perhaps by a deadline noticed only now):
                its watchers have stopped */
   lua_pushcfunction(L, signal_p);
@@ -210,7 +210,7 @@ static int l_signal(lua_State *L) {
   ** waits for that deadline, as Go waits for NotifyContext's goroutine);
   ** with no deadline it does not keep run() alive */
   lc_wait_ctx(&s->wait, c);
-  if (wt_park(&rt->sched, &s->w, &s->wait, 1, lc_now()) != 0) {
+  if (wt_park(&rt->sched, &s->w, &s->wait, 1, lc_now(rt)) != 0) {
     lc_unanchor(L, rt, s); /* parent already done */
     lua_pop(L, 1);
     return 2;

@@ -544,7 +544,7 @@ static int block(lua_State *L, lc_runtime *rt, int kind, void *target,
     r->kind = (uint8_t)kind;
     cq_push(q, r); /* armed last: what is above may fail, this may not */
     (*blocked_counter(rt, kind))++;
-    fired = wt_park(&rt->sched, &u->mainw, u->waits, u->nw, lc_now());
+    fired = wt_park(&rt->sched, &u->mainw, u->waits, u->nw, lc_now(rt));
     if (fired != 0)
       woken = 1;
     else {
@@ -563,7 +563,7 @@ static int block(lua_State *L, lc_runtime *rt, int kind, void *target,
       }
       if (woken < 0)
         return luaL_error(L, "context.%s: deadlock: waiting for something "
-                          "nothing can bring", fname);
+                          "nothing can bring%s", fname, lc_deadlock_hint(rt));
       lc_raise_pending(L, rt);
       return luaL_error(L, "context.%s: the wait ended with nothing fired",
                         fname);
@@ -618,7 +618,7 @@ static int block(lua_State *L, lc_runtime *rt, int kind, void *target,
   cq_push(q, r);
   (*blocked_counter(rt, kind))++;
   t->sync = s;
-  now = lc_now();
+  now = lc_now(rt);
   t->parked_at = now;
   fired = wt_park(&rt->sched, &t->w, t->swaits, (uint16_t)n, now);
   if (fired != 0) { /* a deadline passed since it was looked at */
@@ -1068,7 +1068,7 @@ static int l_select(lua_State *L) {
     cq_push(r->kind == LC_CR_SEND ? &ch->sendq : &ch->recvq, r);
   }
   if (t != NULL) {
-    int64_t now = lc_now();
+    int64_t now = lc_now(rt);
     t->sync = s;
     t->parked_at = now;
     fired = wt_park(&rt->sched, &t->w, u->waits, (uint16_t)nw, now);
@@ -1081,7 +1081,7 @@ static int l_select(lua_State *L) {
   }
   {
     int woken, nres;
-    fired = wt_park(&rt->sched, &u->mainw, u->waits, (uint16_t)nw, lc_now());
+    fired = wt_park(&rt->sched, &u->mainw, u->waits, (uint16_t)nw, lc_now(rt));
     if (fired != 0)
       woken = 1;
     else {
@@ -1095,7 +1095,7 @@ static int l_select(lua_State *L) {
       lc_unanchor(L, rt, u);
       if (woken < 0)
         return luaL_error(L, "context.%s: deadlock: waiting for something "
-                          "nothing can bring", fname);
+                          "nothing can bring%s", fname, lc_deadlock_hint(rt));
       lc_raise_pending(L, rt);
       return luaL_error(L, "context.%s: the wait ended with nothing fired",
                         fname);

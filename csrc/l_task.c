@@ -486,7 +486,7 @@ static int l_task_waits(lua_State *L) {
   else st = "running";
   lua_pushstring(L, st);
   if (t->w.state != WT_PARKED || t->status != TS_RUNNING) return 1;
-  lua_pushnumber(L, (lua_Number)(lc_now() - t->parked_at) / 1e9);
+  lua_pushnumber(L, (lua_Number)(lc_now(lc_rt(L)) - t->parked_at) / 1e9);
   if (t->sync != NULL) { /* in a channel or semaphore call (l_sync.c) */
     lc_sync_waits(L, lc_rt(L), t, 1);
     return 3;
@@ -522,7 +522,7 @@ void lc_push_wait_entry(lua_State *L, lc_wait *x, int holder, int uv) {
     lua_setfield(L, -2, "value");
   }
   if (x->src == WS_SLEEP) {
-    lua_pushnumber(L, (lua_Number)(x->u.t.e.expires - lc_now()) / 1e9);
+    lua_pushnumber(L, (lua_Number)(x->u.t.e.expires - lc_now(lc_rt(L))) / 1e9);
     lua_setfield(L, -2, "due");
   } else if (x->src == WS_IO) {
     lua_pushinteger(L, x->u.io.fd);

@@ -113,6 +113,19 @@ typedef struct lc_runtime {
   int ref_mainbound;     /* ... kept in the registry (LUA_NOREF: none) */
   uint64_t sync_sends, sync_recvs; /* values passed through channels */
   long sync_blocked_send, sync_blocked_recv, sync_blocked_acquire;
+  /* l_clock.c: the clock. lc_now() is vnow while a virtual clock is
+  ** installed (vclock), else clk_mono_ns() + clk_offset */
+  int64_t clk_offset;    /* how far virtual time moved the clock ahead */
+  int64_t vnow;          /* virtual monotonic time, ns */
+  int64_t vbase;         /* vnow when the clock was installed */
+  double vepoch;         /* context.time() at vbase */
+  double vstart;         /* clock:now() at vbase */
+  double autojump_real;  /* autojump past real waits after that many real
+                            seconds of nothing happening; < 0: never */
+  uint32_t vgen;         /* installations so far (which clock is it) */
+  uint8_t vclock;        /* a virtual clock is installed */
+  uint8_t autojump;      /* it jumps when only its timers can wake anyone */
+  int ref_clockmt;       /* registry: the metatable of clocks */
 } lc_runtime;
 
 /* kinds of context */
@@ -202,7 +215,9 @@ typedef struct lc_tctx {
 int lc_argerror(lua_State *L, int arg, const char *fname, const char *msg);
 int lc_typeerror(lua_State *L, int arg, const char *fname, const char *tname);
 lua_Number lc_checkduration(lua_State *L, int arg, const char *fname);
-int64_t lc_now(void);
+struct lc_runtime;
+int64_t lc_now(const struct lc_runtime *rt);
+double lc_real(const struct lc_runtime *rt);
 void lc_weak_table(lua_State *L, const char *mode);
 void lc_report(const char *what, lua_State *L, int idx);
 
@@ -411,6 +426,10 @@ void lc_loop_caller(lua_State *L, lc_runtime *rt, const char *fname);
 int lc_drain(lc_runtime *rt, int can_raise);
 void lc_iterate(lc_runtime *rt, int flags);
 int lc_can_progress(lc_runtime *rt);
+const char *lc_deadlock_hint(lc_runtime *rt);
+void lc_turn(lc_runtime *rt);
+int lc_vadvance(lc_runtime *rt, int64_t target);
+void lc_rearm(lc_runtime *rt);
 
 /* l_park.c */
 extern const luaL_Reg lc_park_funcs[];
@@ -419,6 +438,10 @@ extern const luaL_Reg lc_park_funcs[];
 int lc_prepare_wait(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
                     const char *fname);
 int lc_main_wait(lua_State *L, lc_runtime *rt, lc_waiter *w);
+
+/* l_clock.c */
+extern const luaL_Reg lc_clock_funcs[];
+void lc_clock_init(lua_State *L, lc_runtime *rt, int uvt);
 
 /* l_sync.c */
 extern const luaL_Reg lc_sync_funcs[];

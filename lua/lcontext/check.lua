@@ -299,6 +299,21 @@ function M.set_bound(key, ctx)
   if f then f(ctx) end
 end
 
+--- random() -> a number in [0, 1), from the generator the helpers' jitter
+-- uses (retry's backoff, unless opts.random is given). Seeded from the
+-- system at load; context.random_seed(n) makes it repeat (a test under a
+-- virtual clock that wants the same run twice). Park and Miller's minimal
+-- standard generator: exact in doubles, so the same on every runtime.
+local rng_state = (os.time() % 2147483646) + 1
+function M.random_seed(n)
+  n = math.floor(n) % 2147483646
+  rng_state = n + 1
+end
+function M.random()
+  rng_state = (rng_state * 16807) % 2147483647
+  return (rng_state - 1) / 2147483646
+end
+
 --- interp_only(f) -> f, never compiled by LuaJIT (jit.off): for what a
 -- __gc metamethod runs. Inside a finaliser LuaJIT records no trace, and a
 -- loop compiled before then ends through a trace exit that re-enters its

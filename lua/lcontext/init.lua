@@ -231,7 +231,7 @@ end
 -- The helpers written in Lua, one module per concern. Each module returns
 -- a function that takes this module and returns what it adds to it.
 for _, name in ipairs({ "group", "retry", "breaker", "hedge", "patterns", "observe", "metrics",
-                        "sync", "tasks" }) do
+                        "sync", "tasks", "vclock" }) do
   local path = "lcontext." .. name
   if check.searchpath(path, package.path) then
     local exports = require(path)(M)

@@ -51,7 +51,7 @@ return function(context)
       factor = number(opts, "factor", fname, argn, { default = 2, lo = 1 }),
       max = number(opts, "max", fname, argn, { default = 5, lo = 0 }),
       jitter = oneof(opts, "jitter", fname, argn, jitters, "full"),
-      random = func(opts, "random", fname, argn) or math.random,
+      random = func(opts, "random", fname, argn) or check.random,
     }
   end
 
