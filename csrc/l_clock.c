@@ -131,26 +131,43 @@ static int l_clock_advance(lua_State *L) {
   return 1;
 }
 
-/* core._vclock_set(seconds) -> moves virtual time forward to clock:now() ==
-** seconds, firing nothing (the nginx backend fires and runs, then calls
-** this again: lua/lcontext/ngx.lua) */
-static int l_vclock_set(lua_State *L) {
+/* For a backend that runs what is woken itself (nginx: lcontext.ngx moves
+** the clock step by step and lets the light threads it woke run between
+** steps). Times are monotonic ns, as Lua numbers (exact below 2^53 ns).
+**   core._vclock_target(seconds) -> the time seconds after the clock's now
+**   core._vclock_step(target) -> true after moving the clock to the wheel's
+**     next wake-up if that is not after target (advance then fires it), or
+**     false after moving it to target
+**   core._vclock_installed() -> is a virtual clock installed? */
+static int l_vclock_target(lua_State *L) {
   lc_runtime *rt = lc_rt(L);
-  lua_Number t = luaL_checknumber(L, 1);
-  lua_Number ns = (t - rt->vstart) * 1e9;
+  lua_Number secs = lc_checkduration(L, 1, "advance");
   if (!rt->vclock) return luaL_error(L, "no virtual clock is installed");
-  if (ns >= (lua_Number)(TW_NEVER - rt->vbase)) ns = (lua_Number)(TW_NEVER - 1 - rt->vbase);
-  if (rt->vbase + (int64_t)ceil(ns) > rt->vnow) rt->vnow = rt->vbase + (int64_t)ceil(ns);
-  return 0;
+  if (secs < 0) return lc_argerror(L, 1, "advance", "seconds must not be negative");
+  if (secs * 1e9 >= (lua_Number)(TW_NEVER - rt->vnow))
+    lua_pushnumber(L, (lua_Number)(TW_NEVER - 1));
+  else
+    lua_pushnumber(L, (lua_Number)(rt->vnow + (int64_t)ceil(secs * 1e9)));
+  return 1;
 }
 
-/* core._vclock_next() -> clock:now() at the wheel's next wake-up, or nil */
-static int l_vclock_next(lua_State *L) {
+static int l_vclock_step(lua_State *L) {
   lc_runtime *rt = lc_rt(L);
+  int64_t target = (int64_t)luaL_checknumber(L, 1);
   int64_t next = wt_next_wakeup(&rt->sched);
-  if (!rt->vclock || next == TW_NEVER) return 0;
-  if (next < rt->vnow) next = rt->vnow;
-  lua_pushnumber(L, rt->vstart + (lua_Number)(next - rt->vbase) / 1e9);
+  if (!rt->vclock) return luaL_error(L, "no virtual clock is installed");
+  if (next != TW_NEVER && next <= target) {
+    if (next > rt->vnow) rt->vnow = next;
+    lua_pushboolean(L, 1);
+  } else {
+    if (target > rt->vnow) rt->vnow = target;
+    lua_pushboolean(L, 0);
+  }
+  return 1;
+}
+
+static int l_vclock_installed(lua_State *L) {
+  lua_pushboolean(L, lc_rt(L)->vclock);
   return 1;
 }
 
@@ -208,8 +225,9 @@ const luaL_Reg lc_clock_funcs[] = {
   {"now", l_now},
   {"time", l_time},
   {"_virtual_clock", l_virtual_clock},
-  {"_vclock_set", l_vclock_set},
-  {"_vclock_next", l_vclock_next},
+  {"_vclock_target", l_vclock_target},
+  {"_vclock_step", l_vclock_step},
+  {"_vclock_installed", l_vclock_installed},
   {NULL, NULL}
 };
 

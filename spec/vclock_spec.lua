@@ -71,7 +71,9 @@ describe("context.virtual_clock", function()
     assert.are.equal(102, clock:now())
   end)
 
-  it("without autojump, what only virtual time can end is a deadlock that says so", function()
+  B.it_libev("without autojump, what only virtual time can end is a deadlock that says so",
+    "nginx has no deadlock detection (lcontext.ngx cannot know that nothing else will run)",
+    function()
     clock = context.virtual_clock()
     local t = context.go(function() return context.sleep(bg, 2) end)
     local ok, err = pcall(context.run)
@@ -82,7 +84,7 @@ describe("context.virtual_clock", function()
     assert.matches("clock:advance", err)
     clock:advance(2)
     assert.is_true(t:wait())
-  end)
+    end)
 
   it("uninstall: real time goes on from where virtual time is; what is pending keeps its time left", function()
     clock = context.virtual_clock()
@@ -99,7 +101,9 @@ describe("context.virtual_clock", function()
     cancel()
   end)
 
-  it("autojump does not jump past a real wait, unless given seconds of real idleness", function()
+  B.it_libev("autojump does not jump past a real wait, unless given seconds of real idleness",
+    "fd waits (context.wait_fd) and context.step are libev's",
+    function()
     local socket = require "socket"
     local srv = assert(socket.bind("127.0.0.1", 0))
     finally(function() srv:close() end)
@@ -112,7 +116,7 @@ describe("context.virtual_clock", function()
     assert.are.same({ nil, context.deadline_exceeded }, { t:wait() })
     assert.are.equal(10, clock:now())
     cancel()
-  end)
+    end)
 
   it("the helpers read it: a 5-attempt exponential retry and a 30 s breaker cooldown, exact", function()
     clock = context.virtual_clock{ autojump = true }

@@ -57,6 +57,9 @@ local interp_only = check.interp_only
 local watch, unwatch = core._watch, core._unwatch
 local advance, next_wakeup = core._advance, core._next_wakeup
 local now = core.now
+-- the virtual clock (lua/lcontext/vclock.lua, csrc/l_clock.c): while it is
+-- installed, no real time moves lcontext's clock; see "Virtual time" below
+local vclock_installed = core._vclock_installed
 local methods = core._methods
 
 local spawn, timer_at = ngx.thread.spawn, ngx.timer.at
@@ -216,7 +219,7 @@ local function drive_loop()
     advance()
     start_runner() -- callbacks a refused timer left queued (a no-op if none)
     local w = next_wakeup()
-    if not w or exiting() then return end
+    if not w or exiting() or vclock_installed() then return end
     if w > DRIVER_SLICE then w = DRIVER_SLICE end
     local t0 = now()
     drv.until_ = t0 + w
@@ -246,7 +249,7 @@ end
 -- wake it if the wheel now needs it earlier than it planned.
 local function kick()
   local w = next_wakeup()
-  if not w then return end
+  if not w or vclock_installed() then return end
   if drv.running then
     local u = drv.until_
     if u and not drv.posted and now() + w < u - 0.0005 then
@@ -596,6 +599,11 @@ local function wait_on(fname, ws, kinds, n)
       end
       stats.wait_passes = stats.wait_passes + 1
       local t0 = now()
+      if t and vclock_installed() then
+        -- virtual time: what ends this wait is posted by advance or a jump
+        -- (a sleep begun before the clock was installed: looked at each second)
+        t = sleep_at and 1 or nil
+      end
       local posted, werr = sema:wait(ms_seconds(t or MAX_WAIT))
       if not posted then
         if werr ~= "timeout" then error(werr, 0) end
@@ -655,7 +663,14 @@ function M.sleep(ctx, seconds)
   if be ~= nil then return nil, be end
   if ctx:is_done() then return nil, ctx:err() end
   if seconds <= 0 then return true end
-  local i = wait_on("sleep", { ctx, now() + seconds }, { "ctx", "sleep" }, 2)
+  local i
+  if vclock_installed() then -- a deadline of the core's wheel: exact virtual time
+    local sc, cancel = M.with_timeout(M.background(), seconds)
+    i = wait_on("sleep", { ctx, sc }, { "ctx", "ctx" }, 2)
+    cancel()
+  else
+    i = wait_on("sleep", { ctx, now() + seconds }, { "ctx", "sleep" }, 2)
+  end
   if i == 2 then return true end
   if i == 0 then return nil, bound_err() end
   return nil, ctx:err()
@@ -674,6 +689,7 @@ function M.select(...)
   if has_case(...) then return check.select_cases(select_, ...) end
   local ws, kinds, ready = { ... }, {}, nil
   local t0 = now()
+  local vcancels
   for i = 1, n do
     local w = ws[i]
     if type(w) == "number" then
@@ -685,6 +701,11 @@ function M.select(...)
       kinds[i] = "sleep"
       if w <= 0 then
         ready = ready or i
+      elseif vclock_installed() then -- (as sleep does)
+        local sc, cancel = M.with_timeout(M.background(), w)
+        ws[i], kinds[i] = sc, "ctx"
+        vcancels = vcancels or {}
+        vcancels[#vcancels + 1] = cancel
       else
         ws[i] = t0 + w
       end
@@ -705,6 +726,7 @@ function M.select(...)
   local be = bound_first()
   if be ~= nil then return nil, be end
   local i = ready or wait_on("select", ws, kinds, n)
+  if vcancels then for k = 1, #vcancels do vcancels[k]() end end
   if i == 0 then return nil, bound_err() end
   return i, (select(i, ...))
 end
@@ -909,10 +931,134 @@ function M.metrics()
 end
 
 -------------------------------------------------------------------------------
+-- Virtual time (context.virtual_clock: lua/lcontext/vclock.lua). The clock
+-- is the core's, as on libev; what differs is who runs what it wakes:
+-- nginx. So clock:advance moves the clock one due time at a time
+-- (core._vclock_step), fires what is due there (advance: deadlines, and
+-- sleeps, which are deadlines of the wheel while the clock is installed)
+-- and lets the light threads it woke run (settle) before the next. The
+-- deadline driver does not run meanwhile. Autojump is a timer of its own
+-- (jumper) that moves the clock to the next due time whenever a turn of
+-- nginx's loop passed without any activity of lcontext's (a wait begun or
+-- ended, a task started or ended): it cannot see cosocket waits, so give
+-- autojump seconds of real idleness when tasks do real I/O.
+-------------------------------------------------------------------------------
+local vclock_step, vclock_target = core._vclock_step, core._vclock_target
+
+local function activity()
+  return stats.waits + stats.wakeups + stats.wait_passes + stats.tasks_started
+    + stats.tasks + stats.callbacks + stats.cb_running
+end
+
+-- let the light threads that were woken run, until two turns of the loop
+-- pass with no activity of lcontext's (the second one 1 ms long, so that
+-- what a zero-delay timer runs, after_func's runner, has had its turn);
+-- 500 turns at most
+local function vsettle()
+  local quiet = 0
+  for _ = 1, 500 do
+    local a = activity()
+    ngx.sleep(quiet == 0 and 0 or 0.001)
+    if activity() ~= a then
+      quiet = 0
+    else
+      quiet = quiet + 1
+      if quiet >= 2 then return end
+    end
+  end
+end
+
+local function fire()
+  advance()
+  start_runner()
+end
+
+local vstate = { jumper = false, autojump = false, real = nil }
+
+local function jumper(premature)
+  if premature then vstate.jumper = false return end
+  local ok, err = pcall(function()
+    local quiet_since
+    while vstate.autojump and vclock_installed() and not exiting() do
+      local a = activity()
+      if next_wakeup() == nil then
+        ngx.sleep(0.005) -- nothing is due: nothing to jump to
+        quiet_since = nil
+      else
+        vsettle()
+        if activity() ~= a then
+          quiet_since = nil
+        else
+          ngx.update_time()
+          local t = ngx.now() -- (real time: nginx's own clock)
+          quiet_since = quiet_since or t
+          if not vstate.real or t - quiet_since >= vstate.real then
+            vclock_step(9007199254740991) -- to the next due time (there is one)
+            fire()
+            quiet_since = nil
+          else
+            ngx.sleep(0.001)
+          end
+        end
+      end
+    end
+  end)
+  if not ok then log(ERR, "lcontext: error in the virtual clock's autojump: ", tostring(err)) end
+  vstate.jumper = false
+end
+
+local function set_autojump(v)
+  vstate.autojump = v and true or false
+  vstate.real = type(v) == "number" and v or nil
+  if vstate.autojump and not vstate.jumper then
+    local ok, started = pcall(timer_at, 0, jumper)
+    if ok and started then vstate.jumper = true end
+  end
+end
+
+local Clock = {}
+local clock_mt = { __index = Clock, __name = "context.virtual_clock",
+  __tostring = function(c) return tostring(c._c) end,
+  __close = function(c) c:uninstall() end }
+function Clock:now() return self._c:now() end
+function Clock:installed() return self._c:installed() end
+function Clock:autojump(v)
+  self._c:autojump(v)
+  set_autojump(v)
+end
+function Clock:uninstall()
+  if not self._c:installed() then return end
+  vstate.autojump = false
+  self._c:uninstall()
+  kick() -- real time drives the deadlines again
+end
+--- clock:advance(seconds) -> clock:now(), once what fell due has fired and
+-- what it woke has run, one due time after the other
+function Clock:advance(seconds)
+  if not self._c:installed() then
+    error("clock:advance: this virtual clock is not installed (uninstalled)", 2)
+  end
+  need_yieldable("advance", "advance the virtual clock", 3)
+  local target = vclock_target(seconds)
+  vsettle()
+  while vclock_step(target) do
+    fire()
+    vsettle()
+  end
+  fire()
+  vsettle()
+  return self._c:now()
+end
+check.vclock_wrap = function(c, autojump)
+  set_autojump(autojump)
+  return setmetatable({ _c = c }, clock_mt)
+end
+
+-------------------------------------------------------------------------------
 -- The helpers (the same files init.lua loads), built on this module
 -------------------------------------------------------------------------------
 local HELPERS = { "group", "retry", "breaker", "hedge", "patterns", "observe", "metrics",
-                  "sync", "tasks" }
+                  "sync", "tasks", "vclock" }
 local searchpath = package.searchpath
 for _, name in ipairs(HELPERS) do
   local path = "lcontext." .. name

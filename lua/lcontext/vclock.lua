@@ -15,7 +15,7 @@
 -- and no real timer is armed. The clock itself lives in the core
 -- (csrc/l_clock.c), so it is the same on both backends; only advance
 -- differs: on libev it runs the loop, in nginx it lets the light threads
--- it woke run (lua/lcontext/ngx.lua gives it as check.vclock_advance).
+-- it woke run (lua/lcontext/ngx.lua wraps the clock: check.vclock_wrap).
 return function(context)
   local check = require "lcontext.check"
   local core = check.load_core()
@@ -51,9 +51,8 @@ return function(context)
       argerr("virtual_clock", 1, "epoch: epoch seconds expected (after the year 2000), got " .. tostring(epoch))
     end
     local clock = new_clock(start, epoch, autojump)
-    local adv = check.vclock_advance
-    if adv then -- (nginx: its own advance, on the same clock)
-      return setmetatable({ _c = clock }, check.vclock_mt)
+    if check.vclock_wrap then -- (nginx: its own advance and autojump, lua/lcontext/ngx.lua)
+      return check.vclock_wrap(clock, autojump)
     end
     return clock
   end
