@@ -125,7 +125,7 @@ static int l_clock_advance(lua_State *L) {
   if (secs * 1e9 >= (lua_Number)(TW_NEVER - rt->vnow))
     target = TW_NEVER - 1;
   else
-    target = rt->vnow + (int64_t)ceil(secs * 1e9);
+    target = rt->vnow + (int64_t)lc_ceil_ns(secs);
   if (!lc_vadvance(rt, target)) lc_raise_pending(L, rt);
   lua_pushnumber(L, rt->vstart + (lua_Number)(rt->vnow - rt->vbase) / 1e9);
   return 1;
@@ -147,7 +147,7 @@ static int l_vclock_target(lua_State *L) {
   if (secs * 1e9 >= (lua_Number)(TW_NEVER - rt->vnow))
     lua_pushnumber(L, (lua_Number)(TW_NEVER - 1));
   else
-    lua_pushnumber(L, (lua_Number)(rt->vnow + (int64_t)ceil(secs * 1e9)));
+    lua_pushnumber(L, (lua_Number)(rt->vnow + (int64_t)lc_ceil_ns(secs)));
   return 1;
 }
 

@@ -57,6 +57,14 @@ int64_t lc_now(const lc_runtime *rt) {
   return rt->vclock ? rt->vnow : clk_mono_ns() + rt->clk_offset;
 }
 
+/* secs (finite, >= 0) as whole ns, rounded up, but not past float noise:
+** 2.136 * 1e9 is 2136000000.0000002, which must stay 2136 ms (a wait of
+** whole milliseconds ends on the wheel's tick, exactly in virtual time) */
+lua_Number lc_ceil_ns(lua_Number secs) {
+  lua_Number ns = secs * 1e9, r = floor(ns + 0.5);
+  return fabs(ns - r) < 1e-3 ? r : ceil(ns);
+}
+
 /* epoch seconds: virtual while a virtual clock is installed */
 double lc_real(const lc_runtime *rt) {
   return rt->vclock ? rt->vepoch + (double)(rt->vnow - rt->vbase) / 1e9

@@ -64,7 +64,7 @@ int lc_ctx_err_at(lua_State *L, lc_runtime *rt, lc_ctx *c, int idx, int64_t now)
 
 /* Monotonic deadline `secs` seconds after now, rounded up, clamped. */
 static int64_t deadline_after(int64_t now, lua_Number secs) {
-  lua_Number ns = ceil(secs * 1e9);
+  lua_Number ns = lc_ceil_ns(secs);
   if (ns < -4e18) ns = -4e18; /* long past: still ordered, never wraps */
   if (ns >= (lua_Number)(CTX_NEVER - now)) return CTX_NEVER - 1;
   return now + (int64_t)ns;

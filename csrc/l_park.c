@@ -44,7 +44,7 @@ int lc_prepare_wait(lua_State *L, lc_runtime *rt, lc_wait *x, int idx,
     else if (secs * 1e9 >= (lua_Number)(TW_NEVER - now))
       at = TW_NEVER - 1;
     else
-      at = now + (int64_t)ceil(secs * 1e9);
+      at = now + (int64_t)lc_ceil_ns(secs);
     wt_wait_sleep(x, at);
     return 0;
   }

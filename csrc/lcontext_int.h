@@ -218,6 +218,7 @@ lua_Number lc_checkduration(lua_State *L, int arg, const char *fname);
 struct lc_runtime;
 int64_t lc_now(const struct lc_runtime *rt);
 double lc_real(const struct lc_runtime *rt);
+lua_Number lc_ceil_ns(lua_Number secs);
 void lc_weak_table(lua_State *L, const char *mode);
 void lc_report(const char *what, lua_State *L, int idx);
 

@@ -62,6 +62,16 @@ describe("context.virtual_clock", function()
     cancel()
   end)
 
+  it("a wait of whole milliseconds ends exactly then, whatever the float noise of its seconds", function()
+    clock = context.virtual_clock()
+    local got = {}
+    for i, d in ipairs({ 2.136, 2.119, 0.001, 1.7 }) do -- (2.136 * 1e9 is 2136000000.0000002)
+      context.go(function() context.sleep(bg, d); got[i] = clock:now() end)
+    end
+    clock:advance(3)
+    assert.are.same({ 2.136, 2.119, 0.001, 1.7 }, got)
+  end)
+
   it("start sets what clock:now() reads at install; context.now() stays monotonic", function()
     local before = context.now()
     clock = context.virtual_clock(100)

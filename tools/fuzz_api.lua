@@ -791,6 +791,28 @@ local OPS = {
       if n.ctx:err() ~= CANCELED and not late then violate("signal context #%d: not cancelled by SIGUSR1", n.id) end
     end
   end },
+  { "vclock", 0.5, function() -- virtual time: sleeps end exactly, in order, at once
+    if context.in_task() then return end
+    local clock = context.virtual_clock{ start = 0, autojump = chance(0.5) }
+    local n, want, got, order = R(1, 4), {}, {}, {}
+    for i = 1, n do
+      want[i] = R(1, 3000) / 1000 -- whole ms: exact virtual times
+      context.go(function()
+        if context.sleep(bg, want[i]) then got[i] = clock:now(); order[#order + 1] = i end
+      end)
+    end
+    local ok, err = pcall(clock.advance, clock, 3)
+    clock:uninstall()
+    if not ok then violate("clock:advance raised: %s", tostring(err)) return end
+    for i = 1, n do
+      if got[i] ~= want[i] then
+        violate("virtual sleep %d of %.3f s woke at %s", i, want[i], tostring(got[i]))
+      end
+    end
+    for k = 2, #order do
+      if want[order[k]] < want[order[k - 1]] then violate("virtual sleeps woke out of order") end
+    end
+  end },
   { "gc", 4, function()
     if chance(0.3) then collectgarbage() collectgarbage() else collectgarbage("step", R(200)) end
   end },
@@ -933,7 +955,9 @@ local function run_seed(seed)
     dead_sock = socket.tcp(); dead_sock:close()
   end
   debug.sethook(watchdog, "", 10000)
-  local i = FC.run_ops(opt, M, pick_op, violate, now, function(o) check_all(false, o[4]) end)
+  -- (ops are timed in real time: the vclock op moves context.now() ahead)
+  local real_now = socket_ok and socket.gettime or now
+  local i = FC.run_ops(opt, M, pick_op, violate, real_now, function(o) check_all(false, o[4]) end)
   -- the end: nothing may be left behind
   FC.budget = os.clock() + 5 * opt.slow
   if not M.viol then
