@@ -1327,6 +1327,8 @@ void lc_sync_init(lua_State *L, lc_runtime *rt, int uvt) {
   };
   rt->ref_mainbound = LUA_NOREF;
   rt->ref_casemt = LUA_NOREF;
+  rt->sync_abandon = lc_sync_abandon;
+  rt->sync_waits = lc_sync_waits;
   rt->chanmt = new_mt(L, uvt, chan_methods, chan_meta, "context.channel",
                       &rt->ref_chanmt);
   rt->semmt = new_mt(L, uvt, sem_methods, sem_meta, "context.semaphore",
@@ -1344,6 +1346,8 @@ void lc_sync_init(lua_State *L, lc_runtime *rt, int uvt) {
   (void)uvt;
   rt->ref_mainbound = LUA_NOREF;
   rt->ref_casemt = LUA_NOREF;
+  rt->sync_abandon = lc_sync_abandon;
+  rt->sync_waits = lc_sync_waits;
 }
 
 void lc_sync_abandon(lua_State *L, lc_runtime *rt, lc_task *t) {

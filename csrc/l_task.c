@@ -224,7 +224,8 @@ static void finish(lua_State *L, lc_runtime *rt, lc_task *t, int status,
   t->status = (uint8_t)status;
   t->reason = (uint8_t)reason;
   wt_release(&rt->sched, &t->w);
-  lc_sync_abandon(L, rt, t); /* blocked in a channel/semaphore call */
+  if (t->sync != NULL) /* blocked in a channel/semaphore call (l_sync.c) */
+    rt->sync_abandon(L, rt, t);
   t->w.state = WT_DONE;
   wt_source_end(&rt->sched, &t->end);
   rt->ntasks--;
@@ -488,7 +489,7 @@ static int l_task_waits(lua_State *L) {
   if (t->w.state != WT_PARKED || t->status != TS_RUNNING) return 1;
   lua_pushnumber(L, (lua_Number)(lc_now(lc_rt(L)) - t->parked_at) / 1e9);
   if (t->sync != NULL) { /* in a channel or semaphore call (l_sync.c) */
-    lc_sync_waits(L, lc_rt(L), t, 1);
+    lc_rt(L)->sync_waits(L, lc_rt(L), t, 1);
     return 3;
   }
   lua_createtable(L, t->w.nwaits, 0);

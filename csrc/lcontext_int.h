@@ -57,8 +57,10 @@ struct lc_callback;
 **   l_core (upvalues, checks) < l_key < l_cancel (cancel objects, causes,
 **   keep sets, the after-cancel epilogue) < l_value < l_ctx < l_task
 **   (tasks, errors) < l_callback (after_func, watches) < l_signal < l_loop
-**   (libev, drain, run/step) < l_park (waiting) < l_metrics < l_open
-**   (luaopen: sets every file up).
+**   (libev, drain, run/step) < l_park (waiting) < l_sync (channels,
+**   semaphores) < l_clock (virtual time) < l_metrics < l_open (luaopen:
+**   sets every file up). l_task reaches l_sync only through
+**   rt->sync_abandon and rt->sync_waits.
 */
 typedef struct lc_runtime {
   ctx_tree tree;
@@ -126,6 +128,10 @@ typedef struct lc_runtime {
   uint8_t vclock;        /* a virtual clock is installed */
   uint8_t autojump;      /* it jumps when only its timers can wake anyone */
   int ref_clockmt;       /* registry: the metatable of clocks */
+  /* set by l_sync.c (files call only those before them: these reach up) */
+  void (*sync_abandon)(lua_State *L, struct lc_runtime *rt, struct lc_task *t);
+  int (*sync_waits)(lua_State *L, struct lc_runtime *rt, struct lc_task *t,
+                    int taskidx);
 } lc_runtime;
 
 /* kinds of context */
