@@ -275,12 +275,13 @@ static void vjump(lc_runtime *rt) {
 /* One turn of the loop where it may block (run, a main-thread wait). With
 ** a virtual clock that jumps (autojump), a turn in which only its timers
 ** can wake anyone moves it to the next due time instead: at once when no
-** fd or signal is waited on, else once autojump_real seconds of real time
-** have passed with nothing happening (if set). */
+** fd is waited on (signal contexts do not hold it back: a signal may come
+** at any virtual time), else once autojump_real seconds of real time have
+** passed with nothing happening (if set). */
 void lc_turn(lc_runtime *rt) {
   if (rt->vclock && rt->autojump && rt->sched.ready == NULL &&
       tw_count(&rt->sched.wheel) > 0) {
-    if (rt->sched.nio == 0 && rt->nsig == 0) {
+    if (rt->sched.nio == 0) { /* (a signal context is no wait: it may come any time) */
       vjump(rt);
       return;
     }

@@ -128,6 +128,17 @@ describe("context.virtual_clock", function()
     cancel()
     end)
 
+  B.it_libev("a signal context does not hold autojump back (a signal may come at any virtual time)",
+    "context.signal is libev's",
+    function()
+      local sc, stop = context.signal(bg, "USR2")
+      finally(function() stop() end)
+      clock = context.virtual_clock{ autojump = true }
+      local t = context.go(function() return context.select(sc, 5) end)
+      assert.are.equal(2, t:wait())
+      assert.are.equal(5, clock:now())
+    end)
+
   it("the helpers read it: a 5-attempt exponential retry and a 30 s breaker cooldown, exact", function()
     clock = context.virtual_clock{ autojump = true }
     local at = {}
