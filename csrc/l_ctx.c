@@ -333,7 +333,7 @@ static int l_deadline(lua_State *L) {
     lua_pushnumber(L, ((lc_tctx *)o)->epoch);
   else if (c->cn != NULL && c->cn->deadline != CTX_NEVER)
     lua_pushnumber(L, lc_real(lc_rt(L)) +
-                          (double)(c->cn->deadline - lc_now(lc_rt(L))) * 1e-9);
+                          (double)(c->cn->deadline - lc_now(lc_rt(L))) / 1e9);
   else
     lua_pushnil(L);
   return 1;
@@ -349,7 +349,7 @@ static int l_remaining(lua_State *L) {
   }
   now = lc_now(lc_rt(L));
   poll(L, lc_rt(L), c->cn, 1, now);
-  lua_pushnumber(L, (lua_Number)(c->cn->deadline - now) * 1e-9);
+  lua_pushnumber(L, (lua_Number)(c->cn->deadline - now) / 1e9);
   return 1;
 }
 

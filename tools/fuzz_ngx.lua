@@ -63,7 +63,14 @@ coroutine.create = function(fn)
 end
 
 local core = require "lcontext.core"
-local mock = dofile("spec/ngx/mock_ngx.lua").install(core.now)
+-- (the mock's loop runs on real time, as nginx's does: core.now is virtual
+-- while the vclock op's clock is installed)
+local real_clock = core.now
+do
+  local ok, socket = pcall(require, "socket")
+  if ok and socket.gettime then real_clock = socket.gettime end
+end
+local mock = dofile("spec/ngx/mock_ngx.lua").install(real_clock)
 local S, ngx = mock.state, mock.ngx
 -- every light thread spawned (the mock keeps only the requests' in S.live;
 -- lcontext.ngx captures spawn as it loads)
@@ -698,6 +705,53 @@ local OPS = {
   { "fault", 2, set_fault },
   { "unfault", 2, function() S.sema_hook = nil end },
   { "spin", 12, function() spin(R() * 0.004) end },
+  { "vclock", 0.5, function() -- virtual time: sleeps end exactly, in order, at once
+    if real_clock == core.now then return end -- (no real clock for the mock)
+    -- only while nothing else waits: moving time 3 s ahead would end the
+    -- model's other deadlines (a shield's, say) before it expects them to
+    local m = context.metrics()
+    if m.tasks > 0 or m.tasks_waiting > 0 or m.ngx_watches > 0 or m.callbacks_pending > 0 then
+      M.vclock_skipped = (M.vclock_skipped or 0) + 1
+      return
+    end
+    M.vclock_runs = (M.vclock_runs or 0) + 1
+    local want, got, order, err = {}, {}, {}, nil
+    local n = R(1, 3)
+    local hook = S.sema_hook -- (no injected semaphore faults meanwhile)
+    S.sema_hook = nil
+    local finished, e = false, nil
+    in_request(function()
+      ngx.thread.spawn(function() -- the op's own light thread (a request's)
+        local ok, perr = pcall(function()
+          local clock = context.virtual_clock{ start = 0 }
+          for i = 1, n do
+            want[i] = R(1, 3000) / 1000 -- whole ms: exact virtual times
+            context.go(function()
+              if context.sleep(bg, want[i]) then got[i] = clock:now(); order[#order + 1] = i end
+            end)
+          end
+          local aok, aerr = pcall(clock.advance, clock, 3)
+          clock:uninstall()
+          if not aok then err = aerr end
+        end)
+        if not ok then e = perr end
+        finished = true
+      end)
+    end)
+    local stop_at = real_clock() + 5
+    while not finished and real_clock() < stop_at do mock.spin(0.001) end
+    local ok = finished and e == nil
+    if not finished then e = "the op's thread did not finish in 5 s" end
+    S.sema_hook = hook
+    if not ok then violate("vclock: %s", tostring(e)) return end
+    if err then violate("clock:advance raised: %s", tostring(err)) return end
+    for i = 1, n do
+      if got[i] ~= want[i] then violate("virtual sleep %d of %.3f s woke at %s", i, want[i], tostring(got[i])) end
+    end
+    for k = 2, #order do
+      if want[order[k]] < want[order[k - 1]] then violate("virtual sleeps woke out of order") end
+    end
+  end },
   { "spin0", 6, function() spin(0) end },
   { "gc", 2, full_gc },
   { "gc_step", 2, function() collectgarbage("step") end },
@@ -812,7 +866,7 @@ local function run_seed(seed)
   local aggressive = chance(1 / 3)
   collectgarbage("setpause", aggressive and 10 or 200)
   collectgarbage("setstepmul", aggressive and 400 or 100)
-  local i = FC.run_ops(opt, M, pick_op, violate, now, function() check_all() end)
+  local i = FC.run_ops(opt, M, pick_op, violate, real_clock, function() check_all() end)
   if not M.viol then
     M.opi = "end"
     FC.budget = os.clock() + 20 * opt.slow
