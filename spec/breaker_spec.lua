@@ -3,8 +3,11 @@
 -- one hangs or is cancelled), generations, what counts as a failure,
 -- on_state_change, the two-step allow()/done(err), the state store.
 --
--- Time is an injected clock (a variable the tests move) unless a test runs
--- real timeouts, in milliseconds.
+-- Time is virtual (context.virtual_clock, docs/testing.md): the breakers
+-- read the default clock, context.now, and the tests move it with
+-- clock:advance, or let autojump run timeouts at once; so cooldowns and
+-- timeouts are exact to the millisecond and take no real time. The store
+-- tests keep an injected clock (a breaker given a clock keeps it).
 local context = require "lcontext"
 local h = require "spec.helpers"
 
@@ -14,15 +17,24 @@ local OPEN = context.breaker_open
 
 -- no task error goes unnoticed; every test leaves the scheduler idle
 local guard_start, guard_check = require("spec.sched_helpers").task_guard()
+-- the virtual clock of the test, uninstalled before the idle guard runs
+local vclock
+local function virtual(opts)
+  vclock = context.virtual_clock(opts)
+  return vclock
+end
 before_each(guard_start)
-after_each(guard_check)
+after_each(function()
+  if vclock then vclock:uninstall(); vclock = nil end
+  guard_check()
+end)
 
--- a breaker on a fake clock, recording its state changes
+-- a breaker on the default clock (context.now), made virtual: returns the
+-- breaker, the clock (clock:advance(s) moves time) and its state changes
 local function make(opts)
-  local clock = { t = 1000 }
+  local clock = virtual()
   local changes = {}
   opts = opts or {}
-  opts.clock = function() return clock.t end
   opts.on_state_change = function(from, to) changes[#changes + 1] = from .. ">" .. to end
   return context.breaker(opts), clock, changes
 end
@@ -65,9 +77,9 @@ describe("context.breaker, consecutive mode", function()
     assert.are.equal("closed", br:state())
     fail(br)
     assert.are.equal("open", br:state())
-    clock.t = clock.t + 29.9
+    clock:advance(29.999)
     assert.are.equal("open", br:state())
-    clock.t = clock.t + 0.1
+    clock:advance(0.001)
     assert.are.equal("half_open", br:state())
   end)
 
@@ -89,7 +101,7 @@ describe("context.breaker, consecutive mode", function()
   it("after the cooldown: half-open, one probe at a time; its success closes", function()
     local br, clock, changes = make { threshold = 1, cooldown = 10 }
     fail(br)
-    clock.t = clock.t + 10
+    clock:advance(10)
     local probe = assert(br:allow())
     assert.are.equal("half_open", br:state())
     local second, err = br:allow()
@@ -104,12 +116,12 @@ describe("context.breaker, consecutive mode", function()
   it("a failed probe opens it again, for a whole new cooldown", function()
     local br, clock, changes = make { threshold = 1, cooldown = 10 }
     fail(br)
-    clock.t = clock.t + 10
+    clock:advance(10)
     assert.is_true(fail(br))
     assert.are.equal("open", br:state())
-    clock.t = clock.t + 9.5
+    clock:advance(9.999)
     assert.are.equal("open", br:state())
-    clock.t = clock.t + 0.5
+    clock:advance(0.001)
     assert.are.equal("half_open", br:state())
     assert.are.same({ "closed>open", "open>half_open", "half_open>open", "open>half_open" },
       changes)
@@ -119,7 +131,7 @@ describe("context.breaker, consecutive mode", function()
     local br, clock = make { threshold = 1, cooldown = 1, half_open_max = 2,
       success_threshold = 2 }
     fail(br)
-    clock.t = clock.t + 1
+    clock:advance(1)
     local p1, p2 = assert(br:allow()), assert(br:allow())
     assert.is_nil((br:allow()))
     assert.are.equal(2, br:counts().probes)
@@ -135,11 +147,11 @@ describe("context.breaker, consecutive mode", function()
     function()
       local br, clock = make { threshold = 1, cooldown = 1, probe_timeout = 5 }
       fail(br)
-      clock.t = clock.t + 1
+      clock:advance(1)
       local hung = assert(br:allow())
-      clock.t = clock.t + 4.9
+      clock:advance(4.999)
       assert.is_nil((br:allow()), "the slot was re-armed early")
-      clock.t = clock.t + 0.1
+      clock:advance(0.001)
       local fresh = assert(br:allow(), "the slot was not re-armed")
       assert.is_false(hung("late failure"), "a re-armed probe's verdict counted")
       assert.are.equal("half_open", br:state())
@@ -150,7 +162,7 @@ describe("context.breaker, consecutive mode", function()
   it("a probe cancelled without a verdict gives its slot back at once", function()
     local br, clock = make { threshold = 1, cooldown = 1 }
     fail(br)
-    clock.t = clock.t + 1
+    clock:advance(1)
     local p = assert(br:allow())
     assert.is_false(p(canceled), "a cancellation is no verdict")
     assert.are.equal("half_open", br:state())
@@ -162,7 +174,7 @@ describe("context.breaker, consecutive mode", function()
     local old1, old2 = assert(br:allow()), assert(br:allow())
     fail(br); fail(br)                       -- opens: a new generation
     assert.is_false(old1("failure from before"), "counted across a state change")
-    clock.t = clock.t + 1
+    clock:advance(1)
     assert.is_true(succeed(br))              -- half-open probe: closes
     assert.are.equal("closed", br:state())
     assert.is_false(old2("failure from two generations ago"))
@@ -201,6 +213,7 @@ describe("context.breaker, consecutive mode", function()
   end)
 
   it("the call's own timeout counts as a failure", function()
+    local clock = virtual { autojump = true }
     local br = context.breaker { threshold = 1, timeout = 0.005 }
     local seen
     local r = { br:call(bg, function(ctx)
@@ -209,15 +222,18 @@ describe("context.breaker, consecutive mode", function()
       return nil, err
     end) }
     assert.are.same({ nil, deadline_exceeded }, r)
-    assert.is_true(seen <= 0.005)
+    h.near(seen, 0.005, 1e-12, "remaining at the start of the call")
+    assert.are.equal(0.005, clock:now(), "ended by the 5 ms timeout, not the 5 s sleep")
     assert.are.equal("open", br:state())
   end)
 
   it("an expiry of the caller's deadline counts as a failure too", function()
+    local clock = virtual { autojump = true }
     local br = context.breaker { threshold = 1 }
     local ctx = context.with_timeout(bg, 0.1)
     local r = { br:call(ctx, function(c) return nil, (select(2, context.sleep(c, 5))) end) }
     assert.are.same({ nil, deadline_exceeded }, r)
+    assert.are.equal(0.1, clock:now(), "ended by the caller's deadline")
     assert.are.equal("open", br:state())
   end)
 
@@ -241,16 +257,18 @@ describe("context.breaker, consecutive mode", function()
   end)
 
   it("a probe cancelled by its caller in a task gives the slot back", function()
-    -- (probe_timeout: a probe slot is not re-armed if the machine pauses)
+    local clock = virtual { autojump = true }
     local br = context.breaker { threshold = 1, cooldown = 0.001, probe_timeout = 10 }
     fail(br)
-    context.sleep(bg, 0.002)
+    context.sleep(bg, 0.001) -- exactly the cooldown
+    assert.are.equal(0.001, clock:now())
     local ctx, cancel = context.with_cancel(bg)
     local t = context.go(function()
       return br:call(ctx, function(c) return nil, c:done() end)
     end)
     context.go(function() context.sleep(bg, 0.001); cancel() end):wait()
     assert.are.same({ nil, canceled }, { t:wait() })
+    assert.are.equal(0.002, clock:now())
     assert.are.equal("half_open", br:state())
     assert.are.same({ "fine" }, { br:call(bg, function() return "fine" end) })
     assert.are.equal("closed", br:state())
@@ -267,7 +285,7 @@ describe("context.breaker, consecutive mode", function()
     c = br:counts()
     assert.are.same({ "open", 0, 0, 0, 1 }, { c.state, c.requests, c.successes,
       c.failures, c.rejected })
-    clock.t = clock.t + 1
+    clock:advance(1)
     assert.are.equal(0, br:counts().rejected)
   end)
 
@@ -312,15 +330,15 @@ describe("context.breaker, ratio mode", function()
     local br, clock = make { failure_ratio = 0.5, min_throughput = 10, window = 10,
       buckets = 10 }
     for _ = 1, 5 do fail(br) end
-    clock.t = clock.t + 5
+    clock:advance(5)
     local c = br:counts()
     assert.are.same({ 5, 5 }, { c.window_requests, c.window_failures })
-    clock.t = clock.t + 5.5 -- the first bucket has left the window
+    clock:advance(5.5) -- the first bucket has left the window
     c = br:counts()
     assert.are.same({ 0, 0 }, { c.window_requests, c.window_failures })
     for _ = 1, 5 do fail(br) end
     assert.are.equal("closed", br:state(), "counted failures older than the window")
-    clock.t = clock.t + 3
+    clock:advance(3)
     for _ = 1, 5 do fail(br) end
     assert.are.equal("open", br:state())
   end)
@@ -329,7 +347,7 @@ describe("context.breaker, ratio mode", function()
     local br, clock = make { failure_ratio = 0.5, min_throughput = 2, cooldown = 1 }
     fail(br); fail(br)
     assert.are.equal("open", br:state())
-    clock.t = clock.t + 1
+    clock:advance(1)
     assert.is_true(succeed(br))
     assert.are.equal("closed", br:state())
     assert.are.equal(0, br:counts().window_requests)

@@ -18,11 +18,27 @@ local unpack = table.unpack or unpack
 
 -- no task error goes unnoticed; every test leaves the scheduler idle
 local guard_start, guard_check = require("spec.sched_helpers").task_guard()
+
+-- The tests whose outcome depends on timing (which member ends first, a
+-- group's deadline, partial results, any/quorum racing sleeps) run on the
+-- virtual clock (docs/testing.md): exact virtual times and orders, no real
+-- time. vt() installs it with autojump; it is uninstalled before the idle
+-- guard runs.
+local clock
+local function vt()
+  clock = context.virtual_clock{ autojump = true }
+  return clock
+end
+local function now() return clock:now() end
 before_each(guard_start)
-after_each(guard_check)
+after_each(function()
+  if clock then clock:uninstall(); clock = nil end
+  guard_check()
+end)
 
 describe("context.group", function()
   it("runs fn(gctx, ...) in tasks; wait() returns nil when all succeed", function()
+    vt()
     local g, gctx = context.group(bg)
     local seen = {}
     for i = 1, 3 do
@@ -34,7 +50,7 @@ describe("context.group", function()
       end, i, 10))
     end
     assert.is_nil(g:wait())
-    table.sort(seen)
+    assert.are.equal(0.003, now())
     assert.are.same({ 11, 12, 13 }, seen)
     assert.are.same({}, (g:errors()))
   end)
@@ -61,18 +77,18 @@ describe("context.group", function()
     local g, gctx = context.group(bg)
     local boom = { "boom" }
     local saw
+    vt()
     g:go(function(ctx)
       local ok, err = context.sleep(ctx, 5) -- cut short by the failure
-      saw = { ok, err }
+      saw = { ok, err, now() }
       return nil, err
     end)
     g:go(function() context.sleep(bg, 0.002); return nil, boom end)
-    local t0 = context.now()
     h.is(g:wait(), boom, "wait's result")
-    assert.is_true(context.now() - t0 < 2, "the sleeper was not cancelled")
+    assert.are.equal(0.002, now(), "the sleeper was not cancelled at the failure")
     h.is(gctx:err(), context.canceled, "gctx err")
     h.is(gctx:cause(), boom, "gctx cause")
-    assert.are.same({ nil, context.canceled }, saw)
+    assert.are.same({ nil, context.canceled, 0.002 }, saw)
     local errs = g:errors()
     assert.are.equal(2, #errs)
     h.is(errs[1], boom, "first failure")
@@ -82,11 +98,17 @@ describe("context.group", function()
   it("g:errors() lists every failure in completion order", function()
     local g = context.group(bg)
     local a, b, c = { "a" }, { "b" }, { "c" }
+    vt()
+    local at = {}
     -- started in the order c, a, b; they finish in the order a, b, c
-    g:go(function() context.sleep(bg, 0.15); return nil, c end)
-    g:go(function() context.sleep(bg, 0.05); return nil, a end)
-    g:go(function() context.sleep(bg, 0.1); return nil, b end)
+    -- (sleeping on bg, not on the group's context: the first failure does
+    -- not cut them short)
+    g:go(function() context.sleep(bg, 0.15); at[#at + 1] = now(); return nil, c end)
+    g:go(function() context.sleep(bg, 0.05); at[#at + 1] = now(); return nil, a end)
+    g:go(function() context.sleep(bg, 0.1); at[#at + 1] = now(); return nil, b end)
     h.is(g:wait(), a, "first failure")
+    assert.are.same({ 0.05, 0.1, 0.15 }, at)
+    assert.are.equal(0.15, now())
     local errs, tbs = g:errors()
     assert.are.equal(3, #errs)
     h.is(errs[1], a); h.is(errs[2], b); h.is(errs[3], c)
@@ -142,6 +164,7 @@ describe("context.group", function()
     g:go(function(ctx) ctx:done() end)
     local ran = false
     local results
+    vt()
     local starter = context.go(function()
       context.sleep(bg, 0.002) -- after the failure
       results = { g:go(function() ran = true end) }
@@ -192,39 +215,45 @@ describe("context.group", function()
   end)
 
   it("wait() also waits for tasks that tasks of the group start", function()
+    vt()
     local g = context.group(bg)
     local done = {}
     g:go(function(ctx)
       context.sleep(ctx, 0.001)
       g:go(function(ctx2)
         context.sleep(ctx2, 0.003)
-        done[#done + 1] = "grandchild"
+        done[#done + 1] = { "grandchild", now() }
       end)
-      done[#done + 1] = "child"
+      done[#done + 1] = { "child", now() }
     end)
     assert.is_nil(g:wait())
-    assert.are.same({ "child", "grandchild" }, done)
+    assert.are.same({ { "child", 0.001 }, { "grandchild", 0.004 } }, done)
+    assert.are.equal(0.004, now())
   end)
 
   it("parent cancellation reaches gctx; the tasks see it", function()
     local parent, cancel = context.with_cancel_cause(bg)
     local g, gctx = context.group(parent)
+    vt()
     g:go(function(ctx) return ctx:done() == nil or nil, ctx:err() end)
     local canceller = context.go(function() context.sleep(bg, 0.001); cancel("shutdown") end)
     h.is(g:wait(), context.canceled, "wait's result")
+    assert.are.equal(0.001, now())
     assert.are.equal("shutdown", gctx:cause())
     canceller:wait()
   end)
 
   it("limit: never more than `limit` tasks at once; g:go suspends the caller", function()
+    vt()
     local g = context.group(bg, 2)
-    local running, peak, order = 0, 0, {}
+    local running, peak, order, ended = 0, 0, {}, {}
     local function job(ctx, i)
       running = running + 1
       peak = math.max(peak, running)
       context.sleep(ctx, 0.002)
       running = running - 1
       order[#order + 1] = i
+      ended[i] = now()
     end
     -- from the main thread: g:go runs the loop while it waits for a slot (in
     -- nginx, it suspends the request's light thread)
@@ -235,9 +264,13 @@ describe("context.group", function()
     assert.is_nil(g:wait())
     assert.are.equal(2, peak)
     assert.are.equal(6, #order)
+    -- three rounds of two: when each member ended (the order of two that
+    -- end at the same time is the scheduler's)
+    assert.are.same({ 0.002, 0.002, 0.004, 0.004, 0.006, 0.006 }, ended)
   end)
 
   it("limit: g:go from a task suspends it too, and gives up when the group fails", function()
+    vt()
     local g = context.group(bg, 1)
     local started = {}
     local feeder = context.go(function()
@@ -254,14 +287,17 @@ describe("context.group", function()
     local r = feeder:wait()
     assert.are.same({ true, true, false, false }, r)
     assert.are.same({ 1, 2 }, started)
+    assert.are.equal(0.004, now(), "the feeder gave up at the failure")
     assert.are.equal("second failed", g:wait())
   end)
 
   it("try_go never waits: false while the slots are full", function()
+    vt()
     local g = context.group(bg, 1)
     assert.is_true(g:try_go(function(ctx) context.sleep(ctx, 0.002) end))
     assert.is_false(g:try_go(function() end))
     assert.is_nil(g:wait())
+    assert.are.equal(0.002, now())
   end)
 
   it("no limit with math.huge", function()
@@ -317,6 +353,7 @@ describe("context.group policies", function()
   end
 
   it("an options table takes the limit; no policy is fail_fast", function()
+    vt()
     local g, gctx = context.group(bg, { limit = 2 })
     local running, peak = 0, 0
     for _ = 1, 5 do
@@ -329,10 +366,12 @@ describe("context.group policies", function()
     end
     assert.is_nil(g:wait())
     assert.are.equal(2, peak)
+    assert.are.equal(0.006, now(), "three rounds of two")
     local g2, gctx2 = context.group(bg, {})
     g2:go(function() return nil, "down" end)
     g2:go(after(5, "late"))
     assert.are.equal("down", g2:wait())
+    assert.are.equal(0.006, now(), "the late member was not cancelled at once")
     assert.are.equal("down", gctx2:cause())
     h.is(gctx:cause(), C, "cause without failure")
     assert.are.same({ "failed", "canceled" }, statuses(g2))
@@ -341,11 +380,11 @@ describe("context.group policies", function()
   it("fail_fast, named, is the errgroup", function()
     local g, gctx = context.group(bg, { policy = "fail_fast" })
     local boom = { "boom" }
+    vt()
     g:go(after(5, "never"))
     g:go(fails(0.001, boom))
-    local t0 = context.now()
     h.is(g:wait(), boom, "wait's result")
-    assert.is_true(context.now() - t0 < 2, "the sleeper was not cancelled")
+    assert.are.equal(0.001, now(), "the sleeper was not cancelled at the failure")
     h.is(gctx:cause(), boom, "cause")
     assert.is_false(g:go(function() end))
   end)
@@ -354,6 +393,7 @@ describe("context.group policies", function()
     it("a failure cancels nothing: its siblings finish, g:go still starts", function()
       local g, gctx = context.group(bg, { policy = "supervise" })
       local boom = { "boom" }
+      vt()
       g:go(after(0.03, "slow"))
       g:go(fails(0.001, boom))
       g:go(function(ctx)
@@ -362,6 +402,7 @@ describe("context.group policies", function()
         return "late", g:go(after(0.001, "started after the failure"))
       end)
       h.is(g:wait(), boom, "wait: the first failure")
+      assert.are.equal(0.03, now(), "wait returned before the slow member ended")
       h.is(gctx:cause(), C, "wait cancels gctx with no failure as cause")
       local r = g:results()
       assert.are.same({ "ok", "failed", "ok", "ok" }, statuses(g))
@@ -374,13 +415,16 @@ describe("context.group policies", function()
     end)
 
     it("wait returns nil when every member succeeds", function()
+      vt()
       local g = context.group(bg, { policy = "supervise" })
       for i = 1, 3 do g:go(after(0.001 * i, i)) end
       assert.is_nil(g:wait())
+      assert.are.equal(0.003, now())
       assert.are.same({ "ok", "ok", "ok" }, statuses(g))
     end)
 
     it("with a limit, the members after a failure still run, one at a time", function()
+      vt()
       local g = context.group(bg, { policy = "supervise", limit = 1 })
       local running, peak, ran = 0, 0, {}
       for i = 1, 4 do
@@ -394,6 +438,7 @@ describe("context.group policies", function()
         end))
       end
       assert.matches("odd 1", g:wait())
+      assert.are.equal(0.008, now(), "one at a time")
       assert.are.equal(1, peak)
       assert.are.same({ 1, 2, 3, 4 }, ran)
       assert.are.same({ "failed", "ok", "failed", "ok" }, statuses(g))
@@ -403,13 +448,13 @@ describe("context.group policies", function()
 
   describe("any", function()
     it("the first success wins: wait gives nil and its values, the rest are cancelled", function()
+      vt()
       local g, gctx = context.group(bg, { policy = "any" })
       g:go(after(5, "slow"))
       g:go(after(0.002, "fast", nil, 3)) -- a nil among the values is kept
       g:go(function(ctx) ctx:done(); ctx:check() end)
-      local t0 = context.now()
       local r = pack(g:wait())
-      assert.is_true(context.now() - t0 < 2, "the losers were not cancelled")
+      assert.are.equal(0.002, now(), "the losers were not cancelled at the win")
       assert.are.same({ n = 4, nil, "fast", nil, 3 }, r)
       h.is(gctx:cause(), context.group_done, "cause")
       assert.are.equal("group: done", tostring(context.group_done))
@@ -422,11 +467,13 @@ describe("context.group policies", function()
     end)
 
     it("failures before the winner decide nothing", function()
+      vt()
       local g, gctx = context.group(bg, { policy = "any" })
       g:go(fails(0.001, "a"))
       g:go(function() error("b") end)
       g:go(after(0.01, "c"))
       local err, v = g:wait()
+      assert.are.equal(0.01, now(), "decided before the winner")
       assert.is_nil(err)
       assert.are.equal("c", v)
       h.is(gctx:cause(), context.group_done)
@@ -437,9 +484,11 @@ describe("context.group policies", function()
     it("when every member fails, wait returns the first failure", function()
       local g, gctx = context.group(bg, { policy = "any" })
       local a, b = { "a" }, { "b" }
+      vt()
       g:go(fails(0.01, b))
       g:go(fails(0.001, a))
       local r = pack(g:wait())
+      assert.are.equal(0.01, now(), "decided before the last member failed")
       assert.are.equal(1, r.n)
       h.is(r[1], a, "wait's result")
       h.is(gctx:cause(), a, "cause")
@@ -453,6 +502,7 @@ describe("context.group policies", function()
     end)
 
     it("with a limit, a starter waiting for a slot gives up once a member won", function()
+      vt()
       local g = context.group(bg, { policy = "any", limit = 1 })
       local started = 0
       local r = {}
@@ -463,6 +513,7 @@ describe("context.group policies", function()
         end)
       end
       assert.are.same({ true, false, false }, r)
+      assert.are.equal(0.002, now(), "the starters gave up when the first member won")
       assert.are.equal(1, started)
       local err, v = g:wait()
       assert.is_nil(err)
@@ -472,15 +523,15 @@ describe("context.group policies", function()
 
   describe("quorum", function()
     it("k successes decide: the rest are cancelled, wait returns nil", function()
+      vt()
       local g, gctx = context.group(bg, { quorum = 2 }) -- quorum alone: policy quorum
       g:go(after(5, "slow"))
       g:go(after(0.001, "a"))
       g:go(fails(0.002, "x"))
       g:go(after(0.004, "b"))
       g:go(after(5, "slow"))
-      local t0 = context.now()
       assert.are.same({ n = 1 }, pack(g:wait())) -- nil, and nothing after it
-      assert.is_true(context.now() - t0 < 2, "the rest were not cancelled")
+      assert.are.equal(0.004, now(), "the rest were not cancelled at the second success")
       h.is(gctx:cause(), context.group_done)
       assert.are.same({ "canceled", "ok", "failed", "ok", "canceled" }, statuses(g))
       assert.is_false(g:go(function() end))
@@ -489,18 +540,21 @@ describe("context.group policies", function()
     it("fails fast once the members left cannot reach k", function()
       local g, gctx = context.group(bg, { policy = "quorum", quorum = 3 })
       local a = { "a" }
+      vt()
       g:go(after(0.001, "ok"))
       g:go(fails(0.002, a))
       g:go(fails(0.004, "b"))
       g:go(after(5, "slow")) -- cannot make 3 alone: cancelled
-      local t0 = context.now()
       h.is(g:wait(), a, "wait: the first failure")
-      assert.is_true(context.now() - t0 < 2, "the slow member was not cancelled")
+      -- at 0.002 one ok, one failed, two running: 3 can still be made; at
+      -- 0.004 it cannot
+      assert.are.equal(0.004, now(), "not decided when k became out of reach")
       h.is(gctx:cause(), a, "cause")
       assert.are.same({ "ok", "failed", "failed", "canceled" }, statuses(g))
     end)
 
     it("before wait(), failures are only recorded: more members may come", function()
+      vt()
       local g = context.group(bg, { quorum = 2 })
       g:go(fails(0, "early"))
       g:go(fails(0, "early too"))
@@ -509,20 +563,22 @@ describe("context.group policies", function()
       assert.is_true(g:go(after(0.001, "a")))
       assert.is_true(g:go(after(0.002, "b")))
       assert.is_nil(g:wait())
+      assert.are.equal(0.007, now())
       assert.are.same({ "failed", "failed", "ok", "ok" }, statuses(g))
     end)
 
     it("fewer members than k, none failed: context.group_short, at once", function()
+      vt()
       local g = context.group(bg, { quorum = 3 })
       g:go(after(5, "a"))
       g:go(after(5, "b"))
-      local t0 = context.now()
       h.is(g:wait(), context.group_short)
-      assert.is_true(context.now() - t0 < 2, "the members were not cancelled")
+      assert.are.equal(0, now(), "the members were not cancelled at once")
       assert.are.same({ "canceled", "canceled" }, statuses(g))
     end)
 
     it("with a limit, never more than limit at once, and stops at k", function()
+      vt()
       local g = context.group(bg, { quorum = 2, limit = 2 })
       local running, peak, started = 0, 0, 0
       local r = {}
@@ -539,13 +595,17 @@ describe("context.group policies", function()
       end
       assert.is_nil(g:wait())
       assert.are.equal(2, peak)
-      assert.is_true(started < 6, "members started after the quorum was met")
-      assert.is_false(r[6])
+      -- 1 and 2 start; 1 ends at 0.002 and 3 takes its slot; 2 ends at
+      -- 0.004: two successes, the quorum; 3 is cancelled, 4 to 6 never start
+      assert.are.equal(0.004, now())
+      assert.are.equal(3, started, "members started after the quorum was met")
+      assert.are.same({ true, true, true, false, false, false }, r)
     end)
   end)
 
   describe("g:results()", function()
     it("lists every member in start order, however they finish", function()
+      vt()
       local g = context.group(bg, { policy = "supervise" })
       local obj = {}
       g:go(after(0.01, "third"))
@@ -554,6 +614,7 @@ describe("context.group policies", function()
       g:go(after(0.001))
       assert.are.equal("running", g:results()[1].status)
       assert.matches("raised", g:wait()) -- the first to fail
+      assert.are.equal(0.01, now())
       local r = g:results()
       assert.are.same({ "ok", "failed", "failed", "ok" }, statuses(g))
       assert.are.same({ n = 1, "third" }, r[1].values)
@@ -593,15 +654,15 @@ describe("context.group policies", function()
     -- did not shows how it ended (canceled, with the deadline as its err)
     for _, p in ipairs { { "fail_fast" }, { "supervise" }, { "quorum", 3 } } do
       it(p[1] .. ": partial results when the parent's deadline ends the group", function()
+        vt()
         local parent, cancel = context.with_timeout(bg, 0.05)
         local g = context.group(parent, { policy = p[1], quorum = p[2] })
         g:go(after(0.001, "fast"))
         g:go(after(5, "slow"))
         g:go(after(0.002, "fast too"))
         g:go(function(ctx) ctx:done(); ctx:check() end)
-        local t0 = context.now()
         h.is(g:wait(), DE, "wait's result")
-        assert.is_true(context.now() - t0 < 2, "the deadline did not end the members")
+        assert.are.equal(0.05, now(), "the deadline did not end the members at its time")
         local r = g:results()
         assert.are.same({ "ok", "canceled", "ok", "canceled" }, statuses(g))
         assert.are.same({ n = 1, "fast" }, r[1].values)
@@ -613,23 +674,25 @@ describe("context.group policies", function()
     end
 
     it("any: no winner before the parent's deadline: the first failure, the rest canceled", function()
+      vt()
       local parent, cancel = context.with_timeout(bg, 0.05)
       local g = context.group(parent, { policy = "any" })
       g:go(after(5, "slow"))
       g:go(fails(0.001, "no"))
       g:go(after(5, "slow too"))
-      local t0 = context.now()
       assert.are.equal("no", g:wait())
-      assert.is_true(context.now() - t0 < 2, "the deadline did not end the members")
+      assert.are.equal(0.05, now(), "the deadline did not end the members at its time")
       assert.are.same({ "canceled", "failed", "canceled" }, statuses(g))
       h.is(g:results()[1].err, DE, "a canceled member's err")
       cancel()
     end)
 
     it("results = false keeps no outcome; wait still gives the winner", function()
+      vt()
       local g = context.group(bg, { policy = "any", results = false })
       g:go(after(0.001, "w"))
       local err, v = g:wait()
+      assert.are.equal(0.001, now())
       assert.is_nil(err)
       assert.are.equal("w", v)
       local ok, msg = pcall(g.results, g)
@@ -639,6 +702,7 @@ describe("context.group policies", function()
   end)
 
   it("g:cancel stops the group: gctx is cancelled, g:go starts nothing", function()
+    vt()
     local g, gctx = context.group(bg, { policy = "supervise" })
     g:go(after(5, "slow"))
     g:cancel("enough")
@@ -647,10 +711,12 @@ describe("context.group policies", function()
     assert.is_false(ok)
     -- the member's nil, ctx:err() is the first failure, as a canceled one
     h.is(g:wait(), C, "wait's result")
+    assert.are.equal(0, now(), "the member was not cancelled at once")
     assert.are.same({ "canceled" }, statuses(g))
   end)
 
   it("tostring names the policy and the state", function()
+    vt()
     local g = context.group(bg, { quorum = 1 })
     g:go(after(0.001))
     assert.matches("^context%.group %(quorum, 1 running%)$", tostring(g))
@@ -694,24 +760,28 @@ describe("context.group_scope", function()
   it("runs fn(g, gctx), then waits for every member; returns what wait returns", function()
     local done = {}
     local seen
+    vt()
     local r = pack(context.group_scope(bg, function(g, gctx)
       seen = gctx
-      g:go(function(ctx) context.sleep(ctx, 0.005); done[#done + 1] = 1 end)
-      g:go(function(ctx) context.sleep(ctx, 0.001); done[#done + 1] = 2 end)
+      g:go(function(ctx) context.sleep(ctx, 0.005); done[#done + 1] = { 1, now() } end)
+      g:go(function(ctx) context.sleep(ctx, 0.001); done[#done + 1] = { 2, now() } end)
       return "ignored"
     end))
     assert.are.same({ n = 1 }, r)
-    assert.are.same({ 2, 1 }, done)
+    assert.are.same({ { 2, 0.001 }, { 1, 0.005 } }, done)
+    assert.are.equal(0.005, now())
     h.is(seen:err(), context.canceled, "gctx after the scope")
   end)
 
   it("takes the options of context.group, and is a method of contexts", function()
+    vt()
     local err, v = bg:group_scope(function(g)
       g:go(function(ctx) context.sleep(ctx, 5) end)
       g:go(function() return "winner" end)
     end, { policy = "any" })
     assert.is_nil(err)
     assert.are.equal("winner", v)
+    assert.are.equal(0, now(), "the sleeper was not cancelled at once")
     assert.are.equal("down", context.group_scope(bg, function(g)
       g:go(function() return nil, "down" end)
     end, 1))
@@ -720,11 +790,13 @@ describe("context.group_scope", function()
   it("when fn raises: cancels the members with the error, waits for them, raises it again", function()
     local obj = { "fn failed" }
     local ended = {}
+    vt()
     local ok, err = pcall(context.group_scope, bg, function(g)
       g:go(function(ctx)
         context.sleep(ctx, 5) -- cut short by the raise
         context.sleep(bg, 0.002) -- cleanup that takes a while: still waited for
         ended[#ended + 1] = ctx:cause()
+        ended.at = now()
       end)
       context.sleep(bg, 0.001)
       error(obj)
@@ -732,6 +804,8 @@ describe("context.group_scope", function()
     assert.is_false(ok)
     h.is(err, obj, "the same error")
     assert.are.equal(1, #ended, "the member outlived the scope")
+    assert.are.equal(0.003, ended.at, "cut short at the raise, then the cleanup")
+    assert.are.equal(0.003, now(), "the scope returned before its member ended")
     h.is(ended[1], obj, "the member's cause")
   end)
 
@@ -745,6 +819,7 @@ end)
 describe("context.group in a spawned task", function()
   it("cancelling the task cancels the group; wait still waits for every member", function()
     local member_done = false
+    vt()
     local t = context.spawn(bg, function()
       local g, gctx = context.group(bg)
       g:go(function(ctx)
@@ -760,11 +835,13 @@ describe("context.group in a spawned task", function()
     t:cancel("stop")
     local done, err, cause = t:wait()
     assert.is_true(done, "wait returned before its member ended")
+    assert.are.equal(0.007, now(), "cancelled at 0.002, then the member's cleanup")
     assert.are.equal("stop", err)
     assert.are.equal("stop", cause)
   end)
 
   it("g:go waiting for a slot gives up when the task is cancelled", function()
+    vt()
     local t = context.spawn(bg, function(tctx)
       local g = context.group(bg, 1)
       g:go(function(ctx) context.sleep(ctx, 5) end)
@@ -776,6 +853,7 @@ describe("context.group in a spawned task", function()
     context.sleep(bg, 0.002)
     t:cancel()
     local ok, err, terr = t:wait()
+    assert.are.equal(0.002, now(), "g:go did not give up at the cancel")
     assert.is_false(ok)
     h.is(err, context.canceled, "g:go's second result")
     h.is(terr, context.canceled)

@@ -3,30 +3,54 @@
 -- quantile of observed durations), the first success wins, the losers'
 -- contexts are cancelled, the caller's deadline is never exceeded.
 --
--- Timing: delays of a few milliseconds against sleeps of seconds that must be
--- cut short; upper bounds generous.
+-- Timing: the tests about time run on a virtual clock (docs/testing.md):
+-- exact start times, delays and durations, no real time, no slack. The
+-- others run in real time, with delays of a few milliseconds.
+--
+-- Under the virtual clock the hedge delays are binary fractions (0.125,
+-- 0.25, 0.5): hedge waits `next_at - now()` in context.now() seconds, whose
+-- base is the real monotonic time at install, so a delay of 0.005 comes out
+-- as 0.005000000001 and the wait ends a tick late, at 0.006. Binary
+-- fractions add and subtract exactly.
 local context = require "lcontext"
 local B = require "spec.backend"
 local h = require "spec.helpers"
 
 local bg = context.background()
-local now = context.now
 local canceled, deadline_exceeded = context.canceled, context.deadline_exceeded
 
 -- no task error goes unnoticed; every test leaves the scheduler idle (once
 -- cancelled losers have finished)
 local guard_start, guard_check = require("spec.sched_helpers").task_guard(
   function() B.run() end)
+
+-- virtual(): a virtual clock with autojump for this test. The after_each
+-- lets what is left (cancelled losers) end under it, then uninstalls it
+-- before the idle guard runs.
+local clock
+local function virtual()
+  clock = context.virtual_clock { autojump = true }
+  return clock
+end
 before_each(guard_start)
-after_each(guard_check)
+after_each(function()
+  if clock then
+    B.run()
+    clock:uninstall(); clock = nil
+  end
+  guard_check()
+end)
 
 -- fn whose attempt i sleeps plan[i] seconds (on its context) then returns
--- plan.results[i] (default: "attempt i"); records what each attempt saw
+-- plan.results[i] (default: "attempt i"); records what each attempt saw,
+-- and, under the virtual clock, when each attempt started and ended
 local function planned(plan)
-  local log = { started = {}, ended = {} }
+  local log = { started = {}, ended = {}, at = {}, ended_at = {} }
   return function(actx, i)
     log.started[#log.started + 1] = i
+    if clock then log.at[i] = clock:now() end
     local ok, err = context.sleep(actx, plan[i] or 0)
+    if clock then log.ended_at[i] = clock:now() end
     log.ended[i] = ok and "slept" or err
     if not ok then return nil, err end
     local r = plan.results and plan.results[i]
@@ -37,11 +61,13 @@ end
 
 describe("context.hedge", function()
   it("a fast first attempt wins alone: no hedge is sent", function()
-    local fn, log = planned { 0.001 }
+    virtual()
+    local fn, log = planned { 0.249 } -- 1 ms short of the delay
     local hedged = {}
-    local r = { context.hedge(bg, fn, { delay = 0.2,
+    local r = { context.hedge(bg, fn, { delay = 0.25,
       on_attempt = function(i) hedged[#hedged + 1] = i end }) }
     assert.are.same({ "attempt 1" }, r)
+    assert.are.equal(0.249, clock:now())
     assert.are.same({ 1 }, log.started)
     assert.are.same({ 1 }, hedged)
   end)
@@ -55,58 +81,69 @@ describe("context.hedge", function()
 
   it("sends a second attempt after the delay; the first success wins; the loser is cancelled",
     function()
+      virtual()
       local fn, log = planned { 5, 0.001 }
-      local t0 = now()
-      local r = { context.hedge(bg, fn, { delay = 0.005 }) }
-      local elapsed = now() - t0
+      local r = { context.hedge(bg, fn, { delay = 0.125 }) }
       assert.are.same({ "attempt 2" }, r)
-      assert.is_true(elapsed >= 0.006 - 1e-6, "the hedge went early: " .. elapsed)
-      assert.is_true(elapsed < 1, "waited for the slow attempt")
+      assert.are.same({ 0, 0.125 }, log.at, "the hedge went at the delay")
+      assert.are.equal(0.126, clock:now(), "the first success won, at once")
       assert.are.same({ 1, 2 }, log.started)
       B.run()
       h.is(log.ended[1], canceled, "the loser's context")
+      assert.are.equal(0.126, log.ended_at[1], "the loser was cancelled when the winner won")
     end)
 
   it("if the first attempt finishes first after all, it wins and the hedge is cancelled",
     function()
-      local fn, log = planned { 0.02, 5 }
-      local r = { context.hedge(bg, fn, { delay = 0.002 }) }
+      virtual()
+      local fn, log = planned { 0.2, 5 }
+      local r = { context.hedge(bg, fn, { delay = 0.125 }) }
       assert.are.same({ "attempt 1" }, r)
+      assert.are.equal(0.2, clock:now())
+      assert.are.same({ 0, 0.125 }, log.at)
       B.run()
       h.is(log.ended[2], canceled)
+      assert.are.equal(0.2, log.ended_at[2])
     end)
 
   it("up to `attempts` attempts, one more after each delay", function()
+    virtual()
     local fn, log = planned { 5, 5, 0.001 }
-    local r = { context.hedge(bg, fn, { delay = 0.003, attempts = 3 }) }
+    local r = { context.hedge(bg, fn, { delay = 0.125, attempts = 3 }) }
     assert.are.same({ "attempt 3" }, r)
     assert.are.same({ 1, 2, 3 }, log.started)
+    assert.are.same({ 0, 0.125, 0.25 }, log.at)
+    assert.are.equal(0.251, clock:now())
     B.run()
     h.is(log.ended[1], canceled); h.is(log.ended[2], canceled)
   end)
 
-  it("each hedge starts no earlier than `delay` after the one before it", function()
+  it("each hedge starts exactly `delay` after the one before it", function()
+    virtual()
     local fn, log = planned { 5, 5, 0.001 }
     local at = {}
-    local r = { context.hedge(bg, fn, { delay = 0.02, attempts = 3,
-      on_attempt = function(i) at[i] = now() end }) }
+    local r = { context.hedge(bg, fn, { delay = 0.25, attempts = 3,
+      on_attempt = function(i) at[i] = clock:now() end }) }
     assert.are.same({ "attempt 3" }, r)
-    assert.is_true(at[2] - at[1] >= 0.02 - 1e-6, "hedge 2 went early: " .. (at[2] - at[1]))
-    assert.is_true(at[3] - at[2] >= 0.02 - 1e-6, "hedge 3 went early: " .. (at[3] - at[2]))
+    assert.are.same({ 0, 0.25, 0.5 }, at)
+    assert.are.same({ 0, 0.25, 0.5 }, log.at, "the attempts ran when they were started")
     B.run()
     h.is(log.ended[1], canceled); h.is(log.ended[2], canceled)
   end)
 
   it("a failed attempt starts the next one at once", function()
-    local n = 0
-    local t0 = now()
+    virtual()
+    local at = {}
     local r = { context.hedge(bg, function(_, i)
-      n = n + 1
+      context.sleep(bg, 0.1)
+      at[i] = clock:now()
       if i == 1 then return nil, "refused" end
       return "second"
     end, { delay = 5 }) }
     assert.are.same({ "second" }, r)
-    assert.is_true(now() - t0 < 1, "waited for the delay after a failure")
+    -- attempt 2 started at 0.1, when attempt 1 failed, not at 5
+    assert.are.same({ 0.1, 0.2 }, at, "waited for the delay after a failure")
+    assert.are.equal(0.2, clock:now())
   end)
 
   it("all attempts failed: nil and the last error; raised errors count as failures", function()
@@ -124,44 +161,43 @@ describe("context.hedge", function()
       local _, err = context.sleep(actx, 5)
       return nil, err
     end
-    local t0 = now()
-    local r = { context.hedge(bg, fn, { delay = 0.001, attempts = 3,
+    virtual()
+    local started = {}
+    local r = { context.hedge(bg, fn, { delay = 0.125, attempts = 3,
+      on_attempt = function(i) started[i] = clock:now() end,
       retryable = function(err) return err ~= "bad request" end }) }
     assert.are.same({ nil, "bad request" }, r)
-    assert.is_true(now() - t0 < 1)
+    assert.are.equal(0.125, clock:now(), "it did not end at once")
+    assert.are.same({ 0, 0.125 }, started, "a third attempt was started")
   end)
 
   it("never runs past the caller's deadline: nil, deadline_exceeded, attempts cancelled",
     function()
-      local t0 = now() -- (before the context: a pause cannot shorten it)
+      virtual()
       local ctx = context.with_timeout(bg, 0.1)
       local fn, log = planned { 5, 5 }
       local r = { context.hedge(ctx, fn, { delay = 0.3 }) }
-      local elapsed = now() - t0
       assert.are.same({ nil, deadline_exceeded }, r)
-      assert.is_true(elapsed >= 0.1 - 1e-6 and elapsed < 0.3 + 1, "elapsed " .. elapsed)
+      assert.are.equal(0.1, clock:now())
       B.run()
-      -- (checked once the loop ran: the first attempt's task may start
-      -- only now if the machine paused past the deadline before it ran)
       assert.are.same({ 1 }, log.started, "a hedge started after the deadline")
       h.is(log.ended[1], deadline_exceeded)
+      assert.are.equal(0.1, log.ended_at[1])
     end)
 
   it("stops when the caller cancels", function()
+    virtual()
     local ctx, cancel = context.with_cancel(bg)
     local fn, log = planned { 5, 5 }
-    -- cancel once both attempts run (polling: no timing to count on)
-    context.go(function()
-      for _ = 1, 5000 do
-        if #log.started >= 2 then break end
-        context.sleep(bg, 0.001)
-      end
-      cancel()
-    end)
-    local r = { context.hedge(ctx, fn, { delay = 0.001 }) }
+    -- cancel at 0.2, once both attempts run (the hedge goes at 0.125)
+    context.go(function() context.sleep(bg, 0.2); cancel() end)
+    local r = { context.hedge(ctx, fn, { delay = 0.125 }) }
     assert.are.same({ nil, canceled }, r)
+    assert.are.equal(0.2, clock:now())
+    assert.are.same({ 0, 0.125 }, log.at)
     B.run()
     assert.are.same({ canceled, canceled }, { log.ended[1], log.ended[2] })
+    assert.are.same({ 0.2, 0.2 }, log.ended_at)
   end)
 
   it("does not call fn when ctx is already done", function()
@@ -195,35 +231,54 @@ describe("context.hedge", function()
   end)
 
   it("takes the delay from a function", function()
+    virtual()
     local asked = 0
-    local fn = planned { 5, 0 }
-    local r = { context.hedge(bg, fn, { delay = function() asked = asked + 1; return 0.001 end }) }
-    assert.are.same({ "attempt 2" }, r)
+    local fn, log = planned { 5, 5, 0 }
+    local r = { context.hedge(bg, fn, { attempts = 3,
+      delay = function() asked = asked + 1; return 0.25 end }) }
+    assert.are.same({ "attempt 3" }, r)
     assert.are.equal(1, asked)
+    assert.are.same({ 0, 0.25, 0.5 }, log.at)
   end)
 
   it("takes the delay from an estimator and tells it the winner's duration", function()
-    local est = context.latency_estimator { min_samples = 3, initial = 0.002 }
-    local fn = planned { 0.004, 0.001 }
-    context.hedge(bg, fn, { delay = est }) -- the hedge (2) wins after ~1 ms
+    virtual()
+    local est = context.latency_estimator { min_samples = 3, initial = 0.125 }
+    local fn, log = planned { 0.25, 0.03 }
+    assert.are.same({ "attempt 2" }, { context.hedge(bg, fn, { delay = est }) })
+    assert.are.same({ 0, 0.125 }, log.at, "hedged after the initial delay")
+    assert.are.equal(0.155, clock:now(), "the hedge won after its 30 ms")
     assert.are.equal(1, est:count())
-    assert.is_true(est:delay() == 0.002, "still the initial delay")
+    assert.is_true(est:delay() == 0.125, "still the initial delay")
+    -- the duration it was told is the winner's own, 0.03 (that of the call
+    -- is 0.155). Two shorter ones make it the 95th percentile. (hedge takes
+    -- it as a difference of context.now(): nearly exact, not exactly.)
+    est:observe(0.0001); est:observe(0.0001)
+    h.near(est:delay(), 0.03, 1e-9, "the winner's duration")
     for _ = 1, 3 do est:observe(0.5) end
     assert.are.equal(0.5, est:delay())
     -- now the slow first attempt is not hedged before 0.5 s
-    local fn2, log = planned { 0.005, 0.001 }
+    local fn2, log2 = planned { 0.499, 0.001 }
     assert.are.same({ "attempt 1" }, { context.hedge(bg, fn2, { delay = est }) })
-    assert.are.same({ 1 }, log.started)
+    assert.are.same({ 1 }, log2.started)
+    assert.are.equal(0.654, clock:now())
+    -- and a slower one is, at 0.5 s
+    local fn3, log3 = planned { 0.6, 0.001 }
+    assert.are.same({ "attempt 2" }, { context.hedge(bg, fn3, { delay = est }) })
+    assert.are.same({ 0.654, 1.154 }, log3.at)
   end)
 
   it("a raise in on_attempt cancels what was started, and is raised", function()
+    virtual()
     local fn, log = planned { 5, 5 }
-    local ok, err = pcall(context.hedge, bg, fn, { delay = 0.001,
+    local ok, err = pcall(context.hedge, bg, fn, { delay = 0.125,
       on_attempt = function(i) if i == 2 then error("callback broke", 0) end end })
     assert.is_false(ok)
     assert.are.equal("callback broke", err)
+    assert.are.equal(0.125, clock:now())
     B.run()
     h.is(log.ended[1], canceled, "attempt 1 left running")
+    assert.are.equal(0.125, log.ended_at[1], "attempt 1 ran on after the raise")
   end)
 
   it("names bad arguments", function()

@@ -1,6 +1,8 @@
 -- lcontext.patterns (docs/patterns.md), part 2: context.adaptive_timeout.
 -- Durations come from an injected clock where the value matters, so the
--- learned numbers are exact; only the timer-driven rules use real time.
+-- learned numbers are exact; the timer-driven rules run on the virtual
+-- clock (context.virtual_clock, docs/testing.md): exact, and at once. One
+-- test is in real time: a deadline that passes while no loop runs.
 local context = require "lcontext"
 local B = require "spec.backend"
 local h = require "spec.helpers"
@@ -8,10 +10,18 @@ local P = require "spec.patterns_helpers"
 
 local bg = context.background()
 local C, DE = context.canceled, context.deadline_exceeded
-local between = P.between
 
+-- the virtual clock of the test, uninstalled before the idle check
+local vclock
+local function virtual(opts)
+  vclock = context.virtual_clock(opts)
+  return vclock
+end
 before_each(P.setup)
-after_each(P.teardown)
+after_each(function()
+  if vclock then vclock:uninstall(); vclock = nil end
+  P.teardown()
+end)
 
 local function observe_all(at, list)
   for _, v in ipairs(list) do at:observe(v) end
@@ -88,9 +98,10 @@ describe("context.adaptive_timeout", function()
   end)
 
   it("clamps :timeout(ctx) to what the context has left", function()
+    virtual()
     local at = context.adaptive_timeout { base = 1 }
     local ctx, cancel = context.with_timeout(bg, 0.05)
-    between(at:timeout(ctx), 0, 0.05, "clamped")
+    h.near(at:timeout(ctx), 0.05, 1e-12, "clamped")
     assert.are.equal(1, at:timeout(bg), "no deadline: the learned value")
     assert.are.equal(0, at:timeout(context.with_timeout(bg, 0)), "nothing left: 0")
     local far, fcancel = context.with_timeout(bg, 60)
@@ -99,13 +110,15 @@ describe("context.adaptive_timeout", function()
   end)
 
   it("makes children with the learned timeout, bounded by the parent", function()
+    local clock = virtual()
     local at = context.adaptive_timeout { base = 0.3 }
     local c, cancel = at:with_timeout(bg)
-    between(c:remaining(), 0.25, 0.3, "learned")
+    h.near(c:remaining(), 0.3, 1e-12, "learned")
     cancel()
     local p, pcancel = context.with_timeout(bg, 0.05)
+    clock:advance(0.01)
     local c2, cancel2 = at:with_timeout(p)
-    between(c2:remaining(), 0, 0.05, "the parent's")
+    h.near(c2:remaining(), 0.04, 1e-12, "the parent's")
     cancel2(); pcancel()
   end)
 
@@ -130,11 +143,13 @@ describe("context.adaptive_timeout", function()
   -- "records on <close> as well": spec/close_54_spec.lua (Lua 5.4 only)
 
   it("records a timeout of its own as a sample at the timeout value", function()
+    local vc = virtual { autojump = true } -- (the timer; the estimator has its own clock)
     local clock, set = P.fake_clock(0)
     local at = context.adaptive_timeout { base = 0.01, max = 1, clock = clock, min_samples = 1 }
     local c, cancel = at:with_timeout(bg)
     set(7) -- the clock says nothing about a timeout: its value is the sample
     h.is(c:done(), DE, "err")
+    assert.are.equal(0.01, vc:now(), "ended by its timeout")
     B.run() -- the recording runs in after_func's task
     local s = at:stats()
     assert.are.equal(1, s.timeouts)
@@ -146,13 +161,16 @@ describe("context.adaptive_timeout", function()
   end)
 
   it("records a timeout of its own when nobody waits on the child", function()
+    local clock = virtual { autojump = true }
     local at = context.adaptive_timeout { base = 0.01, max = 1, min_samples = 1 }
     local c, cancel = at:with_timeout(bg)
     context.sleep(bg, 0.05) -- (waits on bg alone: the child's timer fires meanwhile)
     B.run() -- the recording runs in after_func's task
+    assert.are.equal(0.05, clock:now())
     local s = at:stats()
     assert.are.equal(1, s.timeouts)
     assert.are.equal(1, s.observed)
+    assert.are.equal(0.01, s.max, "the sample is the timeout value")
     h.is(c:err(), DE, "err")
     cancel()
     assert.are.equal(1, at:stats().observed)
@@ -172,6 +190,7 @@ describe("context.adaptive_timeout", function()
   end)
 
   it("does not learn from children the parent ended", function()
+    local clock = virtual { autojump = true }
     local at = context.adaptive_timeout { base = 1, min_samples = 1 }
     local p, pcancel = context.with_cancel(bg)
     local c, cancel = at:with_timeout(p)
@@ -181,6 +200,7 @@ describe("context.adaptive_timeout", function()
     local short, scancel = context.with_timeout(bg, 0.01) -- the parent's deadline first
     local c2, cancel2 = at:with_timeout(short)
     h.is(c2:done(), DE, "err")
+    assert.are.equal(0.01, clock:now(), "ended by the parent's deadline")
     B.run()
     cancel2(); scancel()
     local s = at:stats()
@@ -190,18 +210,24 @@ describe("context.adaptive_timeout", function()
     h.is(c:err(), C, "err")
   end)
 
-  it("learns from real durations with the default clock", function()
+  it("learns from measured durations with the default clock (context.now)", function()
+    local clock = virtual { autojump = true }
     local at = context.adaptive_timeout { base = 0.5, max = 1, min_samples = 3, multiplier = 1 }
-    for _ = 1, 3 do
+    local ends = { 0.01, 0.03, 0.06 }
+    for i, d in ipairs { 0.01, 0.02, 0.03 } do
       local c, cancel = at:with_timeout(bg)
-      context.sleep(bg, 0.01)
+      context.sleep(bg, d)
       assert.is_nil(c:err())
       cancel()
+      assert.are.equal(ends[i], clock:now())
     end
     local s = at:stats()
     assert.are.equal(3, s.samples)
-    between(s.min, 0.01, 0.01 + P.SLACK, "min")
-    between(s.quantile, 0.01, 0.01 + P.SLACK, "p95")
+    -- (context.now() is the monotonic clock in seconds: a difference of two
+    -- readings carries its float rounding, well below a nanosecond)
+    h.near(s.min, 0.01, 1e-9, "min")
+    h.near(s.max, 0.03, 1e-9, "max")
+    h.near(s.quantile, 0.03, 1e-9, "p95")
     assert.are.equal(0, s.timeouts)
   end)
 

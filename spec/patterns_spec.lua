@@ -2,6 +2,10 @@
 -- with_min_timeout, service_timeouts, split.
 -- Part 2 (adaptive_timeout) and part 3 (scope, fallback, errors) are
 -- spec/patterns_adaptive_spec.lua and spec/patterns_scope_spec.lua.
+--
+-- Time is virtual wherever it matters (context.virtual_clock,
+-- docs/testing.md): deadlines and remaining() are exact, timeouts run at
+-- once with autojump, and clock:now() says exactly when something ended.
 local context = require "lcontext"
 local B = require "spec.backend"
 local h = require "spec.helpers"
@@ -9,10 +13,28 @@ local P = require "spec.patterns_helpers"
 
 local bg = context.background()
 local C, DE = context.canceled, context.deadline_exceeded
-local between, SLACK = P.between, P.SLACK
 
+-- the virtual clock of the test, uninstalled before the idle check
+local vclock
+local EPOCH = 1e9 -- what context.time() reads when it is installed
+local function virtual(autojump)
+  vclock = context.virtual_clock { epoch = EPOCH, autojump = autojump or false }
+  return vclock
+end
 before_each(P.setup)
-after_each(P.teardown)
+after_each(function()
+  if vclock then vclock:uninstall(); vclock = nil end
+  P.teardown()
+end)
+
+-- ctx's deadline in virtual seconds since the clock was installed
+local function at(ctx) return ctx:deadline() - EPOCH end
+-- equal to the float precision of epoch seconds (about 1e-7 s near 1e9;
+-- split and service_timeouts reckon in epoch seconds): virtual time does
+-- not move by itself, so this is no timing slack
+local function us(v, want, what) h.near(v, want, 1e-6, what) end
+-- equal but for the rounding of nanoseconds to seconds (remaining())
+local function ns(v, want, what) h.near(v, want, 1e-12, what) end
 
 describe("context.classify", function()
   it("names the two sentinels, and anything else is other", function()
@@ -58,21 +80,25 @@ describe("context.classify_timeout", function()
   end)
 
   it("is local when the context's own timer ended it", function()
+    local clock = virtual(true)
     assert.are.equal("local", context.classify_timeout(context.with_timeout(bg, 0)))
     local p, pcancel = context.with_timeout(bg, 60)
     local c, ccancel = context.with_timeout(p, 0.01)
     assert.are.equal(DE, c:done())
+    assert.are.equal(0.01, clock:now())
     assert.are.equal("local", context.classify_timeout(c))
     assert.is_nil(context.classify_timeout(p))
     ccancel(); pcancel()
   end)
 
   it("is inherited when an ancestor's deadline ended it", function()
+    local clock = virtual(true)
     local p, pcancel = context.with_timeout(bg, 0.01)
     local v = context.with_value(p, "k", 1)
     local c, ccancel = context.with_timeout(v, 60) -- later: the parent's wins
     local w = context.with_value(c, "k", 2)
     assert.are.equal(DE, w:done())
+    assert.are.equal(0.01, clock:now())
     assert.are.equal("inherited", context.classify_timeout(c))
     assert.are.equal("inherited", context.classify_timeout(w))
     assert.are.equal("local", context.classify_timeout(p))
@@ -90,13 +116,16 @@ end)
 
 describe("context.with_min_timeout", function()
   it("gets its own deadline, ignoring an earlier one of the parent", function()
-    local start = context.now()
+    local clock = virtual(true)
     local p, pcancel = context.with_timeout(bg, 0.01)
     local c, ccancel = context.with_min_timeout(p, 0.3)
-    assert.is_true(c:deadline() > p:deadline() + 0.2)
-    between(c:remaining(), 0.3 - (context.now() - start) - 0.01, 0.3, "remaining")
+    us(at(p), 0.01, "the parent's deadline")
+    us(at(c), 0.3, "its own deadline")
+    ns(c:remaining(), 0.3, "remaining")
     assert.are.equal(DE, p:done())
+    assert.are.equal(0.01, clock:now())
     assert.is_nil(c:err(), "ended with the parent's deadline")
+    ns(c:remaining(), 0.29, "remaining once the parent ended")
     assert.is_nil(context.classify_timeout(c))
     ccancel(); pcancel()
   end)
@@ -111,10 +140,10 @@ describe("context.with_min_timeout", function()
   end)
 
   it("ends by its own timeout, a local one", function()
-    local start = context.now()
+    local clock = virtual(true)
     local c, cancel = context.with_min_timeout(bg, 0.02)
     assert.are.equal(DE, c:done())
-    assert.is_true(context.now() - start >= 0.02 - P.EPS, "fired early")
+    assert.are.equal(0.02, clock:now(), "ended at its timeout")
     assert.are.equal("local", context.classify_timeout(c))
     cancel()
   end)
@@ -158,12 +187,15 @@ describe("context.with_min_timeout", function()
   end)
 
   it("lives on when the parent ended by its deadline (later ancestor cancels no longer reach it)", function()
+    local clock = virtual(true)
     local g, gcancel = context.with_cancel(bg)
     local p = context.with_timeout(g, 0)
     local c, ccancel = context.with_min_timeout(p, 0.3)
     gcancel("too late") -- p is already done with deadline_exceeded: it cannot change
     context.sleep(bg, 0.01)
+    assert.are.equal(0.01, clock:now())
     assert.is_nil(c:err())
+    ns(c:remaining(), 0.29, "its own deadline still")
     ccancel()
     h.is(c:err(), C, "own cancel")
   end)
@@ -209,52 +241,52 @@ describe("context.service_timeouts", function()
   local st = context.service_timeouts { auth = 2, user = 3, default = 5, overhead = 0.5 }
 
   it("gives each service its own timeout when there is time enough", function()
+    virtual()
     local req, rcancel = context.with_timeout(bg, 60)
-    local start = context.now()
     local a, acancel = st:with(req, "auth")
     local u, ucancel = st:with(req, "user")
     local d, dcancel = st:with(req, "search") -- unknown: the default
     local n, ncancel = st:with(req)           -- no name: the default
-    local ra, ru, rd, rn = a:remaining(), u:remaining(), d:remaining(), n:remaining()
-    local spent = context.now() - start
-    between(ra, 2 - spent - 0.002, 2, "auth")
-    between(ru, 3 - spent - 0.002, 3, "user")
-    between(rd, 5 - spent - 0.002, 5, "default")
-    between(rn, 5 - spent - 0.002, 5, "no name")
+    ns(a:remaining(), 2, "auth")
+    ns(u:remaining(), 3, "user")
+    ns(d:remaining(), 5, "default")
+    ns(n:remaining(), 5, "no name")
     acancel(); ucancel(); dcancel(); ncancel(); rcancel()
   end)
 
   it("uses the per-service timeout when the context has no deadline", function()
-    local start = h.now()
+    virtual()
     local a, cancel = st:with(bg, "user")
-    h.remaining_near(a, 3, start, "user")
+    ns(a:remaining(), 3, "user")
     cancel()
     assert.are.equal(2, st:timeout(bg, "auth"))
   end)
 
   it("clamps to what remains minus the overhead, and the clamp ends locally", function()
-    local start = h.now()
+    local clock = virtual(true)
     local req, rcancel = context.with_timeout(bg, 0.56)
     local u, ucancel = st:with(req, "user")
-    -- exactly the reserve, however long the machine paused in between
-    assert.is_true(math.abs(u:deadline() - (req:deadline() - 0.5)) < 1e-3, "no reserve kept")
+    -- exactly the reserve
+    us(u:deadline(), req:deadline() - 0.5, "no reserve kept")
+    us(at(u), 0.06, "the clamped deadline")
     assert.is_nil(select(2, st:timeout(req, "user")), "st:timeout returns one value")
-    between(u:remaining(), 0, 0.06, "clamped")
-    between(st:timeout(req, "user"), -1, 0.06, "st:timeout")
+    us(u:remaining(), 0.06, "clamped")
+    us(st:timeout(req, "user"), 0.06, "st:timeout")
     h.is(u:done(), DE, "err")
-    if h.within(start, 0.56) then
-      assert.is_nil(req:err(), "the request ended first")
-      assert.are.equal("local", context.classify_timeout(u))
-    end
+    assert.are.equal(0.06, clock:now(), "ended at the clamp")
+    assert.is_nil(req:err(), "the request ended first")
+    assert.are.equal("local", context.classify_timeout(u))
+    us(st:timeout(req, "user"), 0, "nothing left but the reserve")
     ucancel(); rcancel()
   end)
 
   it("is already done with deadline_exceeded when nothing remains", function()
+    virtual()
     local req, rcancel = context.with_timeout(bg, 0.3) -- less than the 0.5 reserve
     local a, acancel = st:with(req, "auth")
     h.is(a:err(), DE, "err")
     assert.is_truthy(tostring(a:cause()):find("no time left for 'auth'", 1, true))
-    assert.is_true(st:timeout(req, "auth") <= 0)
+    ns(st:timeout(req, "auth"), -0.2, "0.3 left, less the 0.5 reserve")
     assert.is_nil(req:err())
     acancel(); rcancel()
   end)
@@ -272,8 +304,9 @@ describe("context.service_timeouts", function()
     local msg = h.argerr(2, "with", function() strict:with(bg, "search") end)
     assert.is_truthy(msg:find("search", 1, true))
     h.argerr(2, "timeout", function() strict:timeout(bg) end)
+    virtual()
     local a, cancel = strict:with(bg, "auth") -- no overhead given: none
-    between(a:remaining(), 0.9, 1, "auth")
+    ns(a:remaining(), 1, "auth")
     cancel()
   end)
 
@@ -298,29 +331,28 @@ describe("context.split", function()
   end
 
   it("gives the first stage its share of the remaining budget", function()
+    local clock = virtual()
     local req, rcancel = total_ctx(1)
-    local D = req:deadline()
+    clock:advance(0.2)
     local s = context.split(req, { auth = 1, process = 3 })
-    local _, acancel = P.deadline_of(function() return s:stage("auth") end,
-      function(ts) return ts + (D - ts) / 4 end, "auth: a quarter")
+    local a, acancel = s:stage("auth")
+    us(at(a), 0.2 + 0.8 / 4, "auth: a quarter of what remains")
     acancel(); rcancel()
   end)
 
   it("passes each stage's leftover on, and the last stage gets all that is left", function()
+    local clock = virtual(true)
     local req, rcancel = total_ctx(1)
-    local D = req:deadline()
     local s = context.split(req, { { "auth", 0.1 }, { "process", 0.7 }, { "respond", 0.2 } })
-    local a, acancel = P.deadline_of(function() return s:stage("auth") end,
-      function(ts) return ts + (D - ts) * 0.1 end, "auth")
-    context.sleep(a, 0.02) -- auth finishes early, ~80 ms of its share unused
+    local a, acancel = s:stage("auth")
+    us(at(a), 0.1, "auth")
+    context.sleep(a, 0.02) -- auth finishes early, 80 ms of its share unused
+    assert.are.equal(0.02, clock:now())
     acancel()
     -- 0.7 of what the stages not yet started share (0.7 + 0.2)
-    local pstart = context.time()
-    local p, pcancel = P.deadline_of(function() return s:stage("process") end,
-      function(ts) return ts + (D - ts) * 0.7 / 0.9 end, "process")
-    if D - pstart > 0.9 then -- unless the machine stalled for 80 ms
-      assert.is_true(p:deadline() - pstart > 0.7, "the leftover was not passed on")
-    end
+    local p, pcancel = s:stage("process")
+    us(at(p), 0.02 + 0.98 * 0.7 / 0.9, "process")
+    assert.is_true(at(p) - 0.02 > 0.7 + 0.06, "the leftover was not passed on")
     pcancel()
     local r, rscancel = s:stage("respond")
     assert.are.equal(req:deadline(), r:deadline())
@@ -328,23 +360,23 @@ describe("context.split", function()
   end)
 
   it("lets a stage that overruns its share end by its own timeout; the rest goes on", function()
+    local clock = virtual(true)
     local req, rcancel = total_ctx(0.2)
     local s = context.split(req, { { "slow", 0.1 }, { "next", 0.9 } })
-    local start = context.time()
     local a, acancel = s:stage("slow")
-    -- its share: 10% of what was left, at most 20 ms
-    assert.is_true(a:deadline() - start <= 0.02 + 0.001, "more than its share")
+    us(at(a), 0.02, "its share: 10% of what was left")
     h.is(a:done(), DE, "err")
-    assert.is_true(context.time() >= a:deadline() - 0.001, "the share ended early")
+    assert.are.equal(0.02, clock:now(), "the share ended at its end")
     assert.are.equal("local", context.classify_timeout(a))
     acancel()
     local _, b, bcancel = s:next()
     assert.is_nil(b:err())
-    between(b:remaining(), 0, 0.18, "next")
+    us(b:remaining(), 0.18, "next: all that is left")
     bcancel(); rcancel()
   end)
 
   it("fails fast with deadline_exceeded when a stage cannot get its minimum", function()
+    virtual()
     local req, rcancel = total_ctx(0.15)
     local s = context.split(req, { { "auth", 0.05 }, { "rest", 0.95 } }, { min = 0.01 })
     local a, acancel = s:stage("auth") -- 7.5 ms < 10 ms
@@ -352,16 +384,19 @@ describe("context.split", function()
     assert.are.equal("local", context.classify_timeout(a))
     assert.is_truthy(tostring(a:cause()):find("stage 'auth'", 1, true))
     assert.is_nil(req:err(), "the request itself goes on")
-    local b, bcancel = s:stage("rest") -- gets all of the ~150 ms
+    local b, bcancel = s:stage("rest") -- gets all of the 150 ms
     assert.is_nil(b:err())
+    us(b:remaining(), 0.15, "rest")
     acancel(); bcancel(); rcancel()
   end)
 
   it("takes a minimum per stage", function()
+    virtual()
     local req, rcancel = total_ctx(1)
     local s = context.split(req, { { "a", 0.5 }, { "b", 0.5 } }, { min = { b = 2 } })
     local a, acancel = s:stage("a")
     assert.is_nil(a:err(), "a has no minimum")
+    us(at(a), 0.5, "a: its half")
     acancel()
     local b = s:stage("b")
     h.is(b:err(), DE, "b needs 2 s of 1")
@@ -369,38 +404,38 @@ describe("context.split", function()
   end)
 
   it("fails a stage fast once the budget is gone, even with no minimum", function()
+    local clock = virtual(true)
     local req, rcancel = total_ctx(0.01)
     local s = context.split(req, { x = 1 })
     context.sleep(bg, 0.02)
+    assert.are.equal(0.02, clock:now())
     local x = s:stage("x")
     h.is(x:err(), DE, "err")
     rcancel()
   end)
 
   it("keeps a reserve back from every stage", function()
+    local clock = virtual()
     local req, rcancel = total_ctx(1)
-    local D = req:deadline()
     local s = context.split(req, { { "a", 1 }, { "b", 1 } }, { reserve = 0.4 })
-    local _, acancel = P.deadline_of(function() return s:stage("a") end,
-      function(ts) return ts + (D - 0.4 - ts) / 2 end, "a: half of what is left but 0.4")
+    local a, acancel = s:stage("a")
+    us(at(a), 0.3, "a: half of what is left but 0.4")
+    clock:advance(0.1)
     acancel()
     local b, bcancel = s:stage("b")
-    assert.is_true(b:deadline() <= req:deadline() - 0.4 + 0.001, "the reserve was handed out")
-    between(s:remaining(), 0, 0.6, "s:remaining")
+    us(at(b), 0.6, "b: all that is left but the reserve")
+    us(s:remaining(), 0.5, "s:remaining")
     bcancel(); rcancel()
   end)
 
   it("splits opts.total when the context has no deadline, and clamps total to it", function()
-    -- split and stage made at about the same instant t: a ends at t + 0.4 / 2
-    local _, acancel = P.deadline_of(function()
-      return context.split(bg, { a = 1, b = 1 }, { total = 0.4 }):stage("a")
-    end, function(t) return t + 0.2 end, "a")
+    virtual()
+    local a, acancel = context.split(bg, { a = 1, b = 1 }, { total = 0.4 }):stage("a")
+    us(at(a), 0.2, "a: half of 0.4")
     acancel()
     local req, rcancel = total_ctx(0.2)
-    local D = req:deadline()
-    local _, a2cancel = P.deadline_of(function()
-      return context.split(req, { a = 1, b = 1 }, { total = 10 }):stage("a")
-    end, function(ts) return ts + (D - ts) / 2 end, "clamped to the context")
+    local a2, a2cancel = context.split(req, { a = 1, b = 1 }, { total = 10 }):stage("a")
+    us(at(a2), 0.1, "clamped to the context")
     a2cancel(); rcancel()
   end)
 

@@ -3,21 +3,31 @@
 -- give-up (nil, last_err, attempts, reason), retry_after, retry budgets, and
 -- the AWS "exponential backoff and jitter" comparison in simulated time.
 --
--- Timing: millisecond delays, jitter "none" or an injected random source;
--- lower bounds strict, upper bounds generous.
+-- Timing: the tests about time run on a virtual clock (docs/testing.md):
+-- exact attempt times and delays, no real time, no slack. The others run in
+-- real time with millisecond delays, jitter "none" or an injected random
+-- source.
 local context = require "lcontext"
 local h = require "spec.helpers"
 
 local bg = context.background()
-local now = context.now
 local canceled, deadline_exceeded = context.canceled, context.deadline_exceeded
-
-local SLACK = require("spec.sched_helpers").SLACK
 
 -- no task error goes unnoticed; every test leaves the scheduler idle
 local guard_start, guard_check = require("spec.sched_helpers").task_guard()
+
+-- virtual(): a virtual clock with autojump for this test; the after_each
+-- uninstalls it before the idle guard runs
+local clock
+local function virtual()
+  clock = context.virtual_clock { autojump = true }
+  return clock
+end
 before_each(guard_start)
-after_each(guard_check)
+after_each(function()
+  if clock then clock:uninstall(); clock = nil end
+  guard_check()
+end)
 
 -- fn that fails `k` times with the errors given (or "fail N"), then succeeds
 local function flaky(k, ...)
@@ -92,23 +102,21 @@ describe("context.retry", function()
   end)
 
   it("backs off base * factor^(n-1), capped by max; on_retry sees each delay", function()
-    local seen = {}
+    virtual()
+    local seen, at = {}, {}
     local fn = flaky(10)
-    local t0 = now()
-    context.retry(bg, fn, {
-      attempts = 5, base = 0.001, factor = 3, max = 0.01, jitter = "none",
+    context.retry(bg, function(ctx, attempt)
+      at[#at + 1] = clock:now()
+      return fn(ctx, attempt)
+    end, {
+      attempts = 5, base = 1, factor = 3, max = 10, jitter = "none",
       on_retry = function(attempt, err, delay) seen[#seen + 1] = { attempt, err, delay } end,
     })
-    local elapsed = now() - t0
-    assert.are.equal(4, #seen)
-    local want = { 0.001, 0.003, 0.009, 0.01 }
-    for i, s in ipairs(seen) do
-      assert.are.equal(i, s[1])
-      assert.are.equal("fail " .. i, s[2])
-      h.near(s[3], want[i], 1e-12, "delay " .. i)
-    end
-    assert.is_true(elapsed >= 0.023 - 1e-6, "slept less than the delays: " .. elapsed)
-    assert.is_true(elapsed < 0.023 + SLACK)
+    assert.are.same({ { 1, "fail 1", 1 }, { 2, "fail 2", 3 }, { 3, "fail 3", 9 },
+      { 4, "fail 4", 10 } }, seen)
+    -- each attempt follows the one before by exactly its delay
+    assert.are.same({ 0, 1, 4, 13, 23 }, at)
+    assert.are.equal(23, clock:now())
   end)
 
   it("uses the injected random source for jitter", function()
@@ -166,16 +174,21 @@ describe("context.retry", function()
   end)
 
   it("stops sleeping as soon as ctx is cancelled: 'canceled', last_err kept", function()
+    virtual()
     local ctx, cancel = context.with_cancel(bg)
-    local t0 = now()
+    local slept
     local task = context.go(function()
-      return context.retry(ctx, flaky(10), { attempts = 10, base = 2, jitter = "none" })
+      local r = { context.retry(ctx, flaky(10), { attempts = 10, base = 2, jitter = "none",
+        on_retry = function(_, _, d) slept = d end }) }
+      r.at = clock:now()
+      return r
     end)
-    local canceller = context.go(function() context.sleep(bg, 0.005); cancel() end)
-    local r = { task:wait() }
+    local canceller = context.go(function() context.sleep(bg, 0.5); cancel() end)
+    local r = task:wait()
     canceller:wait()
-    assert.are.same({ nil, "fail 1", 1, "canceled" }, r)
-    assert.is_true(now() - t0 < 1, "slept on after the cancel")
+    assert.are.same({ nil, "fail 1", 1, "canceled" }, { r[1], r[2], r[3], r[4] })
+    assert.are.equal(2, slept, "it was sleeping 2 s")
+    assert.are.equal(0.5, r.at, "it slept on after the cancel")
   end)
 
   it("a failure while ctx is cancelled is not retried, whatever the error", function()
@@ -186,94 +199,135 @@ describe("context.retry", function()
   end)
 
   it("never sleeps past the deadline: gives up at once with 'deadline'", function()
-    -- a 2 s budget and a 10 s first delay: it must not sleep at all (the
-    -- budget is wide so that a loaded machine cannot reach it meanwhile)
+    -- a 2 s budget and a 10 s first delay: it must not sleep at all
+    virtual()
     local ctx = context.with_timeout(bg, 2)
     local fn, calls = flaky(10)
-    local t0 = now()
     local r = { context.retry(ctx, fn, { attempts = 10, base = 10, jitter = "none" }) }
     assert.are.same({ nil, "fail 1", 1, "deadline" }, r)
-    assert.is_true(now() - t0 < 1, "it slept (towards) the deadline")
+    assert.are.equal(0, clock:now(), "it slept (towards) the deadline")
     assert.is_nil(ctx:err())
+    assert.are.equal(1, #calls)
   end)
 
   it("retries an ordinary error while the delay fits before the deadline", function()
+    virtual()
+    local at = {}
+    local function timed(fn)
+      return function(c, n) at[#at + 1] = clock:now(); return fn(c, n) end
+    end
     local ctx = context.with_timeout(bg, 0.5)
-    local r = { context.retry(ctx, flaky(10), { attempts = 10, base = 0.3, factor = 1,
+    local r = { context.retry(ctx, timed(flaky(10)), { attempts = 10, base = 0.3, factor = 1,
       jitter = "none" }) }
-    -- attempt 1 at ~0: 0.3 < 0.5 left, retry; attempt 2 at ~0.3: 0.3 >= ~0.2 left
+    -- attempt 1 at 0: 0.3 < 0.5 left, retry; attempt 2 at 0.3: 0.3 >= 0.2 left
     assert.are.same({ nil, "fail 2", 2, "deadline" }, r)
+    assert.are.same({ 0, 0.3 }, at)
+    assert.are.equal(0.3, clock:now(), "gave up at once")
+    -- exactly at the edge: a delay equal to the time left does not fit
+    -- (attempt 1 at 0.3: 0.25 < 0.5 left; attempt 2 at 0.55: 0.25 >= 0.25 left)
+    at = {}
+    local ctx2 = context.with_timeout(bg, 0.5)
+    r = { context.retry(ctx2, timed(flaky(10)), { attempts = 10, base = 0.25, factor = 1,
+      jitter = "none" }) }
+    assert.are.same({ nil, "fail 2", 2, "deadline" }, r)
+    assert.are.same({ 0.3, 0.55 }, at)
+    assert.is_nil(ctx2:err())
   end)
 
   it("retries deadline_exceeded only while the time left exceeds twice the delay", function()
+    virtual()
     local ctx = context.with_timeout(bg, 0.2)
     -- 0.2 left <= 2 * 0.12: an ordinary error would be retried (above), this is not
     local r = { context.retry(ctx, flaky(10, deadline_exceeded), { attempts = 10,
       base = 0.12, factor = 1, jitter = "none" }) }
     assert.are.same({ nil, deadline_exceeded, 1, "deadline" }, r)
-    -- with room for it, it is retried
-    local ctx2 = context.with_timeout(bg, 5)
+    assert.are.equal(0, clock:now())
+    -- exactly at the edge: 0.2 left is not more than 2 * 0.1
+    local ctx1 = context.with_timeout(bg, 0.2)
+    assert.are.same({ nil, deadline_exceeded, 1, "deadline" },
+      { context.retry(ctx1, flaky(10, deadline_exceeded), { attempts = 10, base = 0.1,
+        factor = 1, jitter = "none" }) })
+    assert.are.equal(0, clock:now())
+    -- with room for it, it is retried: 0.2 left > 2 * 0.099, after exactly that delay
+    local ctx2 = context.with_timeout(bg, 0.2)
     local fn, calls = flaky(1, deadline_exceeded)
-    assert.are.same({ "ok", 2 }, { context.retry(ctx2, fn, { base = 0.001, jitter = "none" }) })
+    assert.are.same({ "ok", 2 }, { context.retry(ctx2, fn, { base = 0.099, jitter = "none" }) })
     assert.are.equal(2, #calls)
+    assert.are.equal(0.099, clock:now())
     -- and without a deadline, always
     assert.are.same({ "ok", 2 }, { context.retry(bg, flaky(1, deadline_exceeded),
       { base = 0.001, jitter = "none" }) })
   end)
 
   it("gives up with 'deadline' when ctx's deadline passes during an attempt", function()
+    virtual()
     local ctx = context.with_timeout(bg, 0.2)
     local r = { context.retry(ctx, function(c) c:done(); return nil, "slow" end,
       { attempts = 5, base = 0.001 }) }
     assert.are.same({ nil, "slow", 1, "deadline" }, r)
+    assert.are.equal(0.2, clock:now(), "gave up at the deadline, not later")
   end)
 
   it("attempt_timeout: each attempt has its own timeout, and its expiry is retried", function()
-    local seen = {}
+    virtual()
+    local seen, at, ended = {}, {}, nil
     local r = { context.retry(bg, function(actx, attempt)
       seen[attempt] = actx:remaining()
+      at[attempt] = clock:now()
       if attempt == 1 then
         local _, err = context.sleep(actx, 5) -- the attempt's own timeout ends this
+        ended = clock:now()
         return nil, err
       end
       return "second try"
     end, { attempt_timeout = 0.01, base = 0.001, jitter = "none" }) }
     assert.are.same({ "second try" }, r)
-    assert.is_true(seen[1] <= 0.01 and seen[2] <= 0.01)
+    assert.are.same({ 0.01, 0.01 }, seen)
+    assert.are.equal(0.01, ended, "attempt 1 ended by its own timeout")
+    assert.are.same({ 0, 0.011 }, at)
   end)
 
   it("max_elapsed: no retry whose delay would end past it ('exhausted')", function()
+    virtual()
     local fn, calls = flaky(100)
-    local t0 = now()
     local r = { context.retry(bg, fn, { attempts = math.huge, base = 0.05, factor = 2,
-      max_elapsed = 0.125, jitter = "none" }) }
-    -- delays 0.05 (ends at ~0.05, within), then 0.1 (would end at >= 0.15)
+      max_elapsed = 0.151, jitter = "none" }) }
+    -- delays 0.05 (ends at 0.05, within), then 0.1 (ends at 0.15, within),
+    -- then 0.2 (would end at 0.35). (Not a bound equal to an end: retry
+    -- measures elapsed time as a difference of context.now(), which is not
+    -- exact under the virtual clock.)
+    assert.are.same({ nil, "fail 3", 3, "exhausted" }, r)
+    assert.are.equal(0.15, clock:now(), "gave up at once, not after a sleep")
+    local fn2 = flaky(100)
+    r = { context.retry(bg, fn2, { attempts = math.huge, base = 0.05, factor = 2,
+      max_elapsed = 0.149, jitter = "none" }) }
     assert.are.same({ nil, "fail 2", 2, "exhausted" }, r)
-    assert.is_true(now() - t0 < 0.125 + SLACK)
+    assert.are.equal(0.2, clock:now())
   end)
 
   it("honours retry_after: the third return value, or err.retry_after", function()
     local delays = {}
     local on_retry = function(_, _, d) delays[#delays + 1] = d end
-    local n = 0
-    local t0 = now()
+    virtual()
+    local n, at = 0, {}
     local r = { context.retry(bg, function()
       n = n + 1
+      at[n] = clock:now()
       if n == 1 then return nil, "429 Too Many Requests", 0.02 end
       if n == 2 then return nil, { status = 503, retry_after = 0.01 } end
       return "served"
     end, { base = 0.001, jitter = "none", attempts = 5, on_retry = on_retry }) }
     assert.are.same({ "served" }, r)
     assert.are.same({ 0.02, 0.01 }, delays)
-    assert.is_true(now() - t0 >= 0.03 - 1e-6, "did not wait as told")
+    assert.are.same({ 0, 0.02, 0.03 }, at, "did not wait as told")
   end)
 
   it("a retry_after that does not fit before the deadline gives up at once", function()
+    virtual()
     local ctx = context.with_timeout(bg, 0.5)
-    local t0 = now()
     local r = { context.retry(ctx, function() return nil, "busy", 60 end, { base = 0.001 }) }
     assert.are.same({ nil, "busy", 1, "deadline" }, r)
-    assert.is_true(now() - t0 < 0.5)
+    assert.are.equal(0, clock:now())
   end)
 
   it("works in tasks, many at once, each with its own schedule", function()

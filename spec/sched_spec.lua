@@ -4,8 +4,11 @@
 -- are not the scheduler's, now / time / in_task, deadlock detection, GC of
 -- contexts that tasks wait on.
 --
--- Timing: lower bounds are strict (a deadline never fires early), upper
--- bounds are generous (a noisy 2-core box, valgrind, the GC-stress run).
+-- Timing: the tests of order (which sleep, deadline or waitable wins, in
+-- what order tasks wake) run on the virtual clock, exact and instant (see
+-- vt() below). The rest are in real time: lower bounds are strict (a
+-- deadline never fires early), upper bounds are generous (a noisy 2-core
+-- box, valgrind, the GC-stress run).
 -- Assertions are made on the main thread: an assertion raised inside a task
 -- would only reach the error handler. Every test must leave the scheduler
 -- idle (checked after each test).
@@ -59,8 +62,23 @@ local now = context.now
 -- Errors raised in tasks are collected here, so that none goes unnoticed:
 -- a test that expects errors installs its own handler.
 local guard_start, guard_check = H.task_guard()
+
+-- The tests of order (which sleep, deadline or waitable wins, in what
+-- order tasks wake) run on the virtual clock (docs/testing.md): exact
+-- virtual times, no real time. vt() installs it with autojump; it is
+-- uninstalled before the idle guard runs. The tests of the real clock
+-- itself (never early, lateness bounds, now()/time() following real time,
+-- run/step, the subprocess ones) stay in real time.
+local clock
+local function vt()
+  clock = context.virtual_clock{ autojump = true }
+  return clock
+end
 before_each(guard_start)
-after_each(guard_check)
+after_each(function()
+  if clock then clock:uninstall(); clock = nil end
+  guard_check()
+end)
 
 describe("context.go and tasks", function()
   it("starts the task at the next loop iteration, not inside go()", function()
@@ -146,14 +164,17 @@ describe("context.go and tasks", function()
   end)
 
   it("task:wait() from the main thread runs the loop, other tasks included", function()
-    local other_done = false
-    context.go(function() context.sleep(bg, 0.01); other_done = true end)
+    vt()
+    local other_done
+    context.go(function() context.sleep(bg, 0.01); other_done = clock:now() end)
     local t = context.go(function() context.sleep(bg, 0.03); return "late" end)
     assert.are.equal("late", t:wait())
-    assert.is_true(other_done)
+    assert.are.equal(0.03, clock:now())
+    assert.are.equal(0.01, other_done)
   end)
 
   it("task:wait() in a task suspends it while others run", function()
+    vt()
     local log = {}
     local slow = context.go(function()
       context.sleep(bg, 0.02)
@@ -169,6 +190,7 @@ describe("context.go and tasks", function()
     context.go(function() log[#log + 1] = "third runs" end)
     assert.is_false(B.run())
     assert.are.same({ "waiter starts", "third runs", "slow", "waiter got s" }, log)
+    assert.are.equal(0.02, clock:now())
     assert.are.equal("s", waiter:wait())
   end)
 
@@ -388,12 +410,13 @@ end)
 
 describe("context.sleep", function()
   it("wakes sleepers in the order of their durations", function()
+    vt()
     local order = {}
     for _, ms in ipairs { 300, 100, 200 } do
-      context.go(function() context.sleep(bg, ms / 1000); order[#order + 1] = ms end)
+      context.go(function() context.sleep(bg, ms / 1000); order[#order + 1] = { ms, clock:now() } end)
     end
     B.run()
-    assert.are.same({ 100, 200, 300 }, order)
+    assert.are.same({ { 100, 0.1 }, { 200, 0.2 }, { 300, 0.3 } }, order)
   end)
 
   it("returns true after at least the duration (never early)", function()
@@ -414,25 +437,24 @@ describe("context.sleep", function()
   end)
 
   it("returns nil, canceled as soon as the context is cancelled", function()
+    vt()
     local c, cancel = context.with_cancel(bg)
-    local t0 = now()
     local sleeper = context.go(function() return context.sleep(c, 10) end)
     context.go(function() context.sleep(bg, 0.01); cancel() end)
     local r = table.pack(sleeper:wait())
     assert.are.same({ n = 2, nil, canceled }, r)
     is(r[2], canceled, "err")
-    at_most(now() - t0, 0.01 + SLACK, "cancelled sleep")
+    assert.are.equal(0.01, clock:now(), "cancelled sleep")
   end)
 
   it("returns nil, deadline_exceeded when the deadline comes first", function()
-    local t0 = now()
+    vt()
     local c = context.with_timeout(bg, 0.02)
     local sleeper = context.go(function() return context.sleep(c, 10) end)
     local v, err = sleeper:wait()
     assert.is_nil(v)
     is(err, deadline_exceeded, "err")
-    at_least(now() - t0, 0.02, "deadline")
-    at_most(now() - t0, 0.02 + SLACK, "deadline")
+    assert.are.equal(0.02, clock:now(), "deadline")
   end)
 
   it("returns at once for a context that is already done", function()
@@ -528,52 +550,54 @@ describe("ctx:done()", function()
   end)
 
   it("a parent's timeout wakes tasks waiting on a descendant", function()
-    local t0 = now()
+    vt()
     local parent = context.with_timeout(bg, 0.03)
     local mid = context.with_timeout(context.with_value(parent, "k", 1), 10)
     local leaf = context.with_value(context.with_cancel(mid), "k2", 2)
     local merged = context.merge(context.with_cancel(bg), leaf)
     local res = {}
     for i, c in ipairs { leaf, mid, merged, leaf } do
-      context.go(function() res[i] = { c:done(), now() } end)
+      context.go(function() res[i] = { c:done(), clock:now() } end)
     end
     B.run()
     for i = 1, 4 do
       is(res[i][1], deadline_exceeded, "task " .. i)
-      at_least(res[i][2] - t0, 0.03, "task " .. i)
-      at_most(res[i][2] - t0, 0.03 + SLACK, "task " .. i)
+      assert.are.equal(0.03, res[i][2], "task " .. i)
     end
     is(context.origin(leaf), parent, "origin")
   end)
 
   it("on a with_value context: done when its parent is cancelled", function()
+    vt()
     local p, cancel = context.with_cancel(bg)
     local wv = context.with_value(p, "k", "v")
     local t = context.go(function() return wv:done() end)
     context.go(function() context.sleep(bg, 0.01); cancel() end)
     is(t:wait(), canceled, "done()")
+    assert.are.equal(0.01, clock:now())
     -- a with_value of background is never done
     local never = context.with_value(bg, "k", "v")
     assert.are.equal(2, (context.select(never, 0.01)))
+    assert.are.equal(0.02, clock:now())
   end)
 
   it("on a without_cancel context: not done when its parent is", function()
-    local t0 = now()
+    vt()
     local p = context.with_timeout(bg, 0.01)
     local wc = context.without_cancel(p)
     local t = context.go(function() return context.select(wc, 0.05) end)
     assert.are.equal(2, (t:wait()))
-    at_least(now() - t0, 0.05, "select")
+    assert.are.equal(0.05, clock:now(), "select")
     is(p:err(), deadline_exceeded, "parent err")
     assert.is_nil(wc:err())
   end)
 
   it("from the main thread runs the loop until done", function()
+    vt()
     local c, cancel = context.with_cancel(bg)
     context.go(function() context.sleep(bg, 0.02); cancel() end)
-    local t0 = now()
     is(c:done(), canceled, "done()")
-    at_least(now() - t0, 0.02, "done()")
+    assert.are.equal(0.02, clock:now(), "done()")
   end)
 
   B.it_libev("from the main thread raises \"deadlock\" when nothing can end it", NO_DEADLOCK, function()
@@ -664,30 +688,33 @@ end)
 
 describe("context.select", function()
   it("returns the index and the waitable of the first to fire", function()
+    vt()
     local c, cancel = context.with_cancel(bg)
     local t = context.go(function() return context.select(c, 10) end)
     context.go(function() context.sleep(bg, 0.01); cancel() end)
     local i, w = t:wait()
     assert.are.equal(1, i)
     is(w, c, "waitable")
+    assert.are.equal(0.01, clock:now())
   end)
 
   it("a number is a sleep of that many seconds", function()
-    local t0 = now()
+    vt()
     local i, w = context.select(5, 0.02, 10)
     assert.are.equal(2, i)
     assert.are.equal(0.02, w)
-    at_least(now() - t0, 0.02, "select sleep")
-    at_most(now() - t0, 0.02 + SLACK, "select sleep")
+    assert.are.equal(0.02, clock:now(), "select sleep")
     idle("after select")
   end)
 
   it("a task fires when it ends, with its result kept for wait()", function()
+    vt()
     local job = context.go(function() context.sleep(bg, 0.01); return "done" end)
     local c = context.with_cancel(bg)
     local i, w = context.select(c, job, 10)
     assert.are.equal(2, i)
     is(w, job, "waitable")
+    assert.are.equal(0.01, clock:now())
     assert.are.equal("done", job:wait())
   end)
 
@@ -713,6 +740,7 @@ describe("context.select", function()
   end)
 
   it("the losers leave nothing behind", function()
+    local vc = vt()
     local cdl = context.with_timeout(bg, 5)            -- a watched deadline
     local cc, cancel = context.with_cancel(bg)
     local release, stop_job = context.with_cancel(bg)
@@ -724,9 +752,9 @@ describe("context.select", function()
       after_select()
       -- losers must not wake this task later: cc is cancelled and job ends
       -- while it sleeps below
-      local t0 = now()
+      local t0 = vc:now()
       local ok = context.sleep(bg, 0.05)
-      res = { i = i, ok = ok, slept = now() - t0 }
+      res = { i = i, ok = ok, at = t0, woke = vc:now() }
     end)
     context.go(function()
       selector:wait()
@@ -734,29 +762,31 @@ describe("context.select", function()
     end)
     context.go(function() selected:done(); cancel() end)
     park(4)
-    -- while selecting: the deadline of cdl and two sleeps of the selector
-    -- (unless a pause of the machine let the 10 ms one fire already). In
-    -- nginx a sleep is the timeout of a semaphore wait, not a timer of
-    -- lcontext's wheel: only cdl's deadline is in the wheel there.
-    if not selected:is_done() then
-      if B.libev then
-        assert.are.equal(3, H.stats().timers, "timers while selecting")
-      else
-        assert.are.equal(1, context.metrics().timers_pending, "deadlines while selecting")
-      end
+    -- while selecting (virtual time stands still until only timers can
+    -- wake anyone): the deadline of cdl and two sleeps of the selector.
+    -- Under the virtual clock every sleep is a timer of lcontext's wheel,
+    -- in nginx too (no real timer is armed; in real time a sleep there is
+    -- the timeout of a semaphore wait, not in the wheel).
+    assert.is_false(selected:is_done(), "the 10 ms sleep fired while parking")
+    assert.are.equal(3, context.metrics().timers_pending, "timers while selecting")
+    if B.libev then
+      assert.are.equal(3, H.stats().timers, "timers while selecting")
     end
     B.run()
     assert.are.equal(5, res.i)
     assert.is_true(res.ok)
-    at_least(res.slept, 0.05, "a loser woke the selector early")
+    assert.are.equal(0.01, res.at, "the 10 ms sleep won")
+    assert.are.equal(0.06, res.woke, "a loser woke the selector early")
     is(job:wait(), canceled, "job")
     assert.are.equal("ok", selector:status())
   end)
 
   it("losers leave nothing behind, from the main thread", function()
+    vt()
     local cdl = context.with_timeout(bg, 5)
     local cc = context.with_cancel(bg)
     assert.are.equal(3, (context.select(cdl, cc, 0.01, 10)))
+    assert.are.equal(0.01, clock:now())
     idle("after a main-thread select")
     assert.is_nil(cdl:err())
   end)
@@ -848,6 +878,7 @@ describe("context.select", function()
   end)
 
   it("many selectors sharing a deadline context leave no timer behind", function()
+    vt()
     local c = context.with_timeout(bg, 5)
     local wins = 0
     for i = 1, 50 do
@@ -857,6 +888,7 @@ describe("context.select", function()
     end
     assert.is_false(B.run())
     assert.are.equal(50, wins)
+    assert.are.equal(0.006, clock:now(), "the longest sleep")
     idle("after the selectors")
     assert.is_nil(c:err())
   end)
@@ -1041,6 +1073,7 @@ describe("context.on_error", function()
   end)
 
   it("does not report canceled / deadline_exceeded raised by a task", function()
+    vt()
     local calls = 0
     context.on_error(function() calls = calls + 1 end)
     local c, cancel = context.with_cancel(bg)
