@@ -65,6 +65,9 @@ lua_Number lc_ceil_ns(lua_Number secs) {
   return fabs(ns - r) < 1e-3 ? r : ceil(ns);
 }
 
+/* lc_now for the context tree (its cancel walk, lifetimes) */
+int64_t lc_tree_clock(void *rt) { return lc_now((const lc_runtime *)rt); }
+
 /* epoch seconds: virtual while a virtual clock is installed */
 double lc_real(const lc_runtime *rt) {
   return rt->vclock ? rt->vepoch + (double)(rt->vnow - rt->vbase) / 1e9

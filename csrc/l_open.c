@@ -85,6 +85,8 @@ LC_EXPORT int luaopen_lcontext_core(lua_State *L) {
   rt = (lc_runtime *)lua_newuserdatauv(L, sizeof(lc_runtime), 0);
   memset(rt, 0, sizeof *rt);
   ctx_tree_init(&rt->tree);
+  rt->tree.clock = lc_tree_clock; /* the runtime's: virtual time too */
+  rt->tree.clock_ud = rt;
   lua_rawseti(L, uvt, LC_UV_RT);
   lc_new_sentinels(L);
   lua_rawseti(L, uvt, LC_UV_DEADLINE);

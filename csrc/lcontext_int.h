@@ -225,6 +225,7 @@ struct lc_runtime;
 int64_t lc_now(const struct lc_runtime *rt);
 double lc_real(const struct lc_runtime *rt);
 lua_Number lc_ceil_ns(lua_Number secs);
+int64_t lc_tree_clock(void *rt);
 void lc_weak_table(lua_State *L, const char *mode);
 void lc_report(const char *what, lua_State *L, int idx);
 

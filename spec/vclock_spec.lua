@@ -72,6 +72,25 @@ describe("context.virtual_clock", function()
     assert.are.same({ 2.136, 2.119, 0.001, 1.7 }, got)
   end)
 
+  it("a cancel walk reads the runtime's clock: virtual, then shifted ahead after uninstall", function()
+    clock = context.virtual_clock()
+    local r, rcancel = context.with_cancel_cause(bg)
+    local t = context.with_timeout(r, 1)
+    local c = context.with_cancel(t)
+    clock:advance(2) -- t's expiry goes unobserved: nothing waits on it
+    rcancel("root")
+    assert.are.equal(context.deadline_exceeded, t:err())
+    assert.are.equal(context.deadline_exceeded, c:err())
+    clock:uninstall()
+    clock = nil
+    -- the runtime's clock now runs 2 s ahead of the system's
+    local r2, rcancel2 = context.with_cancel_cause(bg)
+    local t2 = context.with_timeout(r2, 0.02)
+    require("spec.helpers").sleep(0.04) -- (blocking: no loop runs)
+    rcancel2("root")
+    assert.are.equal(context.deadline_exceeded, t2:err())
+  end)
+
   it("start sets what clock:now() and context.now() read at install", function()
     clock = context.virtual_clock(100)
     assert.are.equal(100, clock:now())

@@ -68,11 +68,17 @@ void ctx_hist_add(ctx_hist *h, int64_t ns) {
   h->sum_ns += ns;
 }
 
+static int64_t mono(void *ud) {
+  (void)ud;
+  return clk_mono_ns();
+}
+
 void ctx_tree_init(ctx_tree *t) {
   int i;
   t->on_done = NULL;
   t->ud = NULL;
-  t->clock = clk_mono_ns;
+  t->clock = mono;
+  t->clock_ud = NULL;
   t->created = 0;
   for (i = 0; i < 3; i++) t->done[i][0] = t->done[i][1] = 0;
   t->metrics = 0;
@@ -85,7 +91,7 @@ void ctx_tree_init(ctx_tree *t) {
 static void record_done(ctx_tree *t, ctx_node *n, int err, ctx_node *origin,
                         int64_t *now) {
   if (t->metrics && n->o.born > 0) {
-    if (*now < 0) *now = t->clock();
+    if (*now < 0) *now = t->clock(t->clock_ud);
     ctx_hist_add(&t->lifetime, *now - n->o.born);
   }
   n->err = (uint8_t)err;
@@ -126,7 +132,7 @@ static void set_done(ctx_tree *t, ctx_node *n, int err, ctx_node *origin) {
 int ctx_attach(ctx_tree *t, ctx_node *n, ctx_node *p, int64_t own_deadline,
                int64_t now) {
   t->created++;
-  if (t->metrics) n->o.born = t->clock();
+  if (t->metrics) n->o.born = t->clock(t->clock_ud);
   if (p != NULL && !(n->flags & CTX_F_NO_PARENT_DEADLINE))
     n->deadline = p->deadline;
   if (own_deadline < n->deadline) {
@@ -198,7 +204,7 @@ int ctx_cancel(ctx_tree *t, ctx_node *n, int err) {
         continue; /* cut loose, still running */
       if (c->flags & CTX_F_OWN_DEADLINE) {
         /* a deadline that passed unobserved had ended c before this */
-        if (now < 0) now = t->clock();
+        if (now < 0) now = t->clock(t->clock_ud);
         if (c->deadline <= now) record_done(t, c, CTX_ERR_DEADLINE, c, &now);
       }
       if (c->err == CTX_ERR_NONE) record_done(t, c, cur->err, cur->o.origin, &now);

@@ -107,7 +107,10 @@ struct ctx_tree {
   ** It may queue work but must not cancel, attach or detach nodes. */
   void (*on_done)(ctx_tree *t, ctx_node *n);
   void *ud;
-  int64_t (*clock)(void); /* monotonic ns (clk_mono_ns; tests inject) */
+  /* monotonic ns: clk_mono_ns by default; the binding gives the runtime's
+  ** clock (virtual time), tests inject theirs. clock_ud is its argument. */
+  int64_t (*clock)(void *clock_ud);
+  void *clock_ud;
   /* counters (for metrics) */
   uint64_t created;      /* nodes attached */
   uint64_t done[3][2];   /* nodes done, by err and by [0] own / [1] inherited */

@@ -17,7 +17,10 @@ static void count_done(ctx_tree *t, ctx_node *n) {
 }
 
 static int64_t fake_now;
-static int64_t fake_clock(void) { return fake_now; }
+static int64_t fake_clock(void *ud) {
+  (void)ud;
+  return fake_now;
+}
 
 static ctx_tree *tree(void) {
   static ctx_tree t;

@@ -49,7 +49,10 @@ static void woken(wt_sched *s, wt_waiter *w) {
 static const wt_ops ops = {io_start, io_stop, queued, woken};
 
 static int64_t fake_now;
-static int64_t fake_clock(void) { return fake_now; }
+static int64_t fake_clock(void *ud) {
+  (void)ud;
+  return fake_now;
+}
 
 static ctx_tree tree;
 static wt_sched sched;
