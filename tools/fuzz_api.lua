@@ -794,24 +794,11 @@ local OPS = {
   { "vclock", 0.5, function() -- virtual time: sleeps end exactly, in order, at once
     if context.in_task() then return end
     local clock = context.virtual_clock{ start = 0, autojump = chance(0.5) }
-    local n, want, got, order = R(1, 4), {}, {}, {}
-    for i = 1, n do
-      want[i] = R(1, 3000) / 1000 -- whole ms: exact virtual times
-      context.go(function()
-        if context.sleep(bg, want[i]) then got[i] = clock:now(); order[#order + 1] = i end
-      end)
-    end
+    local want, got, order = FC.vsleeps(context, clock, bg, R, R(1, 4))
     local ok, err = pcall(clock.advance, clock, 3)
     clock:uninstall()
     if not ok then violate("clock:advance raised: %s", tostring(err)) return end
-    for i = 1, n do
-      if got[i] ~= want[i] then
-        violate("virtual sleep %d of %.3f s woke at %s", i, want[i], tostring(got[i]))
-      end
-    end
-    for k = 2, #order do
-      if want[order[k]] < want[order[k - 1]] then violate("virtual sleeps woke out of order") end
-    end
+    FC.check_vsleeps(violate, want, got, order)
   end },
   { "gc", 4, function()
     if chance(0.3) then collectgarbage() collectgarbage() else collectgarbage("step", R(200)) end

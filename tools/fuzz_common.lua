@@ -121,4 +121,30 @@ function C.run_seeds(name, opt, run_seed, now, header, replay_extra)
   os.exit(failed == 0 and 0 or 1)
 end
 
+--- C.vsleeps(context, clock, bg, R, n) -> want, got, order: n tasks that
+-- each sleep a random whole number of ms (at most 3 s) under the installed
+-- virtual clock, recording when they woke (clock:now()) and in which
+-- order; C.check_vsleeps(violate, want, got, order) checks that each woke
+-- exactly at its time, in order (the vclock ops of both fuzzers)
+function C.vsleeps(context, clock, bg, R, n)
+  local want, got, order = {}, {}, {}
+  for i = 1, n do
+    want[i] = R(1, 3000) / 1000 -- whole ms: exact virtual times
+    context.go(function()
+      if context.sleep(bg, want[i]) then got[i] = clock:now(); order[#order + 1] = i end
+    end)
+  end
+  return want, got, order
+end
+function C.check_vsleeps(violate, want, got, order)
+  for i = 1, #want do
+    if got[i] ~= want[i] then
+      violate("virtual sleep %d of %.3f s woke at %s", i, want[i], tostring(got[i]))
+    end
+  end
+  for k = 2, #order do
+    if want[order[k]] < want[order[k - 1]] then violate("virtual sleeps woke out of order") end
+  end
+end
+
 return C

@@ -711,12 +711,9 @@ local OPS = {
     -- model's other deadlines (a shield's, say) before it expects them to
     local m = context.metrics()
     if m.tasks > 0 or m.tasks_waiting > 0 or m.ngx_watches > 0 or m.callbacks_pending > 0 then
-      M.vclock_skipped = (M.vclock_skipped or 0) + 1
       return
     end
-    M.vclock_runs = (M.vclock_runs or 0) + 1
-    local want, got, order, err = {}, {}, {}, nil
-    local n = R(1, 3)
+    local want, got, order, err
     local hook = S.sema_hook -- (no injected semaphore faults meanwhile)
     S.sema_hook = nil
     local finished, e = false, nil
@@ -724,12 +721,7 @@ local OPS = {
       ngx.thread.spawn(function() -- the op's own light thread (a request's)
         local ok, perr = pcall(function()
           local clock = context.virtual_clock{ start = 0 }
-          for i = 1, n do
-            want[i] = R(1, 3000) / 1000 -- whole ms: exact virtual times
-            context.go(function()
-              if context.sleep(bg, want[i]) then got[i] = clock:now(); order[#order + 1] = i end
-            end)
-          end
+          want, got, order = FC.vsleeps(context, clock, bg, R, R(1, 3))
           local aok, aerr = pcall(clock.advance, clock, 3)
           clock:uninstall()
           if not aok then err = aerr end
@@ -740,17 +732,11 @@ local OPS = {
     end)
     local stop_at = real_clock() + 5
     while not finished and real_clock() < stop_at do mock.spin(0.001) end
-    local ok = finished and e == nil
-    if not finished then e = "the op's thread did not finish in 5 s" end
     S.sema_hook = hook
-    if not ok then violate("vclock: %s", tostring(e)) return end
+    if not finished then e = "the op's thread did not finish in 5 s" end
+    if e then violate("vclock: %s", tostring(e)) return end
     if err then violate("clock:advance raised: %s", tostring(err)) return end
-    for i = 1, n do
-      if got[i] ~= want[i] then violate("virtual sleep %d of %.3f s woke at %s", i, want[i], tostring(got[i])) end
-    end
-    for k = 2, #order do
-      if want[order[k]] < want[order[k - 1]] then violate("virtual sleeps woke out of order") end
-    end
+    FC.check_vsleeps(violate, want, got, order)
   end },
   { "spin0", 6, function() spin(0) end },
   { "gc", 2, full_gc },
