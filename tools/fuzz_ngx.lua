@@ -671,6 +671,42 @@ FS = dofile("tools/fuzz_sync.lua")(context, {
   fault = function(msg) return is_fault(msg) end,
 })
 
+-- virtual time: sleeps end exactly, in order, at once (an op, and once
+-- more at the end of each seed, when the model is idle)
+local function vclock_check()
+  if real_clock == core.now then return end -- (no real clock for the mock)
+  -- only while nothing else waits: moving time 3 s ahead would end the
+  -- model's other deadlines (a shield's, say) before it expects them to
+  local m = context.metrics()
+  if m.tasks > 0 or m.tasks_waiting > 0 or m.ngx_watches > 0 or m.callbacks_pending > 0 then
+    return
+  end
+  local want, got, order, err
+  local hook = S.sema_hook -- (no injected semaphore faults meanwhile)
+  S.sema_hook = nil
+  local finished, e = false, nil
+  in_request(function()
+    ngx.thread.spawn(function() -- the op's own light thread (a request's)
+      local ok, perr = pcall(function()
+        local clock = context.virtual_clock{ start = 0 }
+        want, got, order = FC.vsleeps(context, clock, bg, R, R(1, 3))
+        local aok, aerr = pcall(clock.advance, clock, 3)
+        clock:uninstall()
+        if not aok then err = aerr end
+      end)
+      if not ok then e = perr end
+      finished = true
+    end)
+  end)
+  local stop_at = real_clock() + 5
+  while not finished and real_clock() < stop_at do mock.spin(0.001) end
+  S.sema_hook = hook
+  if not finished then e = "the op's thread did not finish in 5 s" end
+  if e then violate("vclock: %s", tostring(e)) return end
+  if err then violate("clock:advance raised: %s", tostring(err)) return end
+  FC.check_vsleeps(violate, want, got, order)
+end
+
 local OPS = {
   { "derive", 10, function() derive() end },
   { "cancel", 5, function() local n = cancellable(); if n then n.cancel(rcause()) end end },
@@ -705,39 +741,7 @@ local OPS = {
   { "fault", 2, set_fault },
   { "unfault", 2, function() S.sema_hook = nil end },
   { "spin", 12, function() spin(R() * 0.004) end },
-  { "vclock", 0.5, function() -- virtual time: sleeps end exactly, in order, at once
-    if real_clock == core.now then return end -- (no real clock for the mock)
-    -- only while nothing else waits: moving time 3 s ahead would end the
-    -- model's other deadlines (a shield's, say) before it expects them to
-    local m = context.metrics()
-    if m.tasks > 0 or m.tasks_waiting > 0 or m.ngx_watches > 0 or m.callbacks_pending > 0 then
-      return
-    end
-    local want, got, order, err
-    local hook = S.sema_hook -- (no injected semaphore faults meanwhile)
-    S.sema_hook = nil
-    local finished, e = false, nil
-    in_request(function()
-      ngx.thread.spawn(function() -- the op's own light thread (a request's)
-        local ok, perr = pcall(function()
-          local clock = context.virtual_clock{ start = 0 }
-          want, got, order = FC.vsleeps(context, clock, bg, R, R(1, 3))
-          local aok, aerr = pcall(clock.advance, clock, 3)
-          clock:uninstall()
-          if not aok then err = aerr end
-        end)
-        if not ok then e = perr end
-        finished = true
-      end)
-    end)
-    local stop_at = real_clock() + 5
-    while not finished and real_clock() < stop_at do mock.spin(0.001) end
-    S.sema_hook = hook
-    if not finished then e = "the op's thread did not finish in 5 s" end
-    if e then violate("vclock: %s", tostring(e)) return end
-    if err then violate("clock:advance raised: %s", tostring(err)) return end
-    FC.check_vsleeps(violate, want, got, order)
-  end },
+  { "vclock", 0.5, function() vclock_check() end },
   { "spin0", 6, function() spin(0) end },
   { "gc", 2, full_gc },
   { "gc_step", 2, function() collectgarbage("step") end },
@@ -859,6 +863,10 @@ local function run_seed(seed)
     local ok, err = pcall(finish)
     FC.budget = nil
     if not ok then violate("the end raised: %s", show(err)) end
+    if not M.viol then
+      M.opi = "end (vclock)"
+      vclock_check()
+    end
   end
   for id in pairs(M.cb_fail) do
     if not M.viol and M.errs[-id] ~= 1 then violate("after_func %d: its error reached on_error %s times", id, show(M.errs[-id])) end
