@@ -40,6 +40,14 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
+/* core._mono() -> the runtime's monotonic clock in seconds: continuous
+** across a virtual clock's install and uninstall (lcontext.ngx times its
+** own waits with it) */
+static int l_mono(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)lc_now(lc_rt(L)) * 1e-9);
+  return 1;
+}
+
 /* context.time() -> epoch seconds with fraction (virtual likewise) */
 static int l_time(lua_State *L) {
   lua_pushnumber(L, lc_real(lc_rt(L)));
@@ -230,6 +238,7 @@ static const luaL_Reg clock_methods[] = {
 
 const luaL_Reg lc_clock_funcs[] = {
   {"now", l_now},
+  {"_mono", l_mono},
   {"time", l_time},
   {"_virtual_clock", l_virtual_clock},
   {"_vclock_target", l_vclock_target},

@@ -56,7 +56,9 @@ local interp_only = check.interp_only
 
 local watch, unwatch = core._watch, core._unwatch
 local advance, next_wakeup = core._advance, core._next_wakeup
-local now = core.now
+-- (the runtime's monotonic seconds, continuous across a virtual clock's
+-- install: context.now() reads clock:now() meanwhile)
+local now = core._mono
 -- the virtual clock (lua/lcontext/vclock.lua, csrc/l_clock.c): while it is
 -- installed, no real time moves lcontext's clock; see "Virtual time" below
 local vclock_installed = core._vclock_installed
