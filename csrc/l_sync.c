@@ -38,7 +38,7 @@
 #if LUA_VERSION_NUM >= 503
 
 typedef struct lc_chan {
-  const void *magic; /* &rt->chanmt: what it is (testobj) */
+  const void *magic; /* &rt->ref_chanmt: what it is (testobj) */
   lc_cq recvq, sendq;
   lua_Integer cap;   /* 0: unbuffered */
   lua_Integer count; /* values buffered (user value 1: slots 1..cap) */
@@ -47,7 +47,7 @@ typedef struct lc_chan {
 } lc_chan;
 
 typedef struct lc_sem {
-  const void *magic; /* &rt->semmt */
+  const void *magic; /* &rt->ref_semmt */
   lc_cq q;
   lua_Integer size, cur;
 } lc_sem;
@@ -203,9 +203,9 @@ static void *testobj(lua_State *L, int idx, const void *magic, size_t size) {
   return *(const void *const *)p == magic ? p : NULL;
 }
 #define testchan(L, idx, rt) \
-  ((lc_chan *)testobj((L), (idx), &(rt)->chanmt, sizeof(lc_chan)))
+  ((lc_chan *)testobj((L), (idx), &(rt)->ref_chanmt, sizeof(lc_chan)))
 #define testsem(L, idx, rt) \
-  ((lc_sem *)testobj((L), (idx), &(rt)->semmt, sizeof(lc_sem)))
+  ((lc_sem *)testobj((L), (idx), &(rt)->ref_semmt, sizeof(lc_sem)))
 
 static lc_chan *check_chan(lua_State *L, lc_runtime *rt, const char *fname) {
   lc_chan *ch = testchan(L, 1, rt);
@@ -421,16 +421,44 @@ static lc_selud *new_selud(lua_State *L, int nrec, int nw) {
   return u;
 }
 
-/* The outcome of a single call once its wait is over (s: consumed, its
-** records unlinked). Stack: 1 object, 2 ctx[, 3 value]; t: its task or
-** NULL (the main thread's: u). fired: the wait that ended it. */
+/* The main thread waits for the call of u (its records queued, its waits
+** described): the loop runs until one fires. Returns 1 once woken (*fired:
+** that wait), 0 if an error is pending, -1 on a deadlock; either way u's
+** waiter is out of its waits and queue. */
+static int main_park(lua_State *L, lc_runtime *rt, lc_selud *u, int *fired) {
+  int woken;
+  *fired = wt_park(&rt->sched, &u->mainw, u->waits, u->nw, lc_now(rt));
+  if (*fired != 0)
+    woken = 1;
+  else {
+    woken = lc_main_wait(L, rt, &u->mainw);
+    *fired = u->mainw.fired;
+  }
+  wt_release(&rt->sched, &u->mainw);
+  return woken;
+}
+
+/* raise for a main-thread call that was not woken (main_park <= 0), once
+** its records are unlinked */
+static int main_not_woken(lua_State *L, lc_runtime *rt, int woken,
+                          const char *fname) {
+  if (woken < 0)
+    return luaL_error(L, "context.%s: deadlock: waiting for something "
+                      "nothing can bring%s", fname, lc_deadlock_hint(rt));
+  lc_raise_pending(L, rt);
+  return luaL_error(L, "context.%s: the wait ended with nothing fired", fname);
+}
+
+/* The outcome of a single call once its wait is over (its records are
+** unlinked here). Stack: 1 object, 2 ctx[, 3 value]; t: its task or
+** NULL (the main thread's: its userdata at uidx). fired: the wait that
+** ended it. */
 static int op_result(lua_State *L, lc_runtime *rt, lc_task *t, lc_sel *s,
-                     int kind, int fired, lc_selud *u, int uidx) {
+                     int kind, int fired, int uidx) {
   lc_crec *r = s->recs;
   lc_ctx *c = (lc_ctx *)lua_touserdata(L, 2);
   int e, nres;
   (*blocked_counter(rt, kind))--;
-  s->consumed = 1;
   if (t != NULL) t->sync = NULL;
   if (!s->done) {
     int was_head = r->q != NULL && r->q->head == r;
@@ -464,7 +492,6 @@ static int op_result(lua_State *L, lc_runtime *rt, lc_task *t, lc_sel *s,
     e = bound_err(L, rt, t);
     if (e != CTX_ERR_NONE) return fail(L, e);
   }
-  (void)u;
   return luaL_error(L, "context.%s: the wait ended with nothing done",
                     kind_names[kind]);
 }
@@ -494,7 +521,7 @@ static int k_op(lua_State *L, int status, lua_KContext kctx) {
   (void)status;
   if (rt->current != t || t->sync != s) return foreign(L, rt, t, kind_names[kind]);
   lua_settop(L, s->done && s->ok && kind == LC_CR_RECV ? 4 : 3);
-  return op_result(L, rt, t, s, kind, t->w.fired, NULL, 0);
+  return op_result(L, rt, t, s, kind, t->w.fired, 0);
 }
 
 /* Block the running coroutine on a single call: the record of kind on
@@ -544,32 +571,19 @@ static int block(lua_State *L, lc_runtime *rt, int kind, void *target,
     r->kind = (uint8_t)kind;
     cq_push(q, r); /* armed last: what is above may fail, this may not */
     (*blocked_counter(rt, kind))++;
-    fired = wt_park(&rt->sched, &u->mainw, u->waits, u->nw, lc_now(rt));
-    if (fired != 0)
-      woken = 1;
-    else {
-      woken = lc_main_wait(L, rt, &u->mainw);
-      fired = u->mainw.fired;
-    }
-    wt_release(&rt->sched, &u->mainw);
+    woken = main_park(L, rt, u, &fired);
     lc_unanchor(L, rt, u);
     if (woken <= 0) { /* not woken: a deadlock, or an error pending */
       (*blocked_counter(rt, kind))--;
-      s->consumed = 1;
       sel_unlink(s);
       if (s->done && kind == LC_CR_ACQUIRE) { /* granted meanwhile */
         ((lc_sem *)target)->cur -= weight;
         grant(L, rt, (lc_sem *)target);
       }
-      if (woken < 0)
-        return luaL_error(L, "context.%s: deadlock: waiting for something "
-                          "nothing can bring%s", fname, lc_deadlock_hint(rt));
-      lc_raise_pending(L, rt);
-      return luaL_error(L, "context.%s: the wait ended with nothing fired",
-                        fname);
+      return main_not_woken(L, rt, woken, fname);
     }
     {
-      int nres = op_result(L, rt, NULL, s, kind, fired, u, uidx);
+      int nres = op_result(L, rt, NULL, s, kind, fired, uidx);
       if (fired != 0) lc_drain(rt, 1); /* what woke it may have woken others */
       lc_raise_pending(L, rt);
       return nres;
@@ -603,7 +617,7 @@ static int block(lua_State *L, lc_runtime *rt, int kind, void *target,
   s->recs = r;
   s->nrec = 1;
   s->fired = 0;
-  s->done = s->ok = s->consumed = 0;
+  s->done = s->ok = 0;
   r->prev = r->next = NULL;
   r->q = NULL;
   r->sel = s;
@@ -623,7 +637,7 @@ static int block(lua_State *L, lc_runtime *rt, int kind, void *target,
   fired = wt_park(&rt->sched, &t->w, t->swaits, (uint16_t)n, now);
   if (fired != 0) { /* a deadline passed since it was looked at */
     t->w.fired = (uint16_t)fired;
-    return op_result(L, rt, t, s, kind, fired, NULL, 0);
+    return op_result(L, rt, t, s, kind, fired, 0);
   }
   lua_pushlightuserdata(L, rt); /* the token the loop expects */
   return lua_yieldk(L, 1, (lua_KContext)t, k_op);
@@ -641,7 +655,7 @@ static int l_channel(lua_State *L) {
   lua_Integer cap = luaL_checkinteger(L, 1);
   lc_chan *ch = (lc_chan *)lua_newuserdatauv(L, sizeof(lc_chan), 1);
   memset(ch, 0, sizeof *ch);
-  ch->magic = &rt->chanmt;
+  ch->magic = &rt->ref_chanmt;
   ch->cap = cap < 0 ? 0 : cap;
   ch->head = 1;
   if (ch->cap > 0) {
@@ -781,7 +795,7 @@ static int l_semaphore(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   lc_sem *sem = (lc_sem *)lua_newuserdatauv(L, sizeof(lc_sem), 0);
   memset(sem, 0, sizeof *sem);
-  sem->magic = &rt->semmt;
+  sem->magic = &rt->ref_semmt;
   sem->size = n;
   lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_semmt);
   lua_setmetatable(L, -2);
@@ -897,7 +911,6 @@ static int select_result(lua_State *L, lc_runtime *rt, lc_task *t,
                          lc_selud *u, int uidx, int fired) {
   lc_sel *s = &u->sel;
   int j, i, e;
-  s->consumed = 1;
   if (t != NULL) t->sync = NULL;
   lc_unanchor(L, rt, u);
   if (s->done) {
@@ -1080,25 +1093,11 @@ static int l_select(lua_State *L) {
     return lua_yieldk(L, 1, (lua_KContext)uidx, k_select);
   }
   {
-    int woken, nres;
-    fired = wt_park(&rt->sched, &u->mainw, u->waits, (uint16_t)nw, lc_now(rt));
-    if (fired != 0)
-      woken = 1;
-    else {
-      woken = lc_main_wait(L, rt, &u->mainw);
-      fired = u->mainw.fired;
-    }
-    wt_release(&rt->sched, &u->mainw);
+    int woken = main_park(L, rt, u, &fired), nres;
     if (woken <= 0) {
-      s->consumed = 1;
       sel_unlink(s);
       lc_unanchor(L, rt, u);
-      if (woken < 0)
-        return luaL_error(L, "context.%s: deadlock: waiting for something "
-                          "nothing can bring%s", fname, lc_deadlock_hint(rt));
-      lc_raise_pending(L, rt);
-      return luaL_error(L, "context.%s: the wait ended with nothing fired",
-                        fname);
+      return main_not_woken(L, rt, woken, fname);
     }
     nres = select_result(L, rt, NULL, u, uidx, fired);
     lc_drain(rt, 1);
@@ -1117,7 +1116,6 @@ void lc_sync_abandon(lua_State *L, lc_runtime *rt, lc_task *t) {
   uint16_t k;
   if (s == NULL) return;
   t->sync = NULL;
-  s->consumed = 1;
   if (s == &t->sel) (*blocked_counter(rt, s->recs[0].kind))--;
   if (!s->done) {
     for (k = 0; k < s->nrec; k++) {
@@ -1242,8 +1240,8 @@ static int l_sync_stats(lua_State *L) {
   return 5;
 }
 
-/* core._sync_init(case_mt) -> channel methods, semaphore methods: the
-** metatable sync.lua gives select's cases, known here by pointer */
+/* core._sync_init(case_mt): the metatable sync.lua gives select's cases,
+** known here by pointer (and kept in the registry) */
 static int l_sync_init(lua_State *L) {
   lc_runtime *rt = lc_rt(L);
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -1251,13 +1249,7 @@ static int l_sync_init(lua_State *L) {
   lua_pushvalue(L, 1);
   rt->casemt = lua_topointer(L, 1);
   rt->ref_casemt = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_chanmt);
-  lua_getfield(L, -1, "__index");
-  lua_remove(L, -2);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->ref_semmt);
-  lua_getfield(L, -1, "__index");
-  lua_remove(L, -2);
-  return 2;
+  return 0;
 }
 
 static const luaL_Reg chan_methods[] = {
@@ -1294,12 +1286,11 @@ const luaL_Reg lc_sync_funcs[] = {
   {NULL, NULL}
 };
 
-/* [-0, +0, m] a metatable: methods (with the shared upvalues at uvt) as
-** __index, metamethods, __name */
-static const void *new_mt(lua_State *L, int uvt, const luaL_Reg *methods,
-                          const luaL_Reg *meta, const char *name, int *ref) {
+/* [-0, +0, m] a metatable, kept at *ref in the registry: methods (with
+** the shared upvalues at uvt) as __index, metamethods, __name */
+static void new_mt(lua_State *L, int uvt, const luaL_Reg *methods,
+                   const luaL_Reg *meta, const char *name, int *ref) {
   int i;
-  const void *p;
   lua_newtable(L);
   lua_newtable(L);
   for (i = 1; i <= LC_NUP; i++) lua_rawgeti(L, uvt, i);
@@ -1309,9 +1300,7 @@ static const void *new_mt(lua_State *L, int uvt, const luaL_Reg *methods,
   luaL_setfuncs(L, meta, LC_NUP);
   lua_pushstring(L, name);
   lua_setfield(L, -2, "__name");
-  p = lua_topointer(L, -1);
   *ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  return p;
 }
 
 /* set up by luaopen: uvt is the table of the shared upvalues */
@@ -1329,10 +1318,8 @@ void lc_sync_init(lua_State *L, lc_runtime *rt, int uvt) {
   rt->ref_casemt = LUA_NOREF;
   rt->sync_abandon = lc_sync_abandon;
   rt->sync_waits = lc_sync_waits;
-  rt->chanmt = new_mt(L, uvt, chan_methods, chan_meta, "context.channel",
-                      &rt->ref_chanmt);
-  rt->semmt = new_mt(L, uvt, sem_methods, sem_meta, "context.semaphore",
-                     &rt->ref_semmt);
+  new_mt(L, uvt, chan_methods, chan_meta, "context.channel", &rt->ref_chanmt);
+  new_mt(L, uvt, sem_methods, sem_meta, "context.semaphore", &rt->ref_semmt);
 }
 
 #else /* Lua 5.1, LuaJIT: sync.lua keeps its Lua channels and semaphores */

@@ -109,8 +109,11 @@ typedef struct lc_runtime {
   int ref_signames;      /* registry, weak keys: signal context -> the names
                             of its signals ("SIGINT, SIGTERM"), for tostring */
   /* l_sync.c */
-  const void *chanmt, *semmt, *casemt; /* metatables, as pointers */
-  int ref_chanmt, ref_semmt, ref_casemt; /* ... and in the registry */
+  int ref_chanmt, ref_semmt; /* registry: the metatables of channels and
+                            semaphores (their objects hold the refs'
+                            addresses: testobj) */
+  const void *casemt;    /* select's cases' metatable (sync.lua's) ... */
+  int ref_casemt;        /* ... kept in the registry */
   struct lc_ctx *main_bound;   /* the main thread's bound (a shield), or NULL ... */
   int ref_mainbound;     /* ... kept in the registry (LUA_NOREF: none) */
   uint64_t sync_sends, sync_recvs; /* values passed through channels */
@@ -296,7 +299,6 @@ typedef struct lc_sel {
   uint16_t fired;       /* the index of the record done (0: none) */
   uint8_t done;         /* a record's operation was done */
   uint8_t ok;           /* false: done by a close */
-  uint8_t consumed;     /* its caller has taken the outcome */
 } lc_sel;
 typedef struct lc_crec {
   struct lc_crec *prev, *next;

@@ -202,6 +202,8 @@ describe("context.virtual_clock", function()
     assert.matches("must not be negative", select(2, pcall(clock.advance, clock, -1)))
     assert.matches("autojump", select(2, pcall(clock.autojump, clock, "yes")))
     assert.matches("context.virtual_clock %(now 0", tostring(clock))
+    assert.matches("bad argument #1 to 'random_seed' %(finite number expected",
+      select(2, pcall(context.random_seed, math.huge)))
   end)
 
   B.it_libev("advance is the main thread's: a task gets a clear error",

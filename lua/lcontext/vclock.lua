@@ -59,8 +59,8 @@ return function(context)
 
   --- context.random_seed(n): the helpers' jitter (retry's backoff) repeats
   function M.random_seed(n)
-    if type(n) ~= "number" or n ~= n then
-      argerr("random_seed", 1, "number expected, got " .. check.tname(n))
+    if type(n) ~= "number" or n ~= n or n == math.huge or n == -math.huge then
+      argerr("random_seed", 1, "finite number expected, got " .. tostring(n))
     end
     check.random_seed(n)
   end
