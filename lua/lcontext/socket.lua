@@ -523,6 +523,42 @@ end
 
 local http -- socket.http, loaded on first use
 
+-- socket.http for http_request. LuaSocket's request runs inside
+-- socket.protect, a pcall made in C: Lua 5.2+ can yield across it
+-- (lua_pcallk), Lua 5.1 and LuaJIT cannot, so a task could not wait inside
+-- a request there. On those runtimes http_request loads a private copy of
+-- socket.http whose protect is written in Lua, on check.pcall (which a
+-- task may wait in); socket.http itself stays as it is.
+local function load_http()
+  if _VERSION ~= "Lua 5.1" then return require "socket.http" end
+  local path = check.searchpath("socket.http", package.path)
+  local chunk = path and loadfile(path)
+  if not chunk then return require "socket.http" end
+  -- what socket.try raises: a table with LuaSocket's own metatable
+  local _, probe = pcall(ls.try, nil, "probe")
+  -- (its __metatable hides it from getmetatable)
+  local dgetmt = debug.getmetatable
+  local marker = type(probe) == "table" and dgetmt(probe) or nil
+  local pcall_, pack, unpack = check.pcall, check.pack, check.unpack
+  local function protect(f)
+    return function(...)
+      local r = pack(pcall_(f, ...))
+      if r[1] then return unpack(r, 2, r.n) end
+      local e = r[2]
+      if marker ~= nil and type(e) == "table" and dgetmt(e) == marker then return nil, e[1] end
+      error(e, 0)
+    end
+  end
+  local psocket = setmetatable({ protect = protect }, { __index = ls })
+  local env = setmetatable({ require = function(name)
+    if name == "socket" then return psocket end
+    return require(name)
+  end }, { __index = _G })
+  setfenv(chunk, env)
+  chunk("socket.http")
+  return psocket.http
+end
+
 local function copy(t)
   local c = {}
   for k, v in pairs(t) do c[k] = v end
@@ -548,7 +584,7 @@ function S.http_request(ctx, req, body)
   if type(req) == "table" and req.create ~= nil then
     argerr("http_request", 2, "reqt.create is lcontext's (use socket.http.request for your own)")
   end
-  http = http or require "socket.http"
+  http = http or load_http()
   local ltn12 = require "ltn12"
   local err = ctx:err()
   if err ~= nil then return nil, err end
