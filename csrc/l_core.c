@@ -110,8 +110,8 @@ int lc_walk(lua_State *L, int idx, int flags, lc_visit visit, void *arg) {
     }
     if (c->kind == LK_MERGE) {
       int top = lua_gettop(L), i;
-      luaL_checkstack(L, (int)c->klen + 8, "too many merged contexts");
-      for (i = (int)c->klen; i >= 1; i--) lua_getiuservalue(L, top, i);
+      luaL_checkstack(L, (int)lc_merge_n(c) + 8, "too many merged contexts");
+      for (i = (int)lc_merge_n(c); i >= 1; i--) lua_getiuservalue(L, top, i);
       lua_remove(L, top);
     } else if (c->parent != NULL && c->parent->kind != LK_BACKGROUND &&
                c->parent->kind != LK_TODO &&

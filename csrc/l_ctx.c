@@ -56,7 +56,13 @@ int lc_ctx_err_at(lua_State *L, lc_runtime *rt, lc_ctx *c, int idx, int64_t now)
   return poll(L, rt, n, idx, now);
 }
 
-#define ctx_err_public(L, c) lc_ctx_err(L, lc_rt(L), c, 1)
+/* the same for argument 1, the runtime fetched only to poll a deadline */
+static int ctx_err_public(lua_State *L, lc_ctx *c) {
+  ctx_node *n = c->cn;
+  if (n == NULL) return CTX_ERR_NONE;
+  if (n->err != CTX_ERR_NONE || n->deadline == CTX_NEVER) return n->err;
+  return poll(L, lc_rt(L), n, 1, lc_now(lc_rt(L)));
+}
 
 /* {======================================================================
 ** Deriving
@@ -90,6 +96,7 @@ static lc_ctx *derive_rt(lua_State *L, lc_runtime *rt, lc_ctx *p, int kind,
   c->h.cn = &c->node;
   c->h.parent = p;
   c->h.kind = (uint8_t)kind;
+  c->h.magic = LC_CTX_MAGIC;
   ctx_node_init(&c->node);
   c->node.flags |= (uint8_t)nflags;
   if (kind == LK_TIMER) {
@@ -205,6 +212,7 @@ static int l_without_cancel(lua_State *L) {
   lc_ctx *c = (lc_ctx *)lua_newuserdatauv(L, sizeof(lc_ctx), 1);
   memset(c, 0, sizeof *c);
   c->kind = LK_WITHOUT;
+  c->magic = LC_CTX_MAGIC;
   c->parent = p;
   lc_set_depth(lc_rt(L), c, p);
   lua_pushvalue(L, lc_uv(LC_UV_CTXMT));
@@ -237,12 +245,12 @@ static int l_merge(lua_State *L) {
   memset(&m->h, 0, sizeof m->h);
   m->h.cn = &m->node;
   m->h.kind = LK_MERGE;
-  m->h.klen = (uint32_t)n;
+  m->h.magic = LC_CTX_MAGIC;
   m->h.parent = (lc_ctx *)lua_touserdata(L, 1);
+  ctx_node_init(&m->node);
+  ctx_merge_init(&m->node, (uint16_t)(n - 1)); /* (how many inputs: nx + 1) */
   in = lc_merge_inputs(&m->h);
   for (i = 0; i < n; i++) in[i] = (lc_ctx *)lua_touserdata(L, i + 1);
-  ctx_node_init(&m->node);
-  ctx_merge_init(&m->node, (uint16_t)(n - 1));
   ctx_attach(&rt->tree, &m->node, in[0]->cn, CTX_NEVER, now);
   for (i = 1; i < n; i++) {
     if (in[i]->cn != NULL)
@@ -310,7 +318,7 @@ lc_ctx *lc_deadline_owner(lc_ctx *c) {
       lc_ctx **in = lc_merge_inputs(c);
       uint32_t i;
       lc_ctx *next = NULL;
-      for (i = 0; i < c->klen && next == NULL; i++)
+      for (i = 0; i < lc_merge_n(c) && next == NULL; i++)
         if (in[i]->cn != NULL && in[i]->cn->deadline == d) next = in[i];
       c = next;
     } else
@@ -448,7 +456,7 @@ static int l_tostring(lua_State *L) {
       if (x->kind == LK_MERGE) {
         uint32_t j;
         luaL_addstring(&b, "context.Merge(");
-        for (j = 1; j <= x->klen; j++) {
+        for (j = 1; j <= lc_merge_n(x); j++) {
           if (j > 1) luaL_addstring(&b, ", ");
           lua_getiuservalue(L, i, (int)j);
           add_tostring(L, &b);

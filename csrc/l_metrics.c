@@ -156,34 +156,45 @@ static int bench_noop(lua_State *L) {
   return 0;
 }
 
+/* bench_alloc("pair")'s closure: pair(parent) -> a context-sized userdata
+** and a cancel-sized one whose __call does nothing, each with its
+** metatable from an upvalue, as with_cancel(background) makes them */
+static int bench_pair(lua_State *L) {
+  lc_ctx *c = (lc_ctx *)lua_newuserdatauv(L, sizeof(lc_cctx), 0);
+  memset(c, 0, sizeof(lc_cctx));
+  c->kind = LK_WITHOUT; /* harmless if it escapes: a never-done context */
+  c->magic = LC_CTX_MAGIC;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_setmetatable(L, -2);
+  lua_newuserdatauv(L, 0, 1);
+  lua_pushvalue(L, -2);
+  lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_setmetatable(L, -2);
+  return 2;
+}
+
 /* core.bench_alloc("ctx" | "cancel") -> what with_cancel(background)
 ** allocates for each of its two results, and nothing else: the
 ** allocation floor `make bench` compares with_cancel against.
-** core.bench_alloc("pair") -> both, from one call, the second callable
-** (a __call that does nothing): the floor of `ctx, cancel =
-** with_cancel(bg); cancel()`, in the same loop shape. */
+** core.bench_alloc("pair") -> a function that makes both in one call, the
+** second callable (a __call that does nothing): the floor of `ctx, cancel
+** = with_cancel(bg); cancel()`, in the same loop shape. */
 static int l_bench_alloc(lua_State *L) {
   const char *what = luaL_checkstring(L, 1);
-  if (strcmp(what, "pair") == 0) {
-    lc_ctx *c = (lc_ctx *)lua_newuserdatauv(L, sizeof(lc_cctx), 0);
-    memset(c, 0, sizeof(lc_cctx));
-    c->kind = LK_WITHOUT;
+  if (strcmp(what, "pair") == 0) { /* the closure that does it */
     lua_pushvalue(L, lc_uv(LC_UV_CTXMT));
-    lua_setmetatable(L, -2);
-    lua_newuserdatauv(L, 0, 1);
-    lua_pushvalue(L, -2);
-    lua_setiuservalue(L, -2, 1);
-    if (luaL_newmetatable(L, "lcontext.bench_noop")) {
-      lua_pushcfunction(L, bench_noop);
-      lua_setfield(L, -2, "__call");
-    }
-    lua_setmetatable(L, -2);
-    return 2;
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, bench_noop);
+    lua_setfield(L, -2, "__call");
+    lua_pushcclosure(L, bench_pair, 2);
+    return 1;
   }
   if (strcmp(what, "ctx") == 0) {
     lc_ctx *c = (lc_ctx *)lua_newuserdatauv(L, sizeof(lc_cctx), 0);
     memset(c, 0, sizeof(lc_cctx));
     c->kind = LK_WITHOUT; /* harmless if it escapes: a never-done context */
+    c->magic = LC_CTX_MAGIC;
     lua_pushvalue(L, lc_uv(LC_UV_CTXMT));
   } else {
     lua_newuserdatauv(L, 0, 1);

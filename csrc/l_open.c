@@ -49,6 +49,7 @@ static void new_root(lua_State *L, int kind) {
   lc_ctx *c = (lc_ctx *)lua_newuserdatauv(L, sizeof(lc_ctx), 0);
   memset(c, 0, sizeof *c);
   c->kind = (uint8_t)kind;
+  c->magic = LC_CTX_MAGIC;
 }
 
 #if defined(__GNUC__)

@@ -73,7 +73,7 @@ static int key_eq(const lc_ctx *h, const keyd *k) {
   switch (k->t) {
   case KT_PTR: return c->x.p == k->x.p && c->ptype == k->ptype;
   case KT_STR:
-    return h->klen == k->len &&
+    return c->klen == k->len &&
            (c->x.s == k->x.s || memcmp(c->x.s, k->x.s, k->len) == 0);
   case KT_INT: return c->x.i == k->x.i;
   case KT_NUM: return c->x.n == k->x.n;
@@ -92,12 +92,13 @@ int lc_with_value(lua_State *L) {
   v = (lc_vctx *)lua_newuserdatauv(L, sizeof(lc_vctx), 3);
   memset(v, 0, sizeof *v);
   v->h.kind = LK_VALUE;
+  v->h.magic = LC_CTX_MAGIC;
   v->h.cn = p->cn;
   v->h.parent = p;
   lc_set_depth(lc_rt(L), &v->h, p);
   v->ktype = k.t;
   v->ptype = k.ptype;
-  v->h.klen = k.len;
+  v->klen = k.len;
   v->x = k.x;
   lua_pushvalue(L, lc_uv(LC_UV_CTXMT));
   lua_setmetatable(L, -2);
