@@ -44,8 +44,10 @@ build = {
     ["lcontext.patterns"] = "lua/lcontext/patterns.lua",
     ["lcontext.metrics"] = "lua/lcontext/metrics.lua",
     ["lcontext.ngx"] = "lua/lcontext/ngx.lua",
+    ["lcontext.ngx_socket"] = "lua/lcontext/ngx_socket.lua",
     ["lcontext.observe"] = "lua/lcontext/observe.lua",
     ["lcontext.trace"] = "lua/lcontext/trace.lua",
+    ["lcontext.socket"] = "lua/lcontext/socket.lua",
     ["lcontext.core"] = {
       sources = {
         "csrc/core/clock.c", "csrc/core/ctx.c", "csrc/core/tw.c",

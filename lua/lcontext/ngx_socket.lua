@@ -24,8 +24,8 @@
 --     be trusted any more, and returns nil, ctx:err(). An operation that
 --     completes without yielding (data already buffered, a send the kernel
 --     takes at once) costs one spawn and one ngx.thread.wait, no lcontext
---     wait. A context that can never end (background, todo) with no task
---     bound needs no op thread: the operation runs in the caller.
+--     wait. Even on a context that can never end (background) the op
+--     thread is needed: close() from another light thread must end it.
 --   * A deadline: the op thread's own timeout ends the operation at the
 --     deadline, with what a cosocket returns then (the partial data); the
 --     caller reports ctx:err() in place of "timeout".
@@ -57,7 +57,6 @@ local spawn, kill, twait = ngx.thread.spawn, ngx.thread.kill, ngx.thread.wait
 local ngx_now, update_time = ngx.now, ngx.update_time
 
 local with_cancel = context.with_cancel
-local BG, TODO = context.background(), context.todo()
 local DEADLINE = context.deadline_exceeded
 
 local S = {}
@@ -65,7 +64,6 @@ local S = {}
 -- figures (the tests read them): operations, and how they went
 local stats = {
   ops = 0,        -- operations started (connect, send, receive)
-  direct = 0,     -- run in the caller (a context that can never end, no bound)
   fast = 0,       -- op thread that finished without yielding
   waited = 0,     -- op thread that yielded: the caller waited in lcontext
   killed = 0,     -- op threads killed (the context ended first, or close)
@@ -228,10 +226,6 @@ local function run_op(self, ctx, fn, a, b, c)
   local r = left(ctx, b_ctx)
   local ms = timeout_ms(r)
   cos:settimeout(ms)
-  if b_ctx == nil and (ctx == BG or ctx == TODO) then -- nothing can end it early
-    stats.direct = stats.direct + 1
-    return fn(cos, a, b, c)
-  end
   local rec = { owner = self }
   local due = ngx_now() + ms / 1000 -- (nginx's cached time: its timers' clock)
   local co, serr = spawn(op_body, rec, cos, fn, a, b, c)

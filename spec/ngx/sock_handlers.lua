@@ -16,6 +16,8 @@ local function now()
   ngx.update_time()
   return ngx.now()
 end
+-- (lcontext's monotonic clock: finer than ngx.now's milliseconds)
+local mono = context.now
 local function out(k, v) ngx.say(k, " ", tostring(v)) end
 local function port() return tonumber(ngx.var.server_port) end
 
@@ -84,7 +86,7 @@ function H.cancel()
     end)
   else
     t = context.go(function()
-      r = { sock:receive(ctx, "*l") }
+      r = { sock:receive(how == "close" and bg or ctx, "*l") } -- (close: on background)
       t_end = now()
     end)
   end
@@ -243,9 +245,9 @@ end
 -------------------------------------------------------------------------------
 -- /t/sock/cost?n=N: what an operation costs, in microseconds per call:
 -- raw cosocket receives of buffered lines; the same through lcontext.socket
--- with background (no op thread) and with a cancellable context (an op
--- thread that never yields); and whole requests (connect, send, receive:
--- the op threads yield) with background and with a cancellable context
+-- with background and with a cancellable context (an op thread that never
+-- yields); and whole requests (connect, send, receive: the op threads
+-- yield) on raw cosockets, with background and with a cancellable context
 -------------------------------------------------------------------------------
 function H.lines()
   local n = tonumber(ngx.var.arg_n) or 1000
@@ -263,7 +265,7 @@ function H.cost()
     -- the whole body in the cosocket's buffer first (lua_socket_buffer_size
     -- is small: what does not fit is read from the kernel, without waiting)
     context.sleep(bg, 0.05)
-    local t0 = now()
+    local t0 = mono()
     local got = 0
     if raw then
       local cos = sock:raw()
@@ -271,32 +273,40 @@ function H.cost()
     else
       for _ = 1, n do if sock:receive(c, "*l") then got = got + 1 end end
     end
-    local dt = now() - t0
+    local dt = mono() - t0
     sock:close()
     assert(got == n, "got " .. got)
     return dt / n * 1e6
   end
   local s0 = socket._stats
-  local fast0, direct0 = s0.fast, s0.direct
+  local fast0 = s0.fast
   out("raw_us", fmt("%.2f", lines_through(nil, true)))
   out("bg_us", fmt("%.2f", lines_through(bg)))
   out("ctx_us", fmt("%.2f", lines_through(ctx)))
   out("fast_ops", s0.fast - fast0)
   local m = tonumber(ngx.var.arg_m) or 200
   local function reqs(c)
-    local t0 = now()
+    local t0 = mono()
     for _ = 1, m do
       local sock = assert(request(c, "/upstream/slow?delay=0"))
       assert(sock:receive(c, "*l"))
       sock:close()
     end
-    return (now() - t0) / m * 1e6
+    return (mono() - t0) / m * 1e6
   end
   local waited0 = s0.waited
+  local t0 = mono()
+  for _ = 1, m do
+    local cos = ngx.socket.tcp()
+    assert(cos:connect("127.0.0.1", port()))
+    assert(cos:send("GET /upstream/slow?delay=0 HTTP/1.0\r\nHost: sock\r\n\r\n"))
+    assert(cos:receive("*l"))
+    cos:close()
+  end
+  out("req_raw_us", fmt("%.1f", (mono() - t0) / m * 1e6))
   out("req_bg_us", fmt("%.1f", reqs(bg)))
   out("req_ctx_us", fmt("%.1f", reqs(ctx)))
   out("waited_ops", s0.waited - waited0)
-  out("direct_ops", s0.direct - direct0)
   cancel()
 end
 

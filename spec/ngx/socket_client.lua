@@ -164,13 +164,13 @@ end
 
 -- 7. what it costs
 do
-  local status, kv, body = get("/t/sock/cost?n=2000&m=200")
+  local status, kv, body = get("/t/sock/cost?n=20000&m=300")
   check("costs measured (us per call)", status == 200 and kv.raw_us ~= nil
-      and n(kv.fast_ops) == 2000,
-    ("buffered line: raw cosocket %s, background (no op thread) %s, cancellable ctx (op thread, "
-      .. "no yield) %s; whole request (connect+send+receive): background %s, cancellable ctx %s; "
-      .. "op threads that yielded %s"):format(tostring(kv.raw_us), tostring(kv.bg_us),
-      tostring(kv.ctx_us), tostring(kv.req_bg_us), tostring(kv.req_ctx_us),
+      and n(kv.fast_ops) >= 40000,
+    ("buffered line: raw cosocket %s, background %s, cancellable ctx %s (op threads that "
+      .. "never yielded: %s); whole request (connect+send+receive): raw cosocket %s, background %s, "
+      .. "cancellable ctx %s; op threads that yielded %s"):format(tostring(kv.raw_us), tostring(kv.bg_us),
+      tostring(kv.ctx_us), tostring(kv.fast_ops), tostring(kv.req_raw_us), tostring(kv.req_bg_us), tostring(kv.req_ctx_us),
       tostring(kv.waited_ops or body)))
 end
 
