@@ -25,6 +25,7 @@ description = {
 dependencies = {
   "lua >= 5.1",
   -- optional, for context.logger's JSON: lua-cjson, or dkjson
+  -- optional, for lcontext.socket (libev backend): luasocket
 }
 external_dependencies = {
   LIBEV = { header = "ev.h", library = "ev" },
@@ -39,6 +40,7 @@ build = {
     ["lcontext.sync"] = "lua/lcontext/sync.lua",
     ["lcontext.tasks"] = "lua/lcontext/tasks.lua",
     ["lcontext.vclock"] = "lua/lcontext/vclock.lua",
+    ["lcontext.socket"] = "lua/lcontext/socket.lua",
     ["lcontext.breaker"] = "lua/lcontext/breaker.lua",
     ["lcontext.hedge"] = "lua/lcontext/hedge.lua",
     ["lcontext.patterns"] = "lua/lcontext/patterns.lua",

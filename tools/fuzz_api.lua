@@ -271,6 +271,7 @@ local function check_metrics(drained, exact)
 end
 
 local FS -- the shared structured-concurrency ops (tools/fuzz_sync.lua, below)
+local FK -- lcontext.socket's ops against a misbehaving peer (tools/fuzz_socket.lua)
 local function check_all(after_run, drained)
   check_metrics(drained or after_run, after_run) -- first: err() may wake parked tasks
   for _, n in ipairs(M.nodes) do observe(n) end
@@ -297,6 +298,7 @@ local function check_all(after_run, drained)
   end
   check_tasks()
   FS.check(after_run)
+  FK.check(after_run)
 end
 
 -------------------------------------------------------------------------------
@@ -897,6 +899,12 @@ local OPS = {
   { "badarg", 8, badarg },
 }
 for _, o in ipairs(FS.ops) do OPS[#OPS + 1] = o end
+FK = dofile("tools/fuzz_socket.lua")(context, {
+  violate = function(...) return violate(...) end,
+  go = function(fn) return context.go(fn) end,
+  ctx = function() return bounded() end,
+})
+for _, o in ipairs(FK.ops) do OPS[#OPS + 1] = o end
 local pick_op = FC.weighted(OPS)
 
 -------------------------------------------------------------------------------
@@ -955,6 +963,8 @@ local function run_seed(seed)
     end
   end
   debug.sethook()
+  local left = FK.finish()
+  if not M.viol and left ~= 0 then violate("%d fd wait(s) left after every socket closed", left) end
   if opt.verbose then for note in pairs(M.notes) do io.stderr:write("note: ", note, "\n") end end
   return M.viol, i
 end

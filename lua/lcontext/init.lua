@@ -174,6 +174,19 @@ function M.wait_fd(ctx, fd, mode)
   return nil, ctx:err()
 end
 
+-- For lcontext.socket: wait until spec ({fd =, mode =}) is ready, ctx ends
+-- or closer (the socket's own cancel context) is cancelled by its close.
+-- true | nil, err: ctx:err() (or the spawned task's bound's), or "closed".
+-- Cancelling closer detaches every wait on it at once (and so their fd
+-- watchers) before the socket's fd is closed.
+function check.wait_io(fname, ctx, spec, closer)
+  local i = wait(fname, ctx, spec, closer)
+  if i == 2 then return true end
+  if i == 3 or i == -2 then return nil, "closed" end
+  if i == 0 then return nil, bound_err() end
+  return nil, ctx:err()
+end
+
 --- context.fd(fd [, mode]) -> a waitable for context.select
 function M.fd(fd, mode)
   mode = mode or "r"
