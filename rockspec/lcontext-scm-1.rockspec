@@ -47,7 +47,6 @@ build = {
     ["lcontext.ngx_socket"] = "lua/lcontext/ngx_socket.lua",
     ["lcontext.observe"] = "lua/lcontext/observe.lua",
     ["lcontext.trace"] = "lua/lcontext/trace.lua",
-    ["lcontext.socket"] = "lua/lcontext/socket.lua",
     ["lcontext.core"] = {
       sources = {
         "csrc/core/clock.c", "csrc/core/ctx.c", "csrc/core/tw.c",
