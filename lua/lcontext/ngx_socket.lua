@@ -190,8 +190,14 @@ end
 -- caller (nothing here refers to the caller's frame: a kill of either
 -- thread leaves the other's state whole)
 local function op_body(rec, cos, fn, a, b, c)
-  local r1, r2, r3 = fn(cos, a, b, c)
-  rec.r1, rec.r2, rec.r3 = r1, r2, r3
+  -- (an error the cosocket raises, "bad request" when the socket is used
+  -- from another request for one, is raised again in the caller)
+  local ok, r1, r2, r3 = pcall(fn, cos, a, b, c)
+  if ok then
+    rec.r1, rec.r2, rec.r3 = r1, r2, r3
+  else
+    rec.raised = r1
+  end
   rec.done = true
   local owner = rec.owner
   owner._ops[rec] = nil
@@ -233,6 +239,7 @@ local function run_op(self, ctx, fn, a, b, c)
   if rec.done then -- it never yielded
     stats.fast = stats.fast + 1
     twait(co)
+    if rec.raised ~= nil then error(rec.raised, 0) end
     return rec.r1, rec.r2, rec.r3
   end
   stats.waited = stats.waited + 1
@@ -241,7 +248,8 @@ local function run_op(self, ctx, fn, a, b, c)
   local ops = self._ops
   ops[rec] = true
   local reaped = false
-  local werr = octx:done() -- ctx's err, the bound's err, or nil: cancelled by rec.wake
+  -- ctx's err, the bound's err, or canceled: by rec.wake (the op is done) or close
+  local werr = octx:done()
   rec.wake = nil
   ocancel()
   if not rec.done and not rec.closed and werr == DEADLINE and r then
@@ -259,6 +267,7 @@ local function run_op(self, ctx, fn, a, b, c)
   ops[rec] = nil
   if rec.done then
     if not reaped then twait(co) end -- (a zombie thread until then)
+    if rec.raised ~= nil then error(rec.raised, 0) end
     return rec.r1, rec.r2, rec.r3
   end
   stats.killed = stats.killed + 1
