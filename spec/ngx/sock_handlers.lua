@@ -197,6 +197,31 @@ function H.faults()
 end
 
 -------------------------------------------------------------------------------
+-- /t/sock/defaults (lua_socket_read_timeout 150ms): without a deadline,
+-- nginx's default read timeout ends a receive ("timeout"); with one, the
+-- deadline decides, longer or shorter; a deadline beyond what a cosocket
+-- timeout can hold (2^31-1 ms) is capped
+-------------------------------------------------------------------------------
+function H.defaults()
+  local sock = assert(request(bg, "/t/sock/up_partial?body="))
+  assert(skip_head(bg, sock))
+  local t0 = now()
+  local d, err = sock:receive(bg)
+  out("background", fmt("%s,%s,%.3f", tostring(d), tostring(err), now() - t0))
+  local ctx, cancel = context.with_timeout(bg, 0.3)
+  t0 = now()
+  d, err = sock:receive(ctx)
+  out("longer", fmt("%s,%s,%.3f", tostring(d), tostring(err), now() - t0))
+  sock:close()
+  cancel()
+  local far, fcancel = context.with_timeout(bg, 40 * 86400)
+  sock = assert(request(far, "/upstream/slow?delay=0"))
+  out("far", tostring(sock:receive(far)))
+  sock:close()
+  fcancel()
+end
+
+-------------------------------------------------------------------------------
 -- /t/sock/udp: a receive bounded by a deadline, and one cancelled early
 -------------------------------------------------------------------------------
 function H.udp()

@@ -122,6 +122,20 @@ do
       or ("getpeername: " .. tostring(kv.getpeername)))
 end
 
+-- 4b. nginx's defaults without a deadline; the cap
+do
+  local status, kv, body = get("/t/sock/defaults")
+  local bd, be, bt = (kv.background or ""):match("^([^,]*),([^,]*),([%d.]+)$")
+  local ld, le, lt = (kv.longer or ""):match("^([^,]*),([^,]*),([%d.]+)$")
+  check("without a deadline nginx's lua_socket_read_timeout applies (150 ms: \"timeout\"); "
+      .. "a deadline overrides it (300 ms); a 40-day deadline is capped, not refused",
+    status == 200 and bd == "nil" and be == "timeout" and n(bt) >= 0.14 and n(bt) < 0.3
+      and ld == "nil" and le == "context deadline exceeded" and n(lt) >= 0.29 and n(lt) < 0.5
+      and kv.far == "HTTP/1.1 200 OK",
+    ("background: %s; 300 ms deadline: %s; far: %s"):format(tostring(kv.background),
+      tostring(kv.longer), tostring(kv.far or body)))
+end
+
 -- 5. UDP
 do
   local status, kv, body = get("/t/sock/udp")
