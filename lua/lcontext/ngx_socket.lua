@@ -25,7 +25,9 @@
 --     completes without yielding (data already buffered, a send the kernel
 --     takes at once) costs one spawn and one ngx.thread.wait, no lcontext
 --     wait. Even on a context that can never end (background) the op
---     thread is needed: close() from another light thread must end it.
+--     thread is needed: close() from another light thread must end it;
+--     there the caller waits on a plain ngx.semaphore that the op thread
+--     and close() post, not in lcontext.
 --   * A deadline: the op thread's own timeout ends the operation at the
 --     deadline, with what a cosocket returns then (the partial data); the
 --     caller reports ctx:err() in place of "timeout".
@@ -58,6 +60,8 @@ local ngx_now, update_time = ngx.now, ngx.update_time
 
 local with_cancel = context.with_cancel
 local DEADLINE = context.deadline_exceeded
+local BG, TODO = context.background(), context.todo()
+local semaphore = require "ngx.semaphore"
 
 local S = {}
 
@@ -206,6 +210,7 @@ local function op_body(rec, cos, fn, a, b, c)
     rec.wake = nil
     wake()
   end
+  if rec.sema then rec.sema:post(1) end
   -- closed meanwhile (its caller may be gone: a killed light thread):
   -- the last op thread to end closes the cosocket
   if owner._closed then settle_close(owner) end
@@ -243,6 +248,34 @@ local function run_op(self, ctx, fn, a, b, c)
     return rec.r1, rec.r2, rec.r3
   end
   stats.waited = stats.waited + 1
+  if b_ctx == nil and (ctx == BG or ctx == TODO) then
+    -- nothing but the op thread or close() can end this wait: a semaphore
+    -- of its own, which they post (no context, no core watch: cheaper)
+    local sema = semaphore.new()
+    rec.sema = sema
+    self._ops[rec] = true
+    while not rec.done and not rec.closed do
+      local ok, werr = sema:wait(3600)
+      if not ok and werr ~= "timeout" then
+        rec.sema = nil
+        self._ops[rec] = nil
+        kill(co)
+        broken(self)
+        error("lcontext.socket: cannot wait: " .. tostring(werr), 3)
+      end
+    end
+    rec.sema = nil
+    self._ops[rec] = nil
+    if rec.done then
+      twait(co)
+      if rec.raised ~= nil then error(rec.raised, 0) end
+      return rec.r1, rec.r2, rec.r3
+    end
+    stats.killed = stats.killed + 1
+    kill(co)
+    broken(self)
+    return nil, "closed", KILLED
+  end
   local octx, ocancel = with_cancel(ctx)
   rec.wake = ocancel
   local ops = self._ops
@@ -427,6 +460,7 @@ local function close(self)
       rec.wake = nil
       wake()
     end
+    if rec.sema then rec.sema:post(1) end
   end
   settle_close(self)
   return 1
