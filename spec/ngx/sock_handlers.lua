@@ -105,6 +105,51 @@ function H.cancel()
 end
 
 -------------------------------------------------------------------------------
+-- /t/sock/close2: two light threads use one socket at once, one blocked in
+-- a receive, the other in a 16 MiB send the upstream never reads; a third
+-- closes it: both calls end at once with nil, "closed"
+-------------------------------------------------------------------------------
+function H.close2()
+  local ctx, cancel = context.with_cancel(bg)
+  local sock = assert(request(bg, "/t/sock/up_partial?body="))
+  assert(skip_head(bg, sock))
+  local rr, sr, t_r, t_s
+  local tr = context.go(function() rr = { sock:receive(ctx, "*l") }; t_r = now() end)
+  local ts = context.go(function() sr = { sock:send(ctx, string.rep("z", 16 * 1024 * 1024)) }; t_s = now() end)
+  context.sleep(bg, 0.1)
+  local t0 = now()
+  sock:close()
+  tr:wait()
+  ts:wait()
+  out("receive", fmt("%s,%s,%.4f", tostring(rr[1]), tostring(rr[2]), t_r - t0))
+  out("send", fmt("%s,%s,%s,%.4f", tostring(sr[1]), tostring(sr[2]), tostring(sr[3]), t_s - t0))
+  cancel()
+end
+
+-------------------------------------------------------------------------------
+-- /t/sock/exit?abort=0|1: light threads wait in socket calls when the
+-- request dies: ngx.exit (no abort arg), or the client goes away with
+-- abort=0 (no on_abort handler: ngx_lua kills every light thread)
+-------------------------------------------------------------------------------
+function H.exit()
+  local abort = ngx.var.arg_abort
+  local ctx = context.from_request({ timeout = 10, abort = abort == nil })
+  local c = context.with_cancel(ctx)
+  local sock = assert(request(c, "/t/sock/up_partial?body="))
+  context.go(function() return sock:receive(c, "*l") end)
+  context.go(function() return sock:receive(bg, 10) end) -- (a second reader: "busy", at once)
+  local sock2 = assert(request(bg, "/t/sock/up_partial?body="))
+  context.go(function() return sock2:receive(bg, "*a") end)
+  if abort then
+    dict():incr("sockexit_started", 1, 0)
+    return sock:receive(bg, "*a") -- until killed
+  end
+  context.sleep(ctx, 0.02)
+  ngx.say("exit")
+  return ngx.exit(200)
+end
+
+-------------------------------------------------------------------------------
 -- /t/sock/partial: an upstream that sends "par" (no newline) and stalls; a
 -- receive of a line under a 0.2 s deadline gives nil, deadline_exceeded, "par"
 -------------------------------------------------------------------------------

@@ -71,6 +71,46 @@ for _, case in ipairs({
       tostring(kv.partial), tostring(kv.after or body)))
 end
 
+-- 2b. close with a receive and a send in progress
+do
+  local status, kv, body = get("/t/sock/close2")
+  local rd, re, rt = (kv.receive or ""):match("^([^,]*),([^,]*),([%d.%-]+)$")
+  local sd, se, sl, st = (kv.send or ""):match("^([^,]*),([^,]*),([^,]*),([%d.%-]+)$")
+  check("close() with a receive and a 16 MiB send in progress (two light threads) ends both at once",
+    status == 200 and rd == "nil" and re == "closed" and n(rt) < 0.1 and sd == "nil"
+      and se == "closed" and n(st) < 0.1 and n(sl) >= 0 and n(sl) < 16 * 1024 * 1024,
+    ("receive: %s; send: %s"):format(tostring(kv.receive), tostring(kv.send or body)))
+end
+
+-- 2c. requests that die while light threads wait in socket calls: ngx.exit,
+-- and clients gone with no on_abort handler (ngx_lua kills the threads);
+-- the idle check at the end must still hold
+do
+  local ok = 0
+  for _ = 1, 10 do
+    local status, _, body = get("/t/sock/exit")
+    if status == 200 and body:match("^exit") then ok = ok + 1 end
+  end
+  local _, _, s0 = get("/t/sock/status?key=sockexit_started")
+  s0 = tonumber(s0) or 0
+  local conns = {}
+  for i = 1, 10 do
+    conns[i] = assert(connect())
+    send_get(conns[i], "/t/sock/exit?abort=0")
+  end
+  local started = 0
+  local stop = now() + 3
+  repeat
+    local _, _, b = get("/t/sock/status?key=sockexit_started")
+    started = (tonumber(b) or 0) - s0
+    if started < 10 then socket.sleep(0.01) end
+  until started >= 10 or now() > stop
+  for i = 1, 10 do conns[i]:close() end
+  check("ngx.exit (10) and clients gone with no on_abort handler (10) while light threads wait in "
+    .. "socket calls", ok == 10 and started == 10, ("%d exits answered, %d killed requests started")
+      :format(ok, started))
+end
+
 -- 3. partial data at the deadline
 do
   local status, kv, body = get("/t/sock/partial")
