@@ -48,7 +48,7 @@ local type, tostring, setmetatable, getmetatable, pairs, next = type, tostring, 
   getmetatable, pairs, next
 local error, pcall, tonumber = error, pcall, tonumber
 local floor, ceil, huge = math.floor, math.ceil, math.huge
-local ssub, sfind = string.sub, string.find
+local ssub = string.sub
 local running = coroutine.running
 local argerr, check_ctx, tname = check.argerr, check.ctx, check.tname
 local bound = check.bound
