@@ -69,7 +69,7 @@ local S = {}
 local stats = {
   ops = 0,        -- operations started (connect, send, receive)
   fast = 0,       -- op thread that finished without yielding
-  waited = 0,     -- op thread that yielded: the caller waited in lcontext
+  waited = 0,     -- op thread that yielded: the caller waited for it
   killed = 0,     -- op threads killed (the context ended first, or close)
   own_timeout = 0, -- ended by the cosocket's own timeout at the deadline
 }
