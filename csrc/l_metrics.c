@@ -151,11 +151,35 @@ static int l_kind(lua_State *L) {
   return 2;
 }
 
+static int bench_noop(lua_State *L) {
+  (void)L;
+  return 0;
+}
+
 /* core.bench_alloc("ctx" | "cancel") -> what with_cancel(background)
 ** allocates for each of its two results, and nothing else: the
-** allocation floor `make bench` compares with_cancel against */
+** allocation floor `make bench` compares with_cancel against.
+** core.bench_alloc("pair") -> both, from one call, the second callable
+** (a __call that does nothing): the floor of `ctx, cancel =
+** with_cancel(bg); cancel()`, in the same loop shape. */
 static int l_bench_alloc(lua_State *L) {
   const char *what = luaL_checkstring(L, 1);
+  if (strcmp(what, "pair") == 0) {
+    lc_ctx *c = (lc_ctx *)lua_newuserdatauv(L, sizeof(lc_cctx), 0);
+    memset(c, 0, sizeof(lc_cctx));
+    c->kind = LK_WITHOUT;
+    lua_pushvalue(L, lc_uv(LC_UV_CTXMT));
+    lua_setmetatable(L, -2);
+    lua_newuserdatauv(L, 0, 1);
+    lua_pushvalue(L, -2);
+    lua_setiuservalue(L, -2, 1);
+    if (luaL_newmetatable(L, "lcontext.bench_noop")) {
+      lua_pushcfunction(L, bench_noop);
+      lua_setfield(L, -2, "__call");
+    }
+    lua_setmetatable(L, -2);
+    return 2;
+  }
   if (strcmp(what, "ctx") == 0) {
     lc_ctx *c = (lc_ctx *)lua_newuserdatauv(L, sizeof(lc_cctx), 0);
     memset(c, 0, sizeof(lc_cctx));

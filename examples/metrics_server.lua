@@ -1,50 +1,48 @@
 -- metrics_server.lua — serve lcontext's metrics over HTTP, Prometheus-style.
 --
--- A tiny LuaSocket server (a task on 127.0.0.1, on a free port) answers
--- GET /metrics with context.metrics_text(). The example then scrapes itself
--- the way Prometheus would, shows a few lines, and, when promtool (Debian
+-- A tiny server on lcontext.socket (127.0.0.1, a free port, a task per
+-- connection) answers GET /metrics with context.metrics_text(). The example
+-- then scrapes itself the way Prometheus would (socket.http through
+-- lcontext.socket), shows a few lines, and, when promtool (Debian
 -- package prometheus) is installed, checks the text with
 -- `promtool check metrics`.
 --   lua5.4 tools/with_paths.lua examples/metrics_server.lua [--serve SECONDS]
 local context = require "lcontext"
-local socket = require "socket"
+local socket = require "lcontext.socket"
 
 local bg = context.background()
 context.debug.histograms(true) -- lifetimes too (a clock read per context)
 
 local server = assert(socket.bind("127.0.0.1", 0))
-server:settimeout(0)
 local _, port = server:getsockname()
 local serving, stop = context.with_cancel(bg)
 
-local function respond(ctx, client)
-  client:settimeout(0)
-  local line
-  repeat
-    line = client:receive("*l")
-    if not line and not context.wait_fd(ctx, client, "r") then client:close(); return end
-  until line
+-- one connection: a slow or silent client gets 5 s for the whole
+-- exchange (reading its request and taking the answer), not 5 s per call
+local function respond(conn_ctx, client)
+  local ctx, cancel <close> = context.with_timeout(conn_ctx, 5)
+  local line = client:receive(ctx, "*l")
+  if not line then client:close(); return end
   repeat -- the rest of the request head
-    local h = client:receive("*l")
-    if not h then context.wait_fd(ctx, client, "r") end
-  until h == ""
+    local h = client:receive(ctx, "*l")
+  until not h or h == ""
   local status, body = "404 Not Found", "not found\n"
   if line:match("^GET /metrics ") then
     status, body = "200 OK", context.metrics_text()
   end
-  client:settimeout(1)
-  client:send(("HTTP/1.0 %s\r\nContent-Type: text/plain; version=0.0.4\r\n"
+  client:send(ctx, ("HTTP/1.0 %s\r\nContent-Type: text/plain; version=0.0.4\r\n"
     .. "Content-Length: %d\r\n\r\n%s"):format(status, #body, body))
   client:close()
 end
 
-context.go(function(ctx)
-  while context.wait_fd(ctx, server, "r") do
-    local client = server:accept()
-    if client then context.go(respond, ctx, client) end
+context.spawn(serving, function(ctx)
+  while true do
+    local client = server:accept(ctx) -- nil, ctx:err() once `serving` is cancelled
+    if not client then break end
+    ctx:spawn(respond, client)
   end
   server:close()
-end, serving)
+end)
 
 -- some traffic worth measuring
 local db = context.operation("db.query")
@@ -58,22 +56,11 @@ for i = 1, 5 do
   end)
 end
 
+-- scrape as Prometheus would: socket.http, bounded by ctx
 local function scrape(ctx)
-  local c = socket.tcp()
-  c:settimeout(0)
-  c:connect("127.0.0.1", port)
-  if not context.wait_fd(ctx, c, "w") then c:close(); return nil end
-  c:send("GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-  local chunks = {}
-  while true do
-    local data, err, partial = c:receive(8192)
-    data = data or partial
-    if data and #data > 0 then chunks[#chunks + 1] = data end
-    if err == "closed" then break end
-    if err == "timeout" and not context.wait_fd(ctx, c, "r") then c:close(); return nil end
-  end
-  c:close()
-  return table.concat(chunks):match("\r\n\r\n(.*)$")
+  local body, code = socket.http_request(ctx, ("http://127.0.0.1:%d/metrics"):format(port))
+  if code ~= 200 then return nil end
+  return body
 end
 
 local serve_for = arg and arg[1] == "--serve" and tonumber(arg[2]) or nil

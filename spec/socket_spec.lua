@@ -90,6 +90,16 @@ describe("lcontext.socket", function()
       sock:close()
     end)
 
+    it("*a: what came before the close is the result, even across waits", function()
+      local sock = open(bg, "LATECLOSE 3 100") -- "xxx" now, the close 100 ms later
+      assert.are.equal("xxx", sock:receive(bg, "*a"))
+      sock:close()
+      -- nothing before the close: nil, "closed" and the prefix, as LuaSocket
+      sock = open(bg, "CLOSE")
+      assert.are.same({ nil, "closed", "pre" }, { sock:receive(bg, "*a", "pre") })
+      sock:close()
+    end)
+
     it("returns nil, 'closed' and the partial line when the peer closes mid-line", function()
       local sock = open(bg, "SEND 5")
       local data, err, partial = sock:receive(bg, "*l")
@@ -385,6 +395,16 @@ B.describe_libev("lcontext.socket on LuaSocket", "cosockets cannot listen, and s
     local got = table.concat(chunks)
     assert.matches("traceparent: 00%-%x+%-%x+%-0%d", got)
     assert.matches("grpc%-timeout: %d+", got)
+    -- trace = a table: the same, and what was sent comes back in it
+    local sent = {}
+    chunks = {}
+    socket.http_request(tctx, { url = url .. "/headers", trace = sent,
+      sink = require("ltn12").sink.table(chunks) })
+    assert.matches("^%x+$", sent.span_id)
+    assert.matches(sent.span_id, sent.headers.traceparent, 1, true)
+    assert.matches("traceparent: " .. sent.headers.traceparent:gsub("%-", "%%-"), table.concat(chunks))
+    assert.error_matches(function() socket.http_request(bg, { url = url, trace = 1 }) end,
+      "bad argument #2 to 'http_request' %(reqt.trace: true or a table expected")
     -- socket.http.request itself, with our create
     local t = {}
     local one = require("socket.http").request{ url = url .. "/hello",

@@ -17,6 +17,7 @@
 --   RESET           close with a reset (SO_LINGER 0)
 --   SEND n          send n bytes ("x"...), then close
 --   LINES n         send n lines "line <i>", then close
+--   LATECLOSE n ms  send n bytes ("x"...) at once, close ms milliseconds later
 --   GET /path ...   HTTP/1.x: read the head, then answer
 --                   /hello -> "hello"; /slow/<ms> -> "slow" after ms;
 --                   /headers -> the request's headers, one per line
@@ -82,6 +83,10 @@ local function on_line(c, line)
     elseif cmd == "CLOSE" then drop(c)
     elseif cmd == "RESET" then c.sock:setoption("linger", { on = true, timeout = 0 }); drop(c)
     elseif cmd == "SEND" then out(c, string.rep("x", tonumber(a) or 0)); c.close_after = true
+    elseif cmd == "LATECLOSE" then
+      local ms = tonumber(line:match("^%u+%s+%d+%s+(%d+)")) or 50
+      out(c, string.rep("x", tonumber(a) or 0))
+      later(ms, function() c.close_after = true end)
     elseif cmd == "LINES" then
       for i = 1, tonumber(a) or 0 do out(c, "line " .. i .. "\n") end
       c.close_after = true

@@ -89,6 +89,15 @@ local function close(self)
   return 1
 end
 
+-- A wrapper collected without close() (Lua 5.2+: tables have __gc): its
+-- closer context ends with it (no wait can be pending: a waiting task holds
+-- the wrapper); LuaSocket's own __gc closes the fd.
+local function collected(self)
+  local cancel = rawget(self, "_cancel")
+  if cancel then cancel() end
+end
+Sock.__gc, Server.__gc, Udp.__gc = collected, collected, collected
+
 local function is_closed_raw(raw)
   local ok, fd = pcall(raw.getfd, raw)
   return not ok or type(fd) ~= "number" or fd < 0
@@ -155,12 +164,17 @@ function Sock:receive(ctx, pattern, prefix)
   pattern = check_pattern(pattern, "receive", 2)
   if prefix ~= nil then prefix = check_string(prefix, "receive", 3) end
   local raw = self._raw
+  -- "*a": LuaSocket says "closed" when a call got no new byte before the
+  -- close, and what came before is in our prefix: success if anything came
+  local all = type(pattern) == "string" and (ssub(pattern, 1, 1) == "a" or ssub(pattern, 1, 2) == "*a")
+  local given = prefix and #prefix or 0
   while true do
     if self._closed then return nil, "closed", prefix or "" end
     local err = ctx:err()
     if err ~= nil then return nil, err, prefix or "" end
     local data, rerr, partial = raw:receive(pattern, prefix)
     if data ~= nil then return data end
+    if all and rerr == "closed" and #partial > given then return partial end
     if rerr ~= "timeout" then return nil, rerr, partial end
     prefix = partial
     local ok, werr = wait(self, "receive", ctx, self._r)
@@ -568,7 +582,9 @@ end
 --- socket.http_request(ctx, url [, body]) -> body, code, headers, status
 --- socket.http_request(ctx, reqt) -> 1, code, headers, status
 -- socket.http.request, bounded by ctx. reqt.trace = true adds the
--- deadline and trace headers of lcontext.trace (its inject) to the request.
+-- deadline and trace headers of lcontext.trace (its inject) to the request;
+-- reqt.trace = a table does the same and puts in it what was sent:
+-- trace.headers (every header of the request) and trace.span_id.
 -- Returns nil, err when ctx ends first (err: ctx:err()).
 function S.http_request(ctx, req, body)
   check_ctx(ctx, "http_request", 1)
@@ -606,9 +622,15 @@ function S.http_request(ctx, req, body)
   end
   local trace = reqt.trace
   reqt.trace = nil
+  if trace ~= nil and trace ~= false and trace ~= true and type(trace) ~= "table" then
+    argerr("http_request", 2, "reqt.trace: true or a table expected, got " .. tname(trace))
+  end
   if trace then
     reqt.headers = reqt.headers or {}
-    require("lcontext.trace").inject(ctx, reqt.headers)
+    local _, span = require("lcontext.trace").inject(ctx, reqt.headers)
+    if type(trace) == "table" then -- what was sent, for the caller's logs
+      trace.headers, trace.span_id = copy(reqt.headers), span
+    end
   end
   reqt.create = S.http_create(ctx)
   local r, code, headers, status = http.request(reqt)
