@@ -389,6 +389,9 @@ function Sock:receive(ctx, pattern, prefix)
   if pattern == 0 then return prefix or "" end
   local data, err, partial = run_op(self, ctx, do_receive, pattern)
   if data ~= nil then
+    -- "*a" that got no byte before the close: LuaSocket's nil, "closed"
+    -- (a cosocket returns "")
+    if data == "" and pattern == "*a" then return nil, "closed", prefix or "" end
     if prefix then return prefix .. data end
     return data
   end
