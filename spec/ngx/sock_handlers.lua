@@ -150,6 +150,33 @@ function H.exit()
 end
 
 -------------------------------------------------------------------------------
+-- /t/sock/timer?id=ID: the same calls in a timer (ngx.timer.at): a request
+-- under a deadline, then a receive cancelled from another light thread;
+-- the outcome goes to the shared dict as sock_timer:ID
+-------------------------------------------------------------------------------
+function H.timer()
+  local id = ngx.var.arg_id or "?"
+  local p = port()
+  local ok, err = ngx.timer.at(0, function(premature)
+    if premature then return end
+    local ctx, cancel = context.with_timeout(bg, 2)
+    local sock = assert(socket.connect(ctx, "127.0.0.1", p))
+    sock:send(ctx, "GET /t/sock/up_partial?body= HTTP/1.0\r\nHost: timer\r\n\r\n")
+    local status = sock:receive(ctx)
+    skip_head(ctx, sock)
+    local c, ccancel = context.with_cancel(ctx)
+    context.go(function() context.sleep(bg, 0.03); ccancel() end)
+    local t0 = now()
+    local d, e = sock:receive(c)
+    dict():set("sock_timer:" .. id, fmt("%s|%s,%s,%.4f", tostring(status), tostring(d),
+      tostring(e), now() - t0 - 0.03))
+    sock:close()
+    cancel()
+  end)
+  ngx.say("timer ", tostring(ok), " ", tostring(err))
+end
+
+-------------------------------------------------------------------------------
 -- /t/sock/partial: an upstream that sends "par" (no newline) and stalls; a
 -- receive of a line under a 0.2 s deadline gives nil, deadline_exceeded, "par"
 -------------------------------------------------------------------------------

@@ -111,6 +111,23 @@ do
       :format(ok, started))
 end
 
+-- 2d. in a timer (ngx.timer.at)
+do
+  local id = tostring(os.time()) .. tostring(math.random(1e6))
+  local status, _, tbody = get("/t/sock/timer?id=" .. id)
+  local res
+  local stop = now() + 3
+  repeat
+    local _, _, b = get("/t/sock/status?key=sock_timer:" .. id)
+    if b ~= "nil\n" and b ~= "" then res = b:gsub("%s+$", "") end
+    if not res then socket.sleep(0.02) end
+  until res or now() > stop
+  local st, d, e, late = (res or ""):match("^([^|]*)|([^,]*),([^,]*),([%d.%-]+)$")
+  check("in a timer: a request under a deadline, and a receive cancelled from another light thread",
+    status == 200 and st == "HTTP/1.1 200 OK" and d == "nil" and e == "context canceled"
+      and n(late) < 0.1, ("%s; %s"):format(tostring(tbody):gsub("%s+$", ""), tostring(res)))
+end
+
 -- 3. partial data at the deadline
 do
   local status, kv, body = get("/t/sock/partial")
