@@ -244,7 +244,7 @@ do
       and n(kv.fast_ops) >= 40000,
     ("buffered line: raw cosocket %s, background %s, cancellable ctx %s (op threads that "
       .. "never yielded: %s); whole request (connect+send+receive): raw cosocket %s, background %s, "
-      .. "cancellable ctx %s; op threads that yielded %s (3 per request)"):format(tostring(kv.raw_us), tostring(kv.bg_us),
+      .. "cancellable ctx %s; op threads that yielded %s (the connects and receives)"):format(tostring(kv.raw_us), tostring(kv.bg_us),
       tostring(kv.ctx_us), tostring(kv.fast_ops), tostring(kv.req_raw_us), tostring(kv.req_bg_us), tostring(kv.req_ctx_us),
       tostring(kv.waited_ops or body)))
 end
