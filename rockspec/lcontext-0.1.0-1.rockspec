@@ -46,6 +46,7 @@ build = {
     ["lcontext.patterns"] = "lua/lcontext/patterns.lua",
     ["lcontext.metrics"] = "lua/lcontext/metrics.lua",
     ["lcontext.ngx"] = "lua/lcontext/ngx.lua",
+    ["lcontext.ngx_socket"] = "lua/lcontext/ngx_socket.lua",
     ["lcontext.observe"] = "lua/lcontext/observe.lua",
     ["lcontext.trace"] = "lua/lcontext/trace.lua",
     ["lcontext.core"] = {

@@ -32,6 +32,8 @@ cp "$ROOT/examples/openresty/handlers.lua" "$DIR/"
 # test-only locations (requests that die, each worker's idle figures),
 # included in the example's server block
 cp "$ROOT/spec/ngx/abort_handlers.lua" "$ROOT/spec/ngx/abort.conf" "$DIR/"
+# lcontext.socket's test locations (cosockets bounded by a context)
+cp "$ROOT/spec/ngx/sock_handlers.lua" "$ROOT/spec/ngx/sock.conf" "$DIR/"
 
 PORT=$("$LUA" -e '
   local s = require "socket"
@@ -49,7 +51,8 @@ PORT=$("$LUA" -e '
   sed -e "s|127\.0\.0\.1:8080|127.0.0.1:$PORT|" \
       -e "s|/usr/lib/nginx/modules/|$MODULES/|" \
       -e "/^ *listen 127\.0\.0\.1:/a\\
-        include abort.conf;" "$ROOT/examples/openresty/nginx.conf"
+        include abort.conf;\\
+        include sock.conf;" "$ROOT/examples/openresty/nginx.conf"
 } > "$DIR/nginx.conf"
 # the workers (www-data) read the prefix and what its links point to
 chmod -R a+rX "$DIR"
@@ -85,18 +88,25 @@ else
 fi
 
 # {=== the checks over HTTP ===}
-timeout 150 "$LUA" "$ROOT/spec/ngx/client.lua" "$PORT" > "$DIR/client.log" 2>&1
-rc=$?
-cat "$DIR/client.log"
-line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$DIR/client.log" | tail -1)
-if [ -n "$line" ]; then
-  P=$((P + $(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')))
-  F=$((F + $(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed$/\1/')))
-  [ $rc = 0 ] || [ "$(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed$/\1/')" != 0 ] \
-    || fail "client.lua exited with status $rc"
-else
-  fail "client.lua ended without its counts (status $rc)"
-fi
+# socket_client.lua first (lcontext.socket over cosockets): client.lua's
+# idle checks then cover what its requests may have left behind.
+# LCONTEXT_NGX_SOCKET_ONLY=1 runs socket_client.lua alone.
+CLIENTS="socket_client.lua client.lua"
+[ "${LCONTEXT_NGX_SOCKET_ONLY:-0}" = 1 ] && CLIENTS="socket_client.lua"
+for client in $CLIENTS; do
+  timeout 150 "$LUA" "$ROOT/spec/ngx/$client" "$PORT" > "$DIR/client.log" 2>&1
+  rc=$?
+  cat "$DIR/client.log"
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$DIR/client.log" | tail -1)
+  if [ -n "$line" ]; then
+    P=$((P + $(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')))
+    F=$((F + $(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed$/\1/')))
+    [ $rc = 0 ] || [ "$(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed$/\1/')" != 0 ] \
+      || fail "$client exited with status $rc"
+  else
+    fail "$client ended without its counts (status $rc)"
+  fi
+done
 
 # {=== libev untouched: a worker has nginx's own epoll fd, and no second
 # one (libev's default loop makes one when lcontext's scheduler is used) ===}

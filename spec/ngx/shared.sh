@@ -21,7 +21,7 @@ SHARED_SPECS="spec/sched_spec.lua spec/group_spec.lua spec/retry_spec.lua
   spec/metrics_spec.lua spec/observe_spec.lua spec/deadline_spec.lua
   spec/derive_spec.lua spec/values_spec.lua spec/merge_spec.lua spec/done_spec.lua
   spec/cause_spec.lua spec/errors_spec.lua spec/tostring_spec.lua spec/options_spec.lua spec/badargs_spec.lua spec/roots_spec.lua spec/check_origin_spec.lua spec/gc_spec.lua
-  spec/sync_spec.lua spec/tasks_spec.lua spec/vclock_spec.lua"
+  spec/sync_spec.lua spec/tasks_spec.lua spec/vclock_spec.lua spec/socket_spec.lua"
 SPECS=${SPECS:-$SHARED_SPECS}
 LIMIT=${LIMIT:-180}
 
@@ -54,6 +54,8 @@ pid logs/nginx.pid;
 # child interpreters run on, as in the luajit suite)
 env LCONTEXT_SPEC_BACKEND=ngx;
 env LCONTEXT_LUA=luajit;
+# the ports of tools/peer.lua, for spec/socket_spec.lua ("<tcp> <udp>")
+env LCONTEXT_PEER;
 env PATH;
 env HOME;
 env TMPDIR;
@@ -78,6 +80,32 @@ http {
     }
 }
 EOF
+
+# {=== the peer of spec/socket_spec.lua: tools/peer.lua (plain LuaSocket),
+# started here, its ports passed to the worker in LCONTEXT_PEER; stopped
+# by its pid at the end (it also exits by itself after 300 s idle) ===}
+PEER_PID=
+stop_peer() {
+  [ -n "$PEER_PID" ] && kill "$PEER_PID" 2>/dev/null
+  PEER_PID=
+}
+trap 'stop_peer; cleanup' EXIT
+case " $SPECS " in
+  *socket_spec.lua*)
+    (cd "$ROOT" && exec "$LUA" tools/peer.lua 300) > "$DIR/peer.out" 2>&1 &
+    PEER_PID=$!
+    i=0
+    while [ ! -s "$DIR/peer.out" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    LCONTEXT_PEER=$(head -1 "$DIR/peer.out")
+    # its "a reset peer" test: nginx itself logs the reset of a cosocket's
+    # connection at [error] (lua_socket_log_errors only quiets ngx_lua's own)
+    LOG_EXPECTED='recv\(\) failed \(104: Connection reset by peer\).*socket_spec\.lua' 
+    case "$LCONTEXT_PEER" in
+      [0-9]*" "[0-9]*) export LCONTEXT_PEER ;;
+      *) fail "tools/peer.lua starts (it said: $LCONTEXT_PEER)"; LCONTEXT_PEER= ;;
+    esac
+    ;;
+esac
 
 # started from the checkout, so that the workers' working directory is it
 # (the specs name files relative to it, as under busted)
