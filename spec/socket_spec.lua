@@ -279,6 +279,10 @@ describe("lcontext.socket", function()
         "bad argument #2 to 'connect' %(host expected")
       assert.error_matches(function() sock.receive({}, bg) end,
         "calling 'receive' on bad self")
+      assert.error_matches(function() socket.connect(bg, HOST, TPORT, 5) end,
+        "bad argument #4 to 'connect' %(table expected, got number%)")
+      assert.error_matches(function() socket.connect(bg, HOST, TPORT, { nodelya = true }) end,
+        "bad argument #4 to 'connect'")
       sock:close()
     end)
   end)
@@ -360,6 +364,14 @@ B.describe_libev("lcontext.socket on LuaSocket", "cosockets cannot listen, and s
     assert.error_matches(function() u:receive(bg, 0) end, "bad argument #2 to 'receive'")
     u:close()
     assert.are.same({ nil, "closed" }, { u:receive(bg) })
+  end)
+
+  it("connect options: nodelay; the cosocket pool's are nginx's", function()
+    local sock = assert(socket.connect(bg, HOST, TPORT, { nodelay = true }))
+    assert.is_true(sock:raw():getoption("tcp-nodelay"))
+    sock:close()
+    assert.error_matches(function() socket.connect(bg, HOST, TPORT, { pool = "x" }) end,
+      "bad argument #4 to 'connect' %(option 'pool' is the cosocket pool's: nginx only%)")
   end)
 
   it("wraps LuaSocket objects, and refuses closed ones", function()

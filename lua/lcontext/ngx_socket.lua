@@ -146,7 +146,7 @@ local function check_host(v, fname, n)
   return v
 end
 
-local CONNECT_OPTS = check.names { "pool", "pool_size", "backlog" }
+local CONNECT_OPTS = check.names { "pool", "pool_size", "backlog", "nodelay" }
 
 -------------------------------------------------------------------------------
 -- Timeouts
@@ -346,13 +346,30 @@ local function do_connect(cos, host, port, opts)
   return cos:connect(host, port)
 end
 
+-- opts without lcontext's own (nodelay), for the cosocket; nil if empty
+local function pool_opts(opts)
+  if opts == nil or opts.nodelay == nil then return opts end
+  local o, any = {}, false
+  for k, v in pairs(opts) do
+    if k ~= "nodelay" then o[k] = v; any = true end
+  end
+  return any and o or nil
+end
+
 --- socket.connect(ctx, host, port [, opts]) -> sock | nil, err
--- opts (nginx's cosocket connect options): pool, pool_size, backlog.
+-- opts (nginx's cosocket connect options): pool, pool_size, backlog; and
+-- nodelay = true, as on libev (tcpsock:setoption("tcp-nodelay", true),
+-- where ngx_lua has setoption).
 function S.connect(ctx, host, port, opts)
   check_ctx(ctx, "connect", 1)
   check_host(host, "connect", 2)
   port = check_port(port, "connect", 3)
-  if opts ~= nil then opts = check.options(opts, "connect", 4, CONNECT_OPTS) end
+  local nodelay
+  if opts ~= nil then
+    opts = check.options(opts, "connect", 4, CONNECT_OPTS)
+    nodelay = opts.nodelay
+    opts = pool_opts(opts)
+  end
   local e = ended(ctx)
   if e ~= nil then return nil, e end
   local cos, cerr = ngx_tcp()
@@ -366,6 +383,7 @@ function S.connect(ctx, host, port, opts)
     end
     return nil, outcome(ctx, err)
   end
+  if nodelay and cos.setoption then cos:setoption("tcp-nodelay", true) end
   return sock
 end
 

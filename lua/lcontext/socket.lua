@@ -284,12 +284,22 @@ local function connect_addr(ctx, addr, family, port)
   return sock
 end
 
---- socket.connect(ctx, host, port) -> sock | nil, err
+local CONNECT_OPTS = check.names { "nodelay", "pool", "pool_size", "backlog" }
+
+--- socket.connect(ctx, host, port [, opts]) -> sock | nil, err
 -- Each address of host is tried in turn (as LuaSocket does), all within ctx.
-function S.connect(ctx, host, port)
+-- opts.nodelay = true sets TCP_NODELAY. (pool, pool_size and backlog are
+-- the cosocket pool's, inside nginx: a bad argument here.)
+function S.connect(ctx, host, port, opts)
   check_ctx(ctx, "connect", 1)
   check_host(host, "connect", 2)
   port = check_port(port, "connect", 3)
+  opts = check.options(opts, "connect", 4, CONNECT_OPTS)
+  for _, k in ipairs({ "pool", "pool_size", "backlog" }) do
+    if opts[k] ~= nil then
+      argerr("connect", 4, "option '" .. k .. "' is the cosocket pool's: nginx only")
+    end
+  end
   local err = ctx:err()
   if err ~= nil then return nil, err end
   local addrs, rerr = ls.dns.getaddrinfo(host)
@@ -298,7 +308,10 @@ function S.connect(ctx, host, port)
   for _, a in ipairs(addrs) do
     if a.family == "inet" or a.family == "inet6" then
       sock, cerr = connect_addr(ctx, a.addr, a.family, port)
-      if sock then return sock end
+      if sock then
+        if opts.nodelay then sock._raw:setoption("tcp-nodelay", true) end
+        return sock
+      end
       err = ctx:err()
       if err ~= nil then return nil, err end
     end

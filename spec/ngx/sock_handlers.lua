@@ -245,6 +245,9 @@ function H.faults()
   out("bad_port", err_of(socket.connect, bg, "127.0.0.1", -5))
   out("bad_host", err_of(socket.connect, bg, 42, 80))
   out("bad_opts", err_of(socket.connect, bg, "127.0.0.1", 80, { pol = "x" }))
+  local nd = socket.connect(ctx, "127.0.0.1", port(), { nodelay = true, pool = "lcontext-nodelay" })
+  out("nodelay", tostring(nd ~= nil))
+  if nd then nd:close() end
   out("bad_wrap", err_of(socket.wrap, ngx.socket.tcp()))
   sock:close()
   r = { sock:receive(bg) }

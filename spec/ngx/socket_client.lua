@@ -168,6 +168,7 @@ do
     getpeername = "^works$",
     wrapped = "^HTTP/1.1 200 OK$",
     raw_is_cos = "^true$",
+    nodelay = "^true$",
   }
   local bad = {}
   for k, pat in pairs(want) do
