@@ -127,9 +127,20 @@ int lc_value(lua_State *L) {
   lc_ctx *c = lc_checkctx(L, 1, "value"), *p;
   keyd k;
   check_key(L, 2, "value", &k);
-  for (p = c; p != NULL; p = p->parent) {
-    if (p->kind == LK_VALUE && key_eq(p, &k)) break;
-    if (p->kind == LK_MERGE) break;
+  if (k.t == KT_PTR) { /* the usual key (context.key, a table): inline */
+    for (p = c; p != NULL; p = p->parent) {
+      if (p->kind == LK_VALUE) {
+        const lc_vctx *v = (const lc_vctx *)p;
+        if (v->x.p == k.x.p && v->ktype == KT_PTR && v->ptype == k.ptype)
+          break;
+      } else if (p->kind == LK_MERGE)
+        break;
+    }
+  } else {
+    for (p = c; p != NULL; p = p->parent) {
+      if (p->kind == LK_VALUE && key_eq(p, &k)) break;
+      if (p->kind == LK_MERGE) break;
+    }
   }
   if (p == NULL) {
     lua_pushnil(L);
