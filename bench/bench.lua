@@ -138,6 +138,21 @@ local function run_floors(hook)
       sink = a; sink = b
     end)
   end)
+  -- The pair floor, in the loop shape of `ctx, cancel = with_cancel(bg);
+  -- cancel()`: one call that allocates both userdata (the context's size,
+  -- the cancel object's user value, metatables from upvalues), then a call
+  -- of the second through a __call that does nothing.
+  local ok_pair, pair = pcall(hook, "pair")
+  if ok_pair and type(pair) == "function" then
+    figure("floor", "pair_call", "ns/op", function()
+      local bgx = {}
+      return ns_per_op(iters(1000000), function(n)
+        local a, b
+        for _ = 1, n do a, b = pair(bgx); b() end
+        sink = a
+      end)
+    end)
+  end
   figure("floor", "bytes_ctx_cancel", "bytes", function()
     local N = 100000
     local as, bs = {}, {}

@@ -52,6 +52,7 @@ local FLOORS = {
   { "c_call",           "one C call, one argument",             "ns" },
   { "method_call",      "one method call to C (s:len())",       "ns" },
   { "alloc_ctx_cancel", "alloc ctx + cancel userdata (2 calls)", "ns" },
+  { "pair_call",        "pair floor: a, b = pair(p); b()",      "ns" },
   { "bytes_ctx_cancel", "bytes of ctx + cancel userdata",       "B" },
 }
 
@@ -128,6 +129,11 @@ local CHECKS = {
   { "cancel 100k children <= 0.8x Go",             "vs Go",    times("cancel_100k_children", G, "cancel_100k_children", 0.8), "x" },
   { "bytes per ctx alone <= 128",                  "absolute", abs_limit("bytes_per_ctx_only", 128), "B" },
   { "bytes per ctx + cancel <= 200",               "absolute", abs_limit("bytes_per_ctx", 200), "B" },
+  -- issue 15's Lua 5.4 targets, against floors measured in this run
+  { "err() <= 1.1x method floor",                  "vs floor", times("err_live", F, "method_call", 1.1), "x" },
+  { "with_cancel + cancel <= 1.15x pair floor",    "vs floor", times("with_cancel_cancel", F, "pair_call", 1.15), "x" },
+  { "with_timeout + cancel <= 1.5x pair floor",    "vs floor", times("with_timeout_cancel", F, "pair_call", 1.5), "x" },
+  { "value depth 10 <= 1.0x Go",                   "vs Go",    times("value_depth10", G, "value_depth10", 1.0), "x" },
   { "channel handoff <= 2x Go's unbuffered",       "vs Go",    times("chan_handoff_unbuffered", G, "chan_handoff_unbuffered", 2), "x" },
   { "semaphore acquire+release <= 1.5x 2 method calls", "vs floor", function()
     local v, m = L.sem_acquire_release, F.method_call
