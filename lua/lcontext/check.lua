@@ -144,6 +144,65 @@ function M.unknown(fname, n, key, known, noun, where)
   M.argerr(fname, n, msg)
 end
 
+-- {=== lcontext.socket's arguments (both backends: socket.lua, ngx_socket.lua)
+
+--- recv_pattern(p, fname, n) -> "*l" | "*a" | a byte count: LuaSocket's
+-- receive patterns ("*l"/"l", "*a"/"a": what follows the letter is
+-- ignored, as LuaSocket does; a byte count >= 0); nil is "*l"
+function M.recv_pattern(p, fname, n)
+  if p == nil then return "*l" end
+  if type(p) == "number" then
+    if p ~= p or p < 0 or p == huge then
+      M.argerr(fname, n, "invalid receive pattern: a byte count >= 0 expected, got " .. tostring(p))
+    end
+    return floor(p)
+  end
+  if type(p) == "string" then
+    local c = p:sub(1, 1) == "*" and p:sub(2, 2) or p:sub(1, 1)
+    if c == "l" then return "*l" end
+    if c == "a" then return "*a" end
+    M.argerr(fname, n, ("invalid receive pattern %q (\"*l\", \"*a\" or a byte count expected)"):format(p))
+  end
+  M.argerr(fname, n, "receive pattern expected (\"*l\", \"*a\" or a byte count), got " .. tname(p))
+end
+
+--- data(v, fname, n) -> v as a string (a number is one, as in LuaSocket)
+function M.data(v, fname, n)
+  if type(v) == "number" then return tostring(v) end
+  if type(v) ~= "string" then M.argerr(fname, n, "string expected, got " .. tname(v)) end
+  return v
+end
+
+--- index(v, fname, n) -> v: nil or an integer (send's i and j)
+function M.index(v, fname, n)
+  if v == nil then return nil end
+  if type(v) ~= "number" or v ~= floor(v) then
+    M.argerr(fname, n, "integer expected, got " .. (type(v) == "number" and tostring(v) or tname(v)))
+  end
+  return v
+end
+
+--- port(v, fname, n) -> an integer 0..65535 (a numeric string is one)
+function M.port(v, fname, n)
+  if type(v) == "string" and tonumber(v) then v = tonumber(v) end
+  if type(v) ~= "number" or v ~= floor(v) or v < 0 or v > 65535 then
+    M.argerr(fname, n, "port expected (an integer 0..65535), got "
+      .. (type(v) == "number" and tostring(v) or tname(v)))
+  end
+  return v
+end
+
+--- host(v, fname, n) -> v: a non-empty string
+function M.host(v, fname, n)
+  if type(v) ~= "string" or v == "" then
+    M.argerr(fname, n, "host expected (a name or an address), got "
+      .. (v == "" and "an empty string" or tname(v)))
+  end
+  return v
+end
+
+-- ===}
+
 --- names{"a", "b", ...} -> the set {a = true, b = true}: the known names
 -- of an options table, made once where the function is defined
 function M.names(list)

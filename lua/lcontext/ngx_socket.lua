@@ -97,54 +97,8 @@ local function self_check(self, mt, fname)
   end
 end
 
--- LuaSocket's patterns: "*l"/"l", "*a"/"a", a byte count >= 0
-local function check_pattern(p, fname, n)
-  if p == nil then return "*l" end
-  if type(p) == "number" then
-    if p ~= p or p < 0 or p == huge then
-      argerr(fname, n, "invalid receive pattern: a byte count >= 0 expected, got " .. tostring(p))
-    end
-    return floor(p)
-  end
-  if type(p) == "string" then
-    local c = ssub(p, 1, 1) == "*" and ssub(p, 2, 2) or ssub(p, 1, 1)
-    if c == "l" then return "*l" end
-    if c == "a" then return "*a" end
-    argerr(fname, n, ("invalid receive pattern %q (\"*l\", \"*a\" or a byte count expected)"):format(p))
-  end
-  argerr(fname, n, "receive pattern expected (\"*l\", \"*a\" or a byte count), got " .. tname(p))
-end
-
-local function check_string(v, fname, n)
-  if type(v) == "number" then return tostring(v) end
-  if type(v) ~= "string" then argerr(fname, n, "string expected, got " .. tname(v)) end
-  return v
-end
-
-local function check_index(v, fname, n)
-  if v == nil then return nil end
-  if type(v) ~= "number" or v ~= floor(v) then
-    argerr(fname, n, "integer expected, got " .. (type(v) == "number" and tostring(v) or tname(v)))
-  end
-  return v
-end
-
-local function check_port(v, fname, n)
-  if type(v) == "string" and tonumber(v) then v = tonumber(v) end
-  if type(v) ~= "number" or v ~= floor(v) or v < 0 or v > 65535 then
-    argerr(fname, n, "port expected (an integer 0..65535), got "
-      .. (type(v) == "number" and tostring(v) or tname(v)))
-  end
-  return v
-end
-
-local function check_host(v, fname, n)
-  if type(v) ~= "string" or v == "" then
-    argerr(fname, n, "host expected (a name or an address), got "
-      .. (v == "" and "an empty string" or tname(v)))
-  end
-  return v
-end
+local check_pattern, check_string, check_index = check.recv_pattern, check.data, check.index
+local check_port, check_host = check.port, check.host
 
 local CONNECT_OPTS = check.names { "pool", "pool_size", "backlog", "nodelay" }
 

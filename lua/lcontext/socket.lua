@@ -105,55 +105,8 @@ end
 
 -- {=== arguments ===}
 
--- LuaSocket's receive patterns: "*l"/"l", "*a"/"a" (what follows the
--- letter is ignored, as LuaSocket does), or a byte count >= 0
-local function check_pattern(p, fname, n)
-  if p == nil then return "*l" end
-  if type(p) == "number" then
-    if p ~= p or p < 0 or p == huge then
-      argerr(fname, n, "invalid receive pattern: a byte count >= 0 expected, got " .. tostring(p))
-    end
-    return floor(p)
-  end
-  if type(p) == "string" then
-    local c = ssub(p, 1, 1) == "*" and ssub(p, 2, 2) or ssub(p, 1, 1)
-    if c == "l" or c == "a" then return p end
-    argerr(fname, n, ("invalid receive pattern %q (\"*l\", \"*a\" or a byte count expected)")
-      :format(p))
-  end
-  argerr(fname, n, "receive pattern expected (\"*l\", \"*a\" or a byte count), got " .. tname(p))
-end
-
-local function check_string(v, fname, n, what)
-  if type(v) == "number" then return tostring(v) end
-  if type(v) ~= "string" then argerr(fname, n, (what or "string") .. " expected, got " .. tname(v)) end
-  return v
-end
-
-local function check_index(v, fname, n)
-  if v == nil then return nil end
-  if type(v) ~= "number" or v ~= floor(v) then
-    argerr(fname, n, "integer expected, got " .. (type(v) == "number" and tostring(v) or tname(v)))
-  end
-  return v
-end
-
-local function check_port(v, fname, n)
-  if type(v) == "string" and tonumber(v) then v = tonumber(v) end
-  if type(v) ~= "number" or v ~= floor(v) or v < 0 or v > 65535 then
-    argerr(fname, n, "port expected (an integer 0..65535), got "
-      .. (type(v) == "number" and tostring(v) or tname(v)))
-  end
-  return v
-end
-
-local function check_host(v, fname, n)
-  if type(v) ~= "string" or v == "" then
-    argerr(fname, n, "host expected (a name or an address), got "
-      .. (v == "" and "an empty string" or tname(v)))
-  end
-  return v
-end
+local check_pattern, check_string, check_index = check.recv_pattern, check.data, check.index
+local check_port, check_host = check.port, check.host
 
 -- {=== TCP connections ===}
 
@@ -166,7 +119,7 @@ function Sock:receive(ctx, pattern, prefix)
   local raw = self._raw
   -- "*a": LuaSocket says "closed" when a call got no new byte before the
   -- close, and what came before is in our prefix: success if anything came
-  local all = type(pattern) == "string" and (ssub(pattern, 1, 1) == "a" or ssub(pattern, 1, 2) == "*a")
+  local all = pattern == "*a"
   local given = prefix and #prefix or 0
   while true do
     if self._closed then return nil, "closed", prefix or "" end
