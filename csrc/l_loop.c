@@ -10,10 +10,12 @@
 ** callbacks never raise through libev.
 */
 #define _POSIX_C_SOURCE 200112L
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -472,6 +474,62 @@ static int l_step(lua_State *L) {
 ** Foreign loops: context.pollfd() and context.timeout()
 ** ======================================================================= */
 
+static void probe_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  (void)loop;
+  (void)w;
+  (void)revents;
+}
+
+/* does the epoll fd epfd watch fd? (its /proc fdinfo lists "tfd: <fd>") */
+static int epoll_watches(int epfd, int fd) {
+  char path[64], line[256];
+  int found = 0, n;
+  FILE *f;
+  snprintf(path, sizeof path, "/proc/self/fdinfo/%d", epfd);
+  f = fopen(path, "r");
+  if (f == NULL) return 0;
+  while (!found && fgets(line, sizeof line, f) != NULL)
+    if (sscanf(line, "tfd: %d", &n) == 1 && n == fd) found = 1;
+  fclose(f);
+  return found;
+}
+
+/* The loop's epoll fd when default_loop could not tell (the default loop
+** was made before, by another lua_State or by C code): the eventpoll fd
+** that holds a pipe this probe has libev watch. -1 if none does. */
+static int find_loopfd(lc_runtime *rt) {
+  int p[2], fd = -1;
+  ev_io probe;
+  DIR *d;
+  struct dirent *e;
+  if (pipe(p) != 0) return -1;
+  ev_io_init(&probe, probe_cb, p[0], EV_READ);
+  ev_io_start(rt->loop, &probe);
+  lc_iterate(rt, EVRUN_NOWAIT); /* epoll_ctl: the pipe joins the set */
+  d = opendir("/proc/self/fd");
+  while (d != NULL && fd < 0 && (e = readdir(d)) != NULL) {
+    char path[64], link[64];
+    ssize_t n;
+    int cand;
+    char *end;
+    long v = strtol(e->d_name, &end, 10);
+    if (*end != '\0' || end == e->d_name || v < 0 || v > INT_MAX) continue;
+    cand = (int)v;
+    snprintf(path, sizeof path, "/proc/self/fd/%d", cand);
+    n = readlink(path, link, sizeof link - 1);
+    if (n <= 0) continue;
+    link[n] = '\0';
+    if (strstr(link, "eventpoll") != NULL && epoll_watches(cand, p[0]))
+      fd = cand;
+  }
+  if (d != NULL) closedir(d);
+  ev_io_stop(rt->loop, &probe);
+  lc_iterate(rt, EVRUN_NOWAIT); /* (the pipe leaves the set before it closes) */
+  close(p[0]);
+  close(p[1]);
+  return fd;
+}
+
 /* context.pollfd() -> an fd that is readable when the loop has fd or
 ** signal work: libev's epoll fd. The loop is made if there is none yet.
 ** A foreign loop polls it with context.timeout() and calls step(0). */
@@ -489,10 +547,15 @@ static int l_pollfd(lua_State *L) {
                       "loop (lcontext_use_loop): the host owns that loop and "
                       "drives it itself");
   lc_need_loop(L, rt);
+  if (rt->loopfd < 0 && (ev_backend(rt->loop) & EVBACKEND_EPOLL))
+    rt->loopfd = find_loopfd(rt);
+  if (rt->loopfd < 0 && (ev_backend(rt->loop) & EVBACKEND_EPOLL))
+    return luaL_error(L, "context.pollfd: cannot find the fd of libev's "
+                      "epoll backend (/proc/self/fd and fdinfo)");
   if (rt->loopfd < 0)
     return luaL_error(L, "context.pollfd: libev's loop has no pollable fd "
-                      "(its backend is not epoll: ev_backend() = %d)",
-                      (int)ev_backend(rt->loop));
+                      "(its backend is not epoll: ev_backend() = %d; "
+                      "LIBEV_FLAGS?)", (int)ev_backend(rt->loop));
   lua_pushinteger(L, rt->loopfd);
   return 1;
 }

@@ -157,6 +157,39 @@ describe("context.pollfd()", function()
     assert.matches("after stop\tnil", out)
   end)
 
+  it("is found when libev's default loop was made before (a second runtime in the process)", function()
+    -- the loop's fd is known when lcontext makes the loop; a runtime that
+    -- finds the loop made (here: lcontext loaded again in the same state,
+    -- as busted's insulation does) finds its epoll fd by a probe
+    local out, rc = H.subprocess([[
+      local c1 = require "lcontext"
+      local fd1 = c1.pollfd()
+      for k in pairs(package.loaded) do
+        if k:match("^lcontext") then package.loaded[k] = nil end
+      end
+      local c2 = require "lcontext"
+      local socket = require "socket"
+      print("fds", c1 ~= c2, fd1, c2.pollfd())
+      local srv = assert(socket.bind("127.0.0.1", 0))
+      local ip, port = srv:getsockname()
+      local a = assert(socket.connect(ip, port))
+      local b = assert(srv:accept())
+      local t = c2.go(function() return c2.wait_fd(c2.background(), b, "r") end)
+      c2.step(0)
+      a:send("x")
+      local r = socket.select({ { getfd = function() return c2.pollfd() end } }, nil, 2)
+      print("readable", #r)
+      c2.step(0)
+      print("status", t:status())
+    ]])
+    assert.are.equal(0, rc, out)
+    local same, fd1, fd2 = out:match("fds\t(%a+)\t(%d+)\t(%d+)")
+    assert.are.equal("true", same, out)
+    assert.are.equal(fd1, fd2, out)
+    assert.matches("readable\t1", out)
+    assert.matches("status\tok", out)
+  end)
+
   it("raises for arguments; in the C host's own loop it says why (examples/embed)", function()
     assert.has_error(function() context.pollfd(3) end, "bad argument #1 to 'pollfd' (no value expected)")
   end)
