@@ -433,8 +433,26 @@ static int jump_now(lc_runtime *rt) {
 ** that epoll does not watch. One non-blocking iteration does it; what its
 ** callbacks find only queues work (in_run is set), which context.timeout()
 ** then reports as 0. */
+static int after_cancel_p(lua_State *L) {
+  lc_after_cancel(L, (lc_runtime *)lua_touserdata(L, 1), 0);
+  return 0;
+}
+
 static void reify(lc_runtime *rt) {
-  if (!rt->closed && rt->loop != NULL) lc_iterate(rt, EVRUN_NOWAIT);
+  lua_State *L = rt->L;
+  if (rt->closed || rt->loop == NULL) return;
+  lc_iterate(rt, EVRUN_NOWAIT);
+  /* a deadline found due there woke waiters: the weak ones are anchored
+  ** now, as the drain does after each advance, before the host's code
+  ** runs (and collects) */
+  if (rt->to_anchor != NULL || rt->external != NULL) {
+    lua_pushcfunction(L, after_cancel_p);
+    lua_pushlightuserdata(L, rt);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      lc_pending_error(L, rt, -1); /* for the next step */
+      lua_pop(L, 1);
+    }
+  }
 }
 
 /* context.step([timeout]) -> more work left (boolean) */
