@@ -426,6 +426,11 @@ static int jump_now(lc_runtime *rt) {
          tw_count(&rt->sched.wheel) > 0 && rt->sched.nio == 0;
 }
 
+static int after_cancel_p(lua_State *L) {
+  lc_after_cancel(L, (lc_runtime *)lua_touserdata(L, 1), 0);
+  return 0;
+}
+
 /* Apply the loop's pending changes: libev queues an ev_io_start (and the
 ** signal pipe's) and only tells the backend (epoll_ctl) at the start of
 ** its next iteration. A foreign loop that sleeps on context.pollfd() after
@@ -433,11 +438,6 @@ static int jump_now(lc_runtime *rt) {
 ** that epoll does not watch. One non-blocking iteration does it; what its
 ** callbacks find only queues work (in_run is set), which context.timeout()
 ** then reports as 0. */
-static int after_cancel_p(lua_State *L) {
-  lc_after_cancel(L, (lc_runtime *)lua_touserdata(L, 1), 0);
-  return 0;
-}
-
 static void reify(lc_runtime *rt) {
   lua_State *L = rt->L;
   if (rt->closed || rt->loop == NULL) return;
@@ -488,6 +488,8 @@ static int l_step(lua_State *L) {
   return 1;
 }
 
+/* }====================================================================== */
+
 /* {======================================================================
 ** Foreign loops: context.pollfd() and context.timeout()
 ** ======================================================================= */
@@ -523,7 +525,7 @@ static int find_loopfd(lc_runtime *rt) {
   if (pipe(p) != 0) return -1;
   ev_io_init(&probe, probe_cb, p[0], EV_READ);
   ev_io_start(rt->loop, &probe);
-  lc_iterate(rt, EVRUN_NOWAIT); /* epoll_ctl: the pipe joins the set */
+  reify(rt); /* epoll_ctl: the pipe joins the set */
   d = opendir("/proc/self/fd");
   while (d != NULL && fd < 0 && (e = readdir(d)) != NULL) {
     char path[64], link[64];
@@ -542,15 +544,15 @@ static int find_loopfd(lc_runtime *rt) {
   }
   if (d != NULL) closedir(d);
   ev_io_stop(rt->loop, &probe);
-  lc_iterate(rt, EVRUN_NOWAIT); /* (the pipe leaves the set before it closes) */
+  reify(rt); /* (the pipe leaves the set before it closes) */
   close(p[0]);
   close(p[1]);
   return fd;
 }
 
-/* context.pollfd() -> an fd that is readable when the loop has fd or
-** signal work: libev's epoll fd. The loop is made if there is none yet.
-** A foreign loop polls it with context.timeout() and calls step(0). */
+/* context.pollfd() -> an fd that is readable when an fd a task waits on is
+** ready: libev's epoll fd. The loop is made if there is none yet. A
+** foreign loop polls it for at most context.timeout() and calls step(0). */
 static int l_pollfd(lua_State *L) {
   lc_runtime *rt = lc_rt(L);
   int host;
@@ -634,8 +636,6 @@ static int l_timeout(lua_State *L) {
     lua_pushnumber(L, secs);
   return 1;
 }
-
-/* }====================================================================== */
 
 /* }====================================================================== */
 
