@@ -33,7 +33,8 @@ MODULE       = $(BUILD)/lcontext/core.so
 
 # what `make demo` needs (build + run on Lua 5.4), then what the tests add
 DEMO_PKGS    = lua5.4 liblua5.4-dev libev-dev
-DEB_PKGS     = $(DEMO_PKGS) lua-busted luarocks lua-socket lua-cjson lua-dkjson valgrind prometheus
+DEB_PKGS     = $(DEMO_PKGS) lua-busted luarocks lua-socket lua-cjson lua-dkjson valgrind prometheus \
+               lua-luv lua-cqueues
 # the other runtimes and OpenResty (nginx with ngx_lua on OpenResty's LuaJIT)
 RUNTIME_PKGS = lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit2 libluajit2-5.1-dev \
                nginx libnginx-mod-http-lua lua-resty-core
@@ -84,7 +85,7 @@ repl: $(REPL_BUILD)/lcontext/core.so
 	@LCONTEXT_BUILD=$(REPL_BUILD) $(LUA) -i $(CURDIR)/tools/with_paths.lua
 
 # Every suite; the last line is `N passed, N failed` summed over all of them.
-test: deps build $(BUILD)/embed-host $(BUILD)/stall.so
+test: deps build $(BUILD)/embed-host $(BUILD)/embed-poll-host $(BUILD)/stall.so
 	@sh tools/runtests.sh
 
 # C unit tests of the Lua-free core
@@ -97,6 +98,13 @@ $(BUILD)/test_%: csrc/core/test_%.c $(CORE_LIB_SRC) $(HDRS)
 $(BUILD)/embed-host: examples/embed/host.c $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS)
 	@mkdir -p $(BUILD)
 	$(CC) $(CSTD) $(CFLAGS) -I$(LUA_INC) -Icsrc -o $@ examples/embed/host.c \
+	    $(CORE_LIB_SRC) $(BIND_SRC) -llua$(LUA_VERSION) $(LIBS)
+
+# examples/embed: a C host whose loop is poll(2), driving lcontext's loop
+# through lcontext_pollfd/lcontext_timeout_ms/lcontext_step
+$(BUILD)/embed-poll-host: examples/embed/poll_host.c $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CSTD) $(CFLAGS) -I$(LUA_INC) -Icsrc -o $@ examples/embed/poll_host.c \
 	    $(CORE_LIB_SRC) $(BIND_SRC) -llua$(LUA_VERSION) $(LIBS)
 
 # The allocation-failure sweep (README, "Tests"): a host with lcontext linked in,

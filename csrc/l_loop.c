@@ -10,10 +10,12 @@
 ** callbacks never raise through libev.
 */
 #define _POSIX_C_SOURCE 200112L
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -417,6 +419,42 @@ static int l_run(lua_State *L) {
   return 1;
 }
 
+/* Would autojump move the virtual clock now? Nothing is ready, and only
+** its timers can wake anyone (no fd is waited on): lc_turn's first rule. */
+static int jump_now(lc_runtime *rt) {
+  return rt->vclock && rt->autojump && rt->sched.ready == NULL &&
+         tw_count(&rt->sched.wheel) > 0 && rt->sched.nio == 0;
+}
+
+static int after_cancel_p(lua_State *L) {
+  lc_after_cancel(L, (lc_runtime *)lua_touserdata(L, 1), 0);
+  return 0;
+}
+
+/* Apply the loop's pending changes: libev queues an ev_io_start (and the
+** signal pipe's) and only tells the backend (epoll_ctl) at the start of
+** its next iteration. A foreign loop that sleeps on context.pollfd() after
+** step needs them applied, or it would sleep while a task waits on an fd
+** that epoll does not watch. One non-blocking iteration does it; what its
+** callbacks find only queues work (in_run is set), which context.timeout()
+** then reports as 0. */
+static void reify(lc_runtime *rt) {
+  lua_State *L = rt->L;
+  if (rt->closed || rt->loop == NULL) return;
+  lc_iterate(rt, EVRUN_NOWAIT);
+  /* a deadline found due there woke waiters: the weak ones are anchored
+  ** now, as the drain does after each advance, before the host's code
+  ** runs (and collects) */
+  if (rt->to_anchor != NULL || rt->external != NULL) {
+    lua_pushcfunction(L, after_cancel_p);
+    lua_pushlightuserdata(L, rt);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      lc_pending_error(L, rt, -1); /* for the next step */
+      lua_pop(L, 1);
+    }
+  }
+}
+
 /* context.step([timeout]) -> more work left (boolean) */
 static int l_step(lua_State *L) {
   lc_runtime *rt = lc_rt(L);
@@ -424,8 +462,14 @@ static int l_step(lua_State *L) {
   lc_loop_caller(L, rt, "step");
   if (!lc_drain(rt, 1)) lc_raise_pending(L, rt);
   /* wait only if something is left: work that ended in the drain above
-  ** (or none at all) leaves nothing to wait for */
-  if (t > 0 && rt->sched.ready == NULL && alive(rt)) {
+  ** (or none at all) leaves nothing to wait for. Under a virtual clock
+  ** with autojump, when only its timers can wake anyone, step jumps to
+  ** the next due time instead, as run does (and context.timeout() says 0
+  ** so that a foreign loop calls step) */
+  if (jump_now(rt)) {
+    vjump(rt);
+    lc_iterate(rt, EVRUN_NOWAIT);
+  } else if (t > 0 && rt->sched.ready == NULL && alive(rt)) {
     uint64_t w0 = rt->sched.wakeups;
     ev_timer_set(&rt->steptimer, t, 0.0);
     ev_now_update(rt->loop);
@@ -438,8 +482,158 @@ static int l_step(lua_State *L) {
   } else
     lc_iterate(rt, EVRUN_NOWAIT);
   lc_drain(rt, 1);
+  reify(rt); /* what the drain started is watched before step returns */
   lc_raise_pending(L, rt);
   lua_pushboolean(L, alive(rt));
+  return 1;
+}
+
+/* }====================================================================== */
+
+/* {======================================================================
+** Foreign loops: context.pollfd() and context.timeout()
+** ======================================================================= */
+
+static void probe_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  (void)loop;
+  (void)w;
+  (void)revents;
+}
+
+/* does the epoll fd epfd watch fd? (its /proc fdinfo lists "tfd: <fd>") */
+static int epoll_watches(int epfd, int fd) {
+  char path[64], line[256];
+  int found = 0, n;
+  FILE *f;
+  snprintf(path, sizeof path, "/proc/self/fdinfo/%d", epfd);
+  f = fopen(path, "r");
+  if (f == NULL) return 0;
+  while (!found && fgets(line, sizeof line, f) != NULL)
+    if (sscanf(line, "tfd: %d", &n) == 1 && n == fd) found = 1;
+  fclose(f);
+  return found;
+}
+
+/* The loop's epoll fd when default_loop could not tell (the default loop
+** was made before, by another lua_State or by C code): the eventpoll fd
+** that holds a pipe this probe has libev watch. -1 if none does. */
+static int find_loopfd(lc_runtime *rt) {
+  int p[2], fd = -1;
+  ev_io probe;
+  DIR *d;
+  struct dirent *e;
+  if (pipe(p) != 0) return -1;
+  ev_io_init(&probe, probe_cb, p[0], EV_READ);
+  ev_io_start(rt->loop, &probe);
+  reify(rt); /* epoll_ctl: the pipe joins the set */
+  d = opendir("/proc/self/fd");
+  while (d != NULL && fd < 0 && (e = readdir(d)) != NULL) {
+    char path[64], link[64];
+    ssize_t n;
+    int cand;
+    char *end;
+    long v = strtol(e->d_name, &end, 10);
+    if (*end != '\0' || end == e->d_name || v < 0 || v > INT_MAX) continue;
+    cand = (int)v;
+    snprintf(path, sizeof path, "/proc/self/fd/%d", cand);
+    n = readlink(path, link, sizeof link - 1);
+    if (n <= 0) continue;
+    link[n] = '\0';
+    if (strstr(link, "eventpoll") != NULL && epoll_watches(cand, p[0]))
+      fd = cand;
+  }
+  if (d != NULL) closedir(d);
+  ev_io_stop(rt->loop, &probe);
+  reify(rt); /* (the pipe leaves the set before it closes) */
+  close(p[0]);
+  close(p[1]);
+  return fd;
+}
+
+/* context.pollfd() -> an fd that is readable when an fd a task waits on is
+** ready: libev's epoll fd. The loop is made if there is none yet. A
+** foreign loop polls it for at most context.timeout() and calls step(0). */
+static int l_pollfd(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  int host;
+  if (lua_gettop(L) > 0)
+    return lc_argerror(L, 1, "pollfd", "no value expected");
+  if (rt->closed) return luaL_error(L, "context.pollfd: the state is closing");
+  lua_getfield(L, LUA_REGISTRYINDEX, LCONTEXT_LOOP_KEY);
+  host = lua_touserdata(L, -1) != NULL;
+  lua_pop(L, 1);
+  if (host)
+    return luaL_error(L, "context.pollfd: lcontext runs on the host's libev "
+                      "loop (lcontext_use_loop): the host owns that loop and "
+                      "drives it itself");
+  lc_need_loop(L, rt);
+  if (rt->loopfd < 0 && (ev_backend(rt->loop) & EVBACKEND_EPOLL))
+    rt->loopfd = find_loopfd(rt);
+  if (rt->loopfd < 0 && (ev_backend(rt->loop) & EVBACKEND_EPOLL))
+    return luaL_error(L, "context.pollfd: cannot find the fd of libev's "
+                      "epoll backend (/proc/self/fd and fdinfo)");
+  if (rt->loopfd < 0)
+    return luaL_error(L, "context.pollfd: libev's loop has no pollable fd "
+                      "(its backend is not epoll: ev_backend() = %d; "
+                      "LIBEV_FLAGS?)", (int)ev_backend(rt->loop));
+  lua_pushinteger(L, rt->loopfd);
+  return 1;
+}
+
+/* The longest a foreign loop may sleep while a signal context listens.
+** libev's signal handler writes to its pipe (and so makes the epoll fd
+** readable) only while libev itself blocks in epoll_wait; otherwise it
+** leaves the signal for its next iteration. A foreign loop blocks in its
+** own poll, so a signal only reaches lcontext at the next step: timeout()
+** bounds the wait, and a signal is noticed within this much. */
+#define LC_SIGNAL_POLL 0.05
+
+/* context.timeout() -> seconds until step is needed again: 0 when work is
+** ready (or an error is pending), the time to the wheel's next wake-up,
+** or nil when nothing is timed; at most LC_SIGNAL_POLL while a signal
+** context listens. Under a virtual clock its timers are not real time:
+** nil for them, or 0 when autojump would jump now (step jumps).
+** On the main thread, outside the loop, it does what the loop does before
+** it blocks: applies the loop's pending changes (reify, as step does
+** before returning) and looks for closed tasks (sweep); the answer then
+** holds for a poll on context.pollfd(). */
+static int l_timeout(lua_State *L) {
+  lc_runtime *rt = lc_rt(L);
+  int64_t next, now;
+  lua_Number secs;
+  if (lua_gettop(L) > 0) /* (a mix-up with context.with_timeout?) */
+    return lc_argerror(L, 1, "timeout", "no value expected; "
+                       "context.with_timeout(parent, seconds) makes a context");
+  if (rt->closed) {
+    lua_pushnil(L);
+    return 1;
+  }
+  if (rt->current == NULL && !rt->draining && !rt->in_run) {
+    lua_getfield(L, LUA_REGISTRYINDEX, LCONTEXT_LOOP_KEY);
+    if (lua_touserdata(L, -1) == NULL) { /* (not the host's loop) */
+      sweep(rt);
+      reify(rt);
+    }
+    lua_pop(L, 1);
+  }
+  if (rt->sched.ready != NULL || rt->to_anchor != NULL ||
+      rt->external != NULL || lc_has_pending(L, rt) || jump_now(rt)) {
+    lua_pushnumber(L, 0.0);
+    return 1;
+  }
+  /* (virtual timers: no real time to wait for) */
+  next = rt->vclock ? TW_NEVER : wt_next_wakeup(&rt->sched);
+  if (next == TW_NEVER)
+    secs = -1;
+  else {
+    now = lc_now(rt);
+    secs = next > now ? (lua_Number)(next - now) * 1e-9 : 0.0;
+  }
+  if (rt->nsig > 0 && (secs < 0 || secs > LC_SIGNAL_POLL)) secs = LC_SIGNAL_POLL;
+  if (secs < 0)
+    lua_pushnil(L);
+  else
+    lua_pushnumber(L, secs);
   return 1;
 }
 
@@ -553,6 +747,8 @@ int lc_runtime_gc(lua_State *L) {
 const luaL_Reg lc_loop_funcs[] = {
   {"run", l_run},
   {"step", l_step},
+  {"pollfd", l_pollfd},
+  {"timeout", l_timeout},
   {"sched_stats", l_sched_stats},
   {"_advance", l_advance},
   {"_next_wakeup", l_next_wakeup},

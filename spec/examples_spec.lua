@@ -153,6 +153,25 @@ local expect = {
     "Joe stopped after 0 messages: context canceled",
     "channels: 5 made, %d+ values passed, 0 tasks still blocked",
   },
+  -- (orders with margins of 50 ms or more: ticks every 30 ms, a 250 ms deadline)
+  ["luv_host.lua"] = {
+    "task: slept 30 ms: true",
+    "luv tick 3",
+    "task: pipe readable, read \"ping\"",
+    "request done: context deadline exceeded",
+    "uv.run returned: 6 luv ticks, reader got \"ping\", slow: context deadline exceeded",
+    "luv_host: ok",
+  },
+  ["cqueues_host.lua"] = {
+    "task: slept 30 ms: true",
+    "cqueues tick 3",
+    "task: socket readable, read \"ping\"",
+    "cqueues tick 4\n", -- (its own line)
+    "task started from a cqueues coroutine",
+    "request done: context deadline exceeded",
+    "cq:loop returned: 6 cqueues ticks, reader got \"ping\", slow: context deadline exceeded",
+    "cqueues_host: ok",
+  },
   ["pool.lua"] = {
     "A got conn%-1",
     "B got conn%-2",
@@ -261,11 +280,33 @@ describe("examples", function()
     local out, code = run("./" .. host .. " examples/embed/script.lua")
     assert.are.equal(0, code, out)
     assert_lines(out, {
+      "context.pollfd%(%) here: .*lcontext_use_loop.*the host owns that loop",
       "script loaded, running the host's loop",
       "fast step finished: true",
       "request done after %d+ ms: context deadline exceeded",
       "loop ended after 20 heartbeats",
       "host: ok",
+    })
+  end)
+
+  it("embed/poll_host.c drives lcontext's loop from its own poll(2) loop", function()
+    local host = "build/embed-poll-host"
+    local f = io.open(host)
+    if not f then
+      local out, code = run("make -s " .. host)
+      assert.are.equal(0, code, out)
+    else
+      f:close()
+    end
+    local out, code = run("./" .. host .. " examples/embed/poll_script.lua")
+    assert.are.equal(0, code, out)
+    assert_lines(out, {
+      "polling lcontext's fd beside the host's own work",
+      "fast step finished: true",
+      "host's pipe readable after %d+ ms: \"!\"",
+      "request done after %d+ ms: context deadline exceeded",
+      "loop ended after 6 ticks",
+      "poll%-host: ok",
     })
   end)
 end)

@@ -81,6 +81,26 @@ scenario("after_func_stop_queued", function(context)
   context.run()
 end)
 
+-- A foreign loop's calls: pollfd, timeout and step(0) driving a sleep and
+-- fd waits (no poll here: a short step(t) stands for the host's sleep).
+scenario("foreign", function(context, env)
+  local bg = context.background()
+  local root, cr = context.with_timeout(bg, 0.05)
+  assert(context.pollfd() >= 0)
+  context.go(function() context.sleep(root, 0.002) end)
+  context.go(function()
+    context.wait_fd(root, env.pipe_w, "w")
+    context.wait_fd(root, env.pipe_r, "r") -- never readable: its deadline ends it
+  end)
+  local t_end = context.now() + 1
+  while context.step(0) and context.now() < t_end do
+    local t = context.timeout()
+    if t ~= nil and t > 0 then context.step(math.min(t, 0.005)) end
+  end
+  cr()
+  context.run()
+end)
+
 -- Tasks that sleep (on the wheel), yield, return values; the main thread
 -- sleeps and waits for a task.
 scenario("go_sleep", function(context)

@@ -755,6 +755,24 @@ local OPS = {
   end, true },
   { "step", 8, function() expect_ok("step", pcall(context.step, pick({ 0, 0.001, 0.005 }))) end, true },
   { "run", 1, function() if run_full() then check_all(true) end end },
+  { "foreign", 4, function() -- the loop driven the foreign way (a luv or cqueues host):
+    -- poll context.pollfd() for at most context.timeout(), then step(0), for a while
+    if not socket_ok or context.in_task() then return end
+    local fd = context.pollfd()
+    local src = { getfd = function() return fd end }
+    local t_end = socket.gettime() + pick({ 0, 0.002, 0.01 })
+    repeat
+      local ok, more = pcall(context.step, 0)
+      expect_ok("step(0), foreign loop", ok, more)
+      if not ok or not more then break end
+      local t = context.timeout()
+      if t ~= nil and (type(t) ~= "number" or not (t >= 0)) then violate("timeout() = %s", show(t)) end
+      if context.pollfd() ~= fd then violate("pollfd() changed: %s, then %s", show(fd), show(context.pollfd())) end
+      local left = t_end - socket.gettime()
+      if left <= 0 then break end
+      socket.select({ src }, nil, (t == nil or t > left) and left or t)
+    until false
+  end, true },
   { "main_wait", 4, function()
     local r, c = R(4), bounded()
     local ok, e

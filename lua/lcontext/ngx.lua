@@ -26,7 +26,8 @@
 --     an ngx.shared.DICT, shared by every worker.
 --   * Not available (they raise, saying why): context.wait_fd and context.fd
 --     (use cosockets, with timeouts from ctx:remaining()), context.signal,
---     context.run and context.step (nginx runs the loop).
+--     context.run, context.step, context.pollfd and context.timeout (nginx
+--     runs the loop).
 --
 -- Written for Lua 5.1 / LuaJIT (it also runs on 5.2+, for the specs).
 local ngx = ngx
@@ -887,6 +888,10 @@ M.signal = unavailable("signal", "nginx owns the signals; check ngx.worker.exiti
   .. "or the premature flag of a timer")
 M.run = unavailable("run", "nginx runs the event loop; waits suspend the current light thread")
 M.step = unavailable("step", "nginx runs the event loop; waits suspend the current light thread")
+local NO_FOREIGN = "nginx runs the event loop, and lcontext's waits are nginx's own "
+  .. "(there is no other loop to drive from outside)"
+M.pollfd = unavailable("pollfd", NO_FOREIGN)
+M.timeout = unavailable("timeout", NO_FOREIGN)
 
 --- context.timeout_ms(ctx [, max_seconds]) -> milliseconds for a cosocket's
 -- settimeout: what is left of ctx (at least 1), capped by max_seconds; or

@@ -519,7 +519,7 @@ describe("lcontext.ngx (mock ngx_lua)", function()
   end)
 
   it("raises clear errors for what nginx does not allow", function()
-    for _, name in ipairs({ "wait_fd", "fd", "signal", "run", "step" }) do
+    for _, name in ipairs({ "wait_fd", "fd", "signal", "run", "step", "pollfd", "timeout" }) do
       local ok, err = pcall(context[name], bg)
       assert.is_false(ok)
       assert.matches("not available in OpenResty", err)
