@@ -353,10 +353,16 @@ static struct ev_loop *default_loop(int *loopfd) {
 
 /* libev's default loop is taken only when first needed: requiring lcontext
 ** for contexts alone leaves the process's signals (SIGCHLD) alone */
+static int find_loopfd(lc_runtime *rt);
+
 void lc_need_loop(lua_State *L, lc_runtime *rt) {
   if (rt->loop != NULL) return;
   rt->loop = default_loop(&rt->loopfd);
   if (rt->loop == NULL) luaL_error(L, "lcontext: cannot initialise libev");
+  /* the default loop was made before (another lua_State, C code): find its
+  ** epoll fd now, so that io_start refuses it from the first wait */
+  if (rt->loopfd < 0 && (ev_backend(rt->loop) & EVBACKEND_EPOLL))
+    rt->loopfd = find_loopfd(rt);
   if (rt->sched.ready != NULL) ev_idle_start(rt->loop, &rt->idle);
 }
 
