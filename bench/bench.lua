@@ -54,7 +54,7 @@ local function median(xs)
   local s = {}
   for i = 1, #xs do s[i] = xs[i] end
   table.sort(s)
-  return s[(#s + 1) // 2]
+  return s[math.floor((#s + 1) / 2)]
 end
 
 local function full_gc()
@@ -64,7 +64,7 @@ end
 
 -- body(n) runs n iterations of the operation; returns median ns per op.
 local function ns_per_op(n, body)
-  body(math.max(1, n // 10))
+  body(math.max(1, math.floor(n / 10)))
   local res = {}
   for r = 1, RUNS do
     full_gc()
