@@ -126,6 +126,7 @@ bench-cg: build
 
 bench: build
 	@sh tools/deps.sh $(DEB_PKGS) $(BENCH_PKGS)
+	-@$(MAKE) -s build-jit # the LuaJIT rows (no LuaJIT: bench/run.sh says so)
 	@sh bench/run.sh
 
 # The fuzzers, for longer than `make test` runs them: the timer wheel's
