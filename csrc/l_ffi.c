@@ -66,13 +66,53 @@ static int ffi_cancel(lc_runtime *rt, lc_ctx *c) {
   return rt->to_anchor != NULL || rt->external != NULL;
 }
 
+/* ctx:value(key)'s walk without the Lua API (as lc_value in l_value.c):
+** the value context nearest to c whose key is the one described (kt: enum
+** lc_keytype; pt: the Lua type of a KT_PTR key; p: its address, or a
+** string's bytes, len long; i, n: a number's), NULL if none, or the
+** address of the api table itself when a merge is on the way (whose
+** inputs are walked in order through the Lua API: the classic path). */
+static const void *ffi_find(lc_ctx *c, int kt, int pt, const void *p,
+                            size_t len, lua_Integer i, lua_Number n);
+
 typedef struct lc_ffi_api {
   int64_t (*now)(const lc_runtime *rt);
   double (*deadline)(const lc_runtime *rt, lc_ctx *c);
   int (*cancel)(lc_runtime *rt, lc_ctx *c);
+  const void *(*find)(lc_ctx *c, int kt, int pt, const void *p, size_t len,
+                      lua_Integer i, lua_Number n);
 } lc_ffi_api;
 
-static const lc_ffi_api api = {ffi_now, ffi_deadline, ffi_cancel};
+static const lc_ffi_api api = {ffi_now, ffi_deadline, ffi_cancel, ffi_find};
+
+static const void *ffi_find(lc_ctx *c, int kt, int pt, const void *p,
+                            size_t len, lua_Integer i, lua_Number n) {
+  for (; c != NULL; c = c->parent) {
+    if (c->kind == LK_VALUE) {
+      const lc_vctx *v = (const lc_vctx *)c;
+      if (v->ktype != kt) continue;
+      switch (kt) {
+      case KT_PTR:
+        if (v->x.p == p && v->ptype == pt) return c;
+        break;
+      case KT_STR:
+        if (c->klen == len && (v->x.s == (const char *)p ||
+                               memcmp(v->x.s, p, len) == 0))
+          return c;
+        break;
+      case KT_INT:
+        if (v->x.i == i) return c;
+        break;
+      case KT_NUM:
+        if (v->x.n == n) return c;
+        break;
+      default: return c; /* KT_TRUE, KT_FALSE */
+      }
+    } else if (c->kind == LK_MERGE)
+      return &api;
+  }
+  return NULL;
+}
 
 static void setint(lua_State *L, const char *k, size_t v) {
   lua_pushnumber(L, (lua_Number)v);
@@ -93,6 +133,8 @@ static int l_ffi(lua_State *L) {
   lua_setfield(L, -2, "mtgc");
   lua_pushvalue(L, lc_uv(LC_UV_CANCELMT));
   lua_setfield(L, -2, "cancelmt");
+  lua_pushvalue(L, lc_uv(LC_UV_KEYMT));
+  lua_setfield(L, -2, "keymt");
   lua_pushvalue(L, lc_uv(LC_UV_CANCELED));
   lua_setfield(L, -2, "canceled");
   lua_pushvalue(L, lc_uv(LC_UV_DEADLINE));
@@ -109,6 +151,20 @@ static int l_ffi(lua_State *L) {
   setint(L, "sizeof_cancel", LC_CANCEL_SIZE);
   setint(L, "never_hi", (size_t)(CTX_NEVER >> 32));
   setint(L, "never_lo", (size_t)(CTX_NEVER & 0xffffffff));
+  setint(L, "sizeof_vctx", sizeof(lc_vctx));
+  setint(L, "vctx_x", offsetof(lc_vctx, x));
+  setint(L, "vctx_ktype", offsetof(lc_vctx, ktype));
+  setint(L, "vctx_ptype", offsetof(lc_vctx, ptype));
+  setint(L, "sizeof_integer", sizeof(lua_Integer));
+  setint(L, "lk_value", LK_VALUE);
+  setint(L, "lk_merge", LK_MERGE);
+  setint(L, "kt_ptr", KT_PTR);
+  setint(L, "kt_str", KT_STR);
+  setint(L, "kt_int", KT_INT);
+  setint(L, "kt_num", KT_NUM);
+  setint(L, "kt_true", KT_TRUE);
+  setint(L, "kt_false", KT_FALSE);
+  setint(L, "t_userdata", LUA_TUSERDATA);
   setint(L, "err_canceled", CTX_ERR_CANCELED);
   setint(L, "err_deadline", CTX_ERR_DEADLINE);
   return 1;
@@ -131,7 +187,20 @@ static int l_after_cancel(lua_State *L) {
   return 0;
 }
 
+/* core._ffi_value(ctx, address) -> the value context at that address (a
+** number: where ffi.lua's walk of ctx's chain found the key) and its
+** value; nothing if no value context lives there. Only contexts that
+** with_value registered (VMAP) are found: no address is dereferenced. */
+static int l_ffi_value(lua_State *L) {
+  lua_Number a = luaL_checknumber(L, 2);
+  void *p = (void *)(uintptr_t)a;
+  if (lua_rawgetp(L, lc_uv(LC_UV_VMAP), p) != LUA_TUSERDATA) return 0;
+  lua_getiuservalue(L, -1, 3);
+  return 2;
+}
+
 const luaL_Reg lc_ffi_funcs[] = {
+  {"_ffi_value", l_ffi_value},
   {"_ffi", l_ffi},
   {"_ffi_after_cancel", l_after_cancel},
   {NULL, NULL}

@@ -9,6 +9,7 @@
 --
 --   ctx:err(), ctx:is_done(), ctx:check()   direct reads of the node
 --   ctx:deadline(), ctx:remaining()         reads, and the core's clock
+--   ctx:value(key)                          a walk of the chain's payloads
 --   cancel()                                lc_ffi_cancel
 --
 -- Same objects, same semantics, same messages: every case the fast path
@@ -64,16 +65,24 @@ function M.install(core)
         struct lcontext_ffi_node *cn; struct lcontext_ffi_ctx *parent;
         uint8_t kind; uint8_t flags; uint16_t depth; uint32_t klen;
       };
+      struct lcontext_ffi_vctx {
+        struct lcontext_ffi_ctx h;
+        union { const void *p; const char *s; int64_t i; double n; } x;
+        uint8_t ktype; uint8_t ptype;
+      };
       struct lcontext_ffi_api {
         int64_t (*now)(const void *rt);
         double (*deadline)(const void *rt, struct lcontext_ffi_ctx *c);
         int (*cancel)(void *rt, struct lcontext_ffi_ctx *c);
+        const void *(*find)(struct lcontext_ffi_ctx *c, int kt, int pt,
+                            const void *p, size_t len, int64_t i, double n);
       };
     ]])
     if not ok then return decline(core, "ffi.cdef failed: " .. tostring(e)) end
   end
   local CTX = "struct lcontext_ffi_ctx"
   local NODE = "struct lcontext_ffi_node"
+  local VCTX = "struct lcontext_ffi_vctx"
   local expect = {
     sizeof_api = ffi.sizeof("struct lcontext_ffi_api"),
     sizeof_ctx = ffi.sizeof(CTX),
@@ -87,6 +96,14 @@ function M.install(core)
     sizeof_cancel = ffi.sizeof("void *"),
     never_hi = 0x7fffffff, never_lo = 0xffffffff,
     err_canceled = 1, err_deadline = 2,
+    sizeof_vctx = ffi.sizeof(VCTX),
+    vctx_x = ffi.offsetof(VCTX, "x"),
+    vctx_ktype = ffi.offsetof(VCTX, "ktype"),
+    vctx_ptype = ffi.offsetof(VCTX, "ptype"),
+    sizeof_integer = 8,
+    lk_value = 5, lk_merge = 4,
+    kt_ptr = 1, kt_str = 2, kt_int = 3, kt_num = 4, kt_true = 5, kt_false = 6,
+    t_userdata = 7,
   }
   for k, v in pairs(expect) do
     if info[k] ~= v then
@@ -100,16 +117,22 @@ function M.install(core)
   local CTXP = ffi.typeof("struct lcontext_ffi_ctx *")
   local CANCELP = ffi.typeof("struct lcontext_ffi_ctx **")
   local api = cast("const struct lcontext_ffi_api *", info.api)
-  local api_now, api_deadline, api_cancel = api.now, api.deadline, api.cancel
+  local api_now, api_deadline, api_cancel, api_find = api.now, api.deadline, api.cancel, api.find
+  local MERGE = cast("const void *", info.api) -- what find returns for a merge on the way
   local rt = cast("void *", info.rt)
   local MT, MTGC, CANCELMT = info.mt, info.mtgc, info.cancelmt
   local CANCELED, DEADLINE = info.canceled, info.deadline_exceeded
   local NEVER = ffi.cast("int64_t", 0x7fffffff) * 4294967296 + 0xffffffff
   local after_cancel = core._ffi_after_cancel
+  local fetch_value = core._ffi_value
+  local UINTPTR = ffi.typeof("uintptr_t")
+  local KEYMT = info.keymt
+  local floor = math.floor
 
   local methods = core._methods
   local c_err, c_is_done, c_check = methods.err, methods.is_done, methods.check
   local c_deadline, c_remaining = methods.deadline, methods.remaining
+  local c_value = methods.value
   local c_cancel = rawget(CANCELMT, "__call")
   if type(c_err) ~= "function" or type(c_cancel) ~= "function" then
     return decline(core, "core methods missing")
@@ -182,6 +205,65 @@ function M.install(core)
     return tonumber(n.deadline - now) / 1e9
   end
 
+  -- ctx:value(key) -> the nearest value for key, or nil (csrc/l_value.c).
+  -- The chain is walked by one FFI call (a loop here would stop the trace
+  -- of the caller's loop: "inner loop in root trace"), with the key
+  -- described as the core describes it: a string by its bytes, a number
+  -- as an integer or a float, a boolean by its kind, a context.key by its
+  -- payload's address (lua_topointer's). Other keys (tables, functions,
+  -- foreign userdata, NaN), a merge on the way, or a bad self: the
+  -- classic function.
+  -- The value of the context found is the Lua value in its user value 3,
+  -- which the FFI cannot read: it comes from the core once
+  -- (core._ffi_value) and is then remembered by the context's address in
+  -- two weak-valued tables, the context itself in U (a live entry there
+  -- says the address still holds that context: a context is collected, and
+  -- its entry cleared, before its memory can serve another) and the value
+  -- in V (weak too: a value that refers to its own context does not keep
+  -- it alive; the context keeps the value alive while it lives).
+  local U = setmetatable({}, { __mode = "v" })
+  local V = setmetatable({}, { __mode = "v" })
+  local NILV = U -- the value nil, in V
+  local function value(...)
+    local self, key = ...
+    local mt = dgetmt(self)
+    if (mt ~= MT and mt ~= MTGC) or type(self) ~= "userdata" then return c_value(...) end
+    local tk = type(key)
+    local p
+    if tk == "string" then
+      p = api_find(cast(CTXP, self), 2, 0, key, #key, 0, 0)
+    elseif tk == "number" then
+      if key >= -9.2e18 and key < 9.2e18 and key == floor(key) then
+        p = api_find(cast(CTXP, self), 3, 0, nil, 0, key, 0)
+      elseif key == key then
+        p = api_find(cast(CTXP, self), 4, 0, nil, 0, 0, key)
+      else
+        return c_value(...)
+      end
+    elseif tk == "boolean" then
+      p = api_find(cast(CTXP, self), key and 5 or 6, 0, nil, 0, 0, 0)
+    elseif tk == "userdata" and dgetmt(key) == KEYMT then
+      p = api_find(cast(CTXP, self), 1, 7, key, 0, 0, 0)
+    else
+      return c_value(...)
+    end
+    if p == nil then return nil end
+    if p == MERGE then return c_value(...) end
+    local a = tonumber(cast(UINTPTR, p))
+    if U[a] ~= nil then
+      local x = V[a]
+      if x ~= nil then
+        if x == NILV then return nil end
+        return x
+      end
+    end
+    local u, x = fetch_value(self, a)
+    if u == nil then return c_value(...) end
+    U[a] = u
+    if x == nil then V[a] = NILV else V[a] = x end
+    return x
+  end
+
   -- cancel([cause]): without a cause, one FFI call; the epilogue (waiters
   -- woken to anchor, external watches to call) is the classic one
   local function cancel(...)
@@ -199,14 +281,14 @@ function M.install(core)
   end
 
   methods.err, methods.is_done, methods.check = err, is_done, check
-  methods.deadline, methods.remaining = deadline, remaining
+  methods.deadline, methods.remaining, methods.value = deadline, remaining, value
   rawset(CANCELMT, "__call", cancel)
 
   M.active, M.reason = true, "installed"
   core._ffi_path = true
   -- for the specs: the classic functions, to compare the two paths
   M.classic = { err = c_err, is_done = c_is_done, check = c_check,
-    deadline = c_deadline, remaining = c_remaining, cancel = c_cancel }
+    deadline = c_deadline, remaining = c_remaining, value = c_value, cancel = c_cancel }
   return true
 end
 
