@@ -41,7 +41,7 @@ RUNTIME_PKGS = lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit2 libluajit2-5.
 BENCH_PKGS   = golang-go
 FUZZ_PKGS    = clang
 
-.PHONY: all build deps deps-demo demo repl test bench bench-cg fuzz stress clean allocfail rock dist ngx-spin
+.PHONY: all build deps deps-demo demo repl test bench bench-cg bench-cg-jit fuzz stress clean allocfail rock dist ngx-spin
 
 all: build
 build: $(MODULE)
@@ -132,8 +132,14 @@ asan: $(CORE_LIB_SRC) $(BIND_SRC) $(HDRS)
 bench-cg: build
 	@sh bench/callgrind.sh $(BASE)
 
+# instructions per operation on LuaJIT, through the FFI path and through
+# the classic C functions (README, "Performance")
+bench-cg-jit: build-jit
+	@sh bench/callgrind_jit.sh
+
 bench: build
 	@sh tools/deps.sh $(DEB_PKGS) $(BENCH_PKGS)
+	-@$(MAKE) -s build-jit # the LuaJIT rows (no LuaJIT: bench/run.sh says so)
 	@sh bench/run.sh
 
 # The fuzzers, for longer than `make test` runs them: the timer wheel's

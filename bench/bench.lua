@@ -54,7 +54,7 @@ local function median(xs)
   local s = {}
   for i = 1, #xs do s[i] = xs[i] end
   table.sort(s)
-  return s[(#s + 1) // 2]
+  return s[math.floor((#s + 1) / 2)]
 end
 
 local function full_gc()
@@ -64,7 +64,7 @@ end
 
 -- body(n) runs n iterations of the operation; returns median ns per op.
 local function ns_per_op(n, body)
-  body(math.max(1, n // 10))
+  body(math.max(1, math.floor(n / 10)))
   local res = {}
   for r = 1, RUNS do
     full_gc()
@@ -101,7 +101,7 @@ local sink -- results go here so that nothing looks unused
 -- {==== floors =======================================================
 
 -- hook: optional; see the note at run_floors' call.
-local function run_floors(hook)
+local function run_floors(hook, capi)
   figure("floor", "loop", "ns/op", function()
     return ns_per_op(iters(10000000), function(n)
       local x = 0
@@ -128,6 +128,18 @@ local function run_floors(hook)
       sink = x
     end)
   end)
+  -- One call of a classic C function (lua_CFunction) returning one value:
+  -- what every call into the core costs where it is not an FFI call (on
+  -- LuaJIT the trace stops around it: "stitching").
+  if capi then
+    figure("floor", "c_api_call", "ns/op", function()
+      return ns_per_op(iters(10000000), function(n)
+        local x
+        for _ = 1, n do x = capi() end
+        sink = x
+      end)
+    end)
+  end
   if not hook then return end
   -- What with_cancel cannot avoid: allocating its two userdata (the
   -- context and the cancel object) in two C calls.
@@ -215,6 +227,21 @@ local function run_impl(impl, C, key)
     return r
   end)
 
+  if impl == "lcontext" then
+    figure(impl, "is_done_live", "ns/op", function()
+      local ctx, cancel = with_cancel(bg)
+      local r = ns_per_op(iters(10000000), function(n)
+        local c = 0
+        for _ = 1, n do
+          if ctx:is_done() then c = c + 1 end
+        end
+        sink = c
+      end)
+      cancel()
+      return r
+    end)
+  end
+
   figure(impl, "value_depth10", "ns/op", function()
     -- keys[1] is set first, so it is the deepest: the lookup walks 10 levels.
     local ctx, keys = bg, {}
@@ -273,6 +300,21 @@ local function run_impl(impl, C, key)
   figure(impl, "bytes_per_ctx", "bytes", function() return bytes(true) end)
   figure(impl, "bytes_per_ctx_only", "bytes", function() return bytes(false) end)
 
+  -- with N other deadlines pending (never cancelled meanwhile)
+  local function pending(N)
+    return function()
+      local pctx, pcancel = {}, {}
+      for i = 1, N do pctx[i], pcancel[i] = with_timeout(bg, 3600) end
+      local ok, r = pcall(ns_per_op, iters(1000000), timeout_cancel)
+      for i = 1, N do pcancel[i]() end
+      pctx, pcancel = nil, nil
+      full_gc()
+      if not ok then error(r, 0) end
+      return r
+    end
+  end
+  figure(impl, "with_timeout_cancel_100k", "ns/op", pending(100000))
+
   -- Last: it leaves the most garbage behind.
   figure(impl, "with_timeout_cancel_1m", "ns/op", function()
     local N = 1000000
@@ -293,7 +335,8 @@ local want = {}
 for _, a in ipairs(arg) do want[a] = true end
 if next(want) == nil then want = { floor = true, lcontext = true, plain = true } end
 
-note("clock: %s; %s; BENCH_SCALE=%g", clock_name, _VERSION, SCALE)
+note("clock: %s; %s; BENCH_SCALE=%g", clock_name,
+  type(rawget(_G, "jit")) == "table" and jit.version or _VERSION, SCALE)
 
 local lc_ok, context = false, nil
 if want.lcontext or want.floor then
@@ -311,12 +354,18 @@ if want.floor then
     local ok, core = pcall(require, "lcontext.core")
     hook = ok and type(core) == "table" and rawget(core, "bench_alloc")
   end
-  run_floors(type(hook) == "function" and hook or nil)
+  run_floors(type(hook) == "function" and hook or nil, lc_ok and context.background or nil)
   full_gc()
 end
 
 if want.lcontext then
   if lc_ok then
+    if type(rawget(_G, "jit")) == "table" then -- LuaJIT: which path the core's methods take
+      local okf, lffi = pcall(require, "lcontext.ffi")
+      local on = okf and lffi.active
+      note("LuaJIT FFI path: %s", on and "on" or ("off (" .. tostring(okf and lffi.reason) .. ")"))
+      emit("lcontext", "ffi_path", on and 1 or 0, "flag")
+    end
     run_impl("lcontext", context, context.key)
   else
     note("lcontext not available, so it is not measured: %s", tostring(context))

@@ -58,7 +58,7 @@ local function sift_up(i)
   local c = heap[i]
   local d = c._deadline
   while i > 1 do
-    local p = i // 2
+    local p = math.floor(i / 2)
     local pc = heap[p]
     if pc._deadline <= d then break end
     heap[i] = pc; pc._hidx = i
@@ -98,7 +98,7 @@ local function heap_remove(c)
   hn = hn - 1
   if i <= hn then
     heap[i] = last; last._hidx = i
-    if i > 1 and heap[i // 2]._deadline > last._deadline then
+    if i > 1 and heap[math.floor(i / 2)]._deadline > last._deadline then
       sift_up(i)
     else
       sift_down(i)

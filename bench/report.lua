@@ -1,6 +1,6 @@
 -- bench/report.lua: prints the table of `make bench` from the raw figures.
 --
---   lua5.4 bench/report.lua GO_TSV LUA_TSV
+--   lua5.4 bench/report.lua GO_TSV LUA_TSV [JIT_TSV [JIT_NOFFI_TSV]]
 --
 -- GO_TSV holds bench/go's lines (`name<TAB>value<TAB>unit`); it may be
 -- missing or empty when Go is not installed. LUA_TSV holds bench.lua's lines
@@ -9,6 +9,9 @@
 -- verdict: "ok", "MISS", or "n/a" when a figure it needs was not measured.
 
 local go_file, lua_file = arg[1], arg[2]
+-- optional: bench.lua's lines on LuaJIT, through the FFI path (JIT_TSV)
+-- and with LCONTEXT_NO_FFI=1 (JIT_NOFFI_TSV)
+local jit_file, jit_noffi_file = arg[3], arg[4]
 
 local data = { lcontext = {}, go = {}, plain = {}, floor = {} }
 
@@ -193,3 +196,98 @@ print()
 if have_lc then
   print(string.format("%d target(s) missed. Single-run ratios drift; rerun before drawing conclusions.", misses))
 end
+
+-- {==== LuaJIT ========================================================
+-- The same figures on LuaJIT 2.1 (build-jit/): through the FFI path
+-- (lua/lcontext/ffi.lua), and through the classic C functions
+-- (LCONTEXT_NO_FFI=1), beside Lua 5.4 and Go; then issue 15's LuaJIT
+-- targets, "met" or "short".
+
+local J, JF, JC = {}, {}, {}
+read_lines(jit_file, function(t)
+  local v = tonumber(t[3])
+  if #t == 4 and v then
+    if t[1] == "lcontext" then J[t[2]] = v elseif t[1] == "floor" then JF[t[2]] = v end
+  end
+end)
+read_lines(jit_noffi_file, function(t)
+  local v = tonumber(t[3])
+  if #t == 4 and v and t[1] == "lcontext" then JC[t[2]] = v end
+end)
+
+if next(J) ~= nil or next(JC) ~= nil then
+  print()
+  print(("LuaJIT 2.1 (FFI path: %s)"):format(J.ffi_path == 1 and "on" or
+    (J.ffi_path == 0 and "OFF: the FFI column is the classic path" or "-")))
+  print()
+  local JFIG = {
+    { "with_cancel_cancel",       "with_cancel + cancel",         "ns" },
+    { "with_timeout_cancel",      "with_timeout + cancel",        "ns" },
+    { "with_timeout_cancel_100k", "  same, 100k deadlines pending", "ns" },
+    { "with_timeout_cancel_1m",   "  same, 1M deadlines pending", "ns" },
+    { "err_live",                 "ctx:err() on a live context",  "ns" },
+    { "is_done_live",             "ctx:is_done() on a live context", "ns" },
+    { "value_depth10",            "value() hit at depth 10",      "ns" },
+    { "cancel_100k_children",     "cancel root of 100k children", "ms" },
+    { "bytes_per_ctx",            "bytes per ctx + cancel",       "B" },
+    { "bytes_per_ctx_only",       "bytes per ctx alone",          "B" },
+  }
+  rows = {}
+  for _, f in ipairs(JFIG) do
+    local name, label, unit = f[1], f[2], f[3]
+    rows[#rows + 1] = { label, fmt(J[name], unit), fmt(JC[name], unit), fmt(L[name], unit),
+      fmt(G[name], unit), ratio(J[name], G[name]), ratio(J[name], JC[name]) }
+  end
+  print_table({ "figure", "LuaJIT FFI", "LuaJIT C API", "Lua 5.4", "Go", "FFI/Go", "FFI/C API" }, rows)
+  print()
+  rows = {}
+  for _, f in ipairs({
+    { "c_api_call", "one classic C call (lua_CFunction)", "ns" },
+    { "alloc_ctx_cancel", "alloc ctx + cancel userdata (2 classic calls)", "ns" },
+    { "bytes_ctx_cancel", "bytes of ctx + cancel userdata", "B" },
+  }) do
+    if JF[f[1]] then rows[#rows + 1] = { f[2], fmt(JF[f[1]], f[3]) } end
+  end
+  if #rows > 0 then
+    print_table({ "floor (LuaJIT, this machine)", "value" }, rows)
+    print()
+  end
+  local function vs(name, base, k)
+    return function()
+      local v, b = J[name], base[name]
+      if v == nil or b == nil or b == 0 then return nil end
+      return v / b, k
+    end
+  end
+  local JCHECKS = {
+    { "err() <= 3 ns", function() return J.err_live, 3 end, "ns" },
+    { "is_done() <= 3 ns", function() return J.is_done_live, 3 end, "ns" },
+    { "with_cancel + cancel <= 1.0x Go", vs("with_cancel_cancel", G, 1.0), "x" },
+    { "with_timeout + cancel <= 0.5x Go", vs("with_timeout_cancel", G, 0.5), "x" },
+    { "100k pending <= 1.3x empty case", function()
+      local v, b = J.with_timeout_cancel_100k, J.with_timeout_cancel
+      if v == nil or b == nil then return nil end
+      return v / b, 1.3
+    end, "x" },
+    { "cancel 100k children <= 0.5x Go", vs("cancel_100k_children", G, 0.5), "x" },
+    { "bytes per ctx + cancel <= 200", function() return J.bytes_per_ctx, 200 end, "B" },
+  }
+  rows = {}
+  local short = 0
+  for _, c in ipairs(JCHECKS) do
+    local v, limit = c[2]()
+    local measured, verdict
+    if v == nil then
+      measured, verdict = "-", "n/a"
+    else
+      measured = c[3] == "x" and string.format("%.2fx", v) or fmt(v, c[3])
+      verdict = v <= limit and "met" or "short"
+      if verdict == "short" then short = short + 1 end
+    end
+    rows[#rows + 1] = { c[1], measured, verdict }
+  end
+  print_table({ "target (LuaJIT, issue 15)", "measured", "verdict" }, rows)
+  print()
+  print(string.format("%d LuaJIT target(s) short. Single-run ratios drift; rerun before drawing conclusions.", short))
+end
+-- ====}

@@ -9,6 +9,9 @@
 # Environment:
 #   LUA           the Lua 5.4 interpreter (default lua5.4)
 #   GO            the go command (default go)
+#   LUAJIT        the LuaJIT interpreter (default luajit): bench.lua runs again
+#                 with build-jit/ (`make build-jit`), through the FFI path
+#                 and with LCONTEXT_NO_FFI=1 (the classic C functions)
 #   BENCH_SCALE   multiplies iteration counts (default 1; 0.1 = quick, noisy)
 #
 # Always exits 0: this reports, it does not gate.
@@ -23,8 +26,13 @@ OUT=bench/out
 mkdir -p "$OUT"
 GO_TSV=$OUT/go.tsv
 LUA_TSV=$OUT/lua.tsv
+LUAJIT=${LUAJIT:-luajit}
+JIT_TSV=$OUT/jit.tsv
+JIT_NOFFI_TSV=$OUT/jit_noffi.tsv
 : >"$GO_TSV"
 : >"$LUA_TSV"
+: >"$JIT_TSV"
+: >"$JIT_NOFFI_TSV"
 
 say() { printf 'bench: %s\n' "$*" >&2; }
 
@@ -81,9 +89,28 @@ run_lua() {
 	return 0
 }
 
+# LuaJIT (README, "Runtimes": the FFI path), then the same without it
+run_jit() {
+	if ! command -v "$LUAJIT" >/dev/null 2>&1 || [ ! -f build-jit/lcontext/core.so ]; then
+		say "no LuaJIT figures ('$LUAJIT' or build-jit/lcontext/core.so missing: make build-jit)"
+		return
+	fi
+	say "running lcontext on LuaJIT, FFI path (about 1 min)"
+	LUA_PATH="./lua/?.lua;./lua/?/init.lua;./bench/?.lua;;" \
+	LUA_CPATH="./build-jit/?.so;;" \
+		"$LUAJIT" bench/bench.lua floor lcontext >"$JIT_TSV" ||
+		say "bench.lua on LuaJIT failed: its figures may be incomplete"
+	say "running lcontext on LuaJIT, classic C API (LCONTEXT_NO_FFI=1, about 1 min)"
+	LCONTEXT_NO_FFI=1 LUA_PATH="./lua/?.lua;./lua/?/init.lua;./bench/?.lua;;" \
+	LUA_CPATH="./build-jit/?.so;;" \
+		"$LUAJIT" bench/bench.lua lcontext >"$JIT_NOFFI_TSV" ||
+		say "bench.lua on LuaJIT (no FFI) failed: its figures may be incomplete"
+}
+
 run_go
 if run_lua; then
-	"$LUA" bench/report.lua "$GO_TSV" "$LUA_TSV"
+	run_jit
+	"$LUA" bench/report.lua "$GO_TSV" "$LUA_TSV" "$JIT_TSV" "$JIT_NOFFI_TSV"
 else
 	say "Go's figures:"
 	cat "$GO_TSV"

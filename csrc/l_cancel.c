@@ -265,7 +265,10 @@ void lc_after_cancel(lua_State *L, lc_runtime *rt, int ctxidx) {
 
 /* [-0, +1, m] a cancel object for the context c at index ctxidx */
 void lc_new_cancel(lua_State *L, int ctxidx) {
-  lua_newuserdatauv(L, 0, 1);
+  lc_ctx *c = (lc_ctx *)lua_touserdata(L, ctxidx);
+  void *p = lua_newuserdatauv(L, LC_CANCEL_SIZE, 1);
+  if (LC_CANCEL_SIZE != 0) /* LuaJIT: the context's address, for l_ffi.c */
+    memcpy(p, &c, sizeof c);
   lua_pushvalue(L, ctxidx);
   lua_setiuservalue(L, -2, 1);
   lua_pushvalue(L, lc_uv(LC_UV_CANCELMT));

@@ -22,7 +22,7 @@
 static const luaL_Reg *const module_funcs[] = {
   lc_ctx_funcs, lc_key_funcs, lc_task_funcs, lc_callback_funcs,
   lc_signal_funcs, lc_loop_funcs, lc_park_funcs, lc_metrics_funcs,
-  lc_sync_funcs, lc_clock_funcs, NULL
+  lc_sync_funcs, lc_clock_funcs, lc_ffi_funcs, NULL
 };
 
 /* [-0, +LC_NUP, m] push the shared upvalues kept in table t */

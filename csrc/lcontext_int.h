@@ -226,7 +226,16 @@ typedef struct lc_tctx {
 #define lc_merge_inputs(c) \
   ((lc_ctx **)(ctx_xlinks(lc_node(c)) + lc_node(c)->nx))
 
-/* cancel objects: a zero-byte userdata whose user value 1 is the context */
+/* cancel objects: a userdata whose user value 1 is the context. On LuaJIT
+** its payload also holds the context's address, for the FFI path
+** (l_ffi.c), which cannot read user values; elsewhere it has none. LuaJIT
+** 2.1 is told from PUC 5.1 by luaL_newlib, a macro of its lauxlib.h (5.1 has
+** none; 5.2+ are not 501). */
+#if LUA_VERSION_NUM == 501 && defined(luaL_newlib)
+#define LC_CANCEL_SIZE sizeof(struct lc_ctx *)
+#else
+#define LC_CANCEL_SIZE 0
+#endif
 
 /* l_core.c */
 int lc_argerror(lua_State *L, int arg, const char *fname, const char *msg);
@@ -383,6 +392,9 @@ void lc_keep(lua_State *L, lc_runtime *rt, int ctxidx, int cbidx, int add);
 void lc_after_cancel(lua_State *L, lc_runtime *rt, int ctxidx);
 void lc_external_add(lc_runtime *rt, lc_callback *cb);
 void lc_external_remove(lc_callback *cb);
+
+/* l_ffi.c */
+extern const luaL_Reg lc_ffi_funcs[];
 
 /* l_value.c */
 int lc_with_value(lua_State *L);

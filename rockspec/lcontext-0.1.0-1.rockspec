@@ -35,6 +35,7 @@ build = {
   modules = {
     ["lcontext"] = "lua/lcontext/init.lua",
     ["lcontext.check"] = "lua/lcontext/check.lua",
+    ["lcontext.ffi"] = "lua/lcontext/ffi.lua",
     ["lcontext.group"] = "lua/lcontext/group.lua",
     ["lcontext.retry"] = "lua/lcontext/retry.lua",
     ["lcontext.sync"] = "lua/lcontext/sync.lua",
@@ -57,7 +58,7 @@ build = {
         "csrc/l_ctx.c",
         "csrc/l_task.c", "csrc/l_callback.c", "csrc/l_signal.c",
         "csrc/l_loop.c", "csrc/l_park.c", "csrc/l_metrics.c",
-        "csrc/l_sync.c", "csrc/l_clock.c", "csrc/l_open.c",
+        "csrc/l_sync.c", "csrc/l_clock.c", "csrc/l_ffi.c", "csrc/l_open.c",
       },
       incdirs = { "csrc", "$(LIBEV_INCDIR)" },
       libdirs = { "$(LIBEV_LIBDIR)" },

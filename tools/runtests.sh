@@ -7,7 +7,7 @@
 # module under ASan+UBSan, busted under valgrind, busted with an aggressive
 # GC hook. SUITES="c lua asan valgrind gc" selects some of them.
 
-SUITES=${SUITES:-"c lua asan valgrind gc lua5.3 lua5.1 luajit ngx allocfail fuzz"}
+SUITES=${SUITES:-"c lua asan valgrind gc lua5.3 lua5.1 luajit luajit-noffi ngx allocfail fuzz"}
 MAKE=${MAKE:-make}
 LUA=${LUA:-lua5.4}
 BUSTED="$LUA /usr/bin/busted"
@@ -89,6 +89,13 @@ for s in $SUITES; do
     case $s in lua5.3) b=build-5.3;; lua5.1) b=build-5.1;; luajit) b=build-jit;; esac
     $MAKE -s "$b" >/dev/null || { echo "$s: build failed" | tee -a "$OUT/failures"; F=$((F + 1)); continue; }
     run "$s" env LCONTEXT_LUA="$s" "$s" /usr/bin/busted --cpath="./$b/?.so" \
+        --exclude-pattern=_54_spec --exclude-tags=novalgrind,only54
+    ;;
+  luajit-noffi)
+    # the LuaJIT suite again through the classic C functions: the FFI path
+    # (lua/lcontext/ffi.lua) off, as where LuaJIT has no ffi module
+    $MAKE -s build-jit >/dev/null || { echo "$s: build failed" | tee -a "$OUT/failures"; F=$((F + 1)); continue; }
+    run "$s" env LCONTEXT_NO_FFI=1 LCONTEXT_LUA=luajit luajit /usr/bin/busted --cpath="./build-jit/?.so" \
         --exclude-pattern=_54_spec --exclude-tags=novalgrind,only54
     ;;
   ngx)

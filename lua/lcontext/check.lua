@@ -324,7 +324,16 @@ end
 -- lua_absindex") is an error that says so and how to build the right one.
 function M.load_core()
   local ok, core = pcall(require, "lcontext.core")
-  if ok then return core end
+  if ok then
+    -- LuaJIT: the hot paths through the FFI (lua/lcontext/ffi.lua), for
+    -- both backends, once per core; elsewhere (or LCONTEXT_NO_FFI=1) the
+    -- classic C functions
+    if core._ffi_path == nil and type(rawget(_G, "jit")) == "table" then
+      local okf, lffi = pcall(require, "lcontext.ffi")
+      if okf then lffi.install(core) end
+    end
+    return core
+  end
   local msg = tostring(core)
   if msg:find("undefined symbol", 1, true) then
     local runtime = type(rawget(_G, "jit")) == "table" and "LuaJIT (OpenResty)" or _VERSION

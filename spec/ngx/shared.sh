@@ -21,7 +21,7 @@ SHARED_SPECS="spec/sched_spec.lua spec/group_spec.lua spec/retry_spec.lua
   spec/metrics_spec.lua spec/observe_spec.lua spec/deadline_spec.lua
   spec/derive_spec.lua spec/values_spec.lua spec/merge_spec.lua spec/done_spec.lua
   spec/cause_spec.lua spec/errors_spec.lua spec/tostring_spec.lua spec/options_spec.lua spec/badargs_spec.lua spec/roots_spec.lua spec/check_origin_spec.lua spec/gc_spec.lua
-  spec/sync_spec.lua spec/tasks_spec.lua spec/vclock_spec.lua spec/socket_spec.lua"
+  spec/sync_spec.lua spec/tasks_spec.lua spec/vclock_spec.lua spec/socket_spec.lua spec/ffi_spec.lua"
 SPECS=${SPECS:-$SHARED_SPECS}
 LIMIT=${LIMIT:-180}
 
