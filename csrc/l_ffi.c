@@ -96,7 +96,7 @@ static const void *ffi_find(lc_ctx *c, int kt, int pt, const void *p,
         if (v->x.p == p && v->ptype == pt) return c;
         break;
       case KT_STR:
-        if (c->klen == len && (v->x.s == (const char *)p ||
+        if (v->klen == len && (v->x.s == (const char *)p ||
                                memcmp(v->x.s, p, len) == 0))
           return c;
         break;

@@ -63,12 +63,12 @@ function M.install(core)
       };
       struct lcontext_ffi_ctx {
         struct lcontext_ffi_node *cn; struct lcontext_ffi_ctx *parent;
-        uint8_t kind; uint8_t flags; uint16_t depth; uint32_t klen;
+        uint8_t kind; uint8_t flags; uint16_t depth; uint32_t magic;
       };
       struct lcontext_ffi_vctx {
         struct lcontext_ffi_ctx h;
         union { const void *p; const char *s; int64_t i; double n; } x;
-        uint8_t ktype; uint8_t ptype;
+        uint8_t ktype; uint8_t ptype; uint32_t klen;
       };
       struct lcontext_ffi_api {
         int64_t (*now)(const void *rt);
