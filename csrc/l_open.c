@@ -110,11 +110,6 @@ LC_EXPORT int luaopen_lcontext_core(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_rawseti(L, uvt, LC_UV_TODO);
   lua_pop(L, 1);
-  for (i = 0; i < 2; i++) {
-    lua_rawgeti(L, uvt, LC_UV_CTXMT + i);
-    rt->mt[i] = lua_topointer(L, -1);
-    lua_pop(L, 1);
-  }
   lua_rawgeti(L, uvt, LC_UV_CANCELMT);
   rt->cancelmt = lua_topointer(L, -1);
   lua_pop(L, 1);

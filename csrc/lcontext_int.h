@@ -65,7 +65,6 @@ struct lc_callback;
 typedef struct lc_runtime {
   ctx_tree tree;
   wt_sched sched;       /* waiters, the wheel, the ready queue (core) */
-  const void *mt[2];    /* LC_UV_CTXMT, LC_UV_CTXMTGC as pointers (fast checks) */
   const void *cancelmt; /* LC_UV_CANCELMT as a pointer */
   const void *taskmt;   /* LC_UV_TASKMT as a pointer */
   lua_State *L;          /* the main thread: tasks are resumed from it */
@@ -261,11 +260,8 @@ static inline lc_ctx *lc_testctx(lua_State *L, int arg) {
   return NULL;
 }
 
-static inline lc_ctx *lc_testctx_rt(lua_State *L, int arg,
-                                     const lc_runtime *rt) {
-  (void)rt;
-  return lc_testctx(L, arg);
-}
+/* (callers that have the runtime at hand: the check no longer needs it) */
+#define lc_testctx_rt(L, arg, rt) ((void)(rt), lc_testctx((L), (arg)))
 
 /* [-0, +0, v] the context at arg, or an argument error */
 static inline lc_ctx *lc_checkctx(lua_State *L, int arg, const char *fname) {

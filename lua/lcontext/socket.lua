@@ -32,7 +32,7 @@ local ls = require "socket"
 
 local type, tostring, setmetatable, getmetatable = type, tostring, setmetatable, getmetatable
 local floor, huge = math.floor, math.huge
-local sfind, ssub = string.find, string.sub
+local sfind = string.find
 local wait_io = check.wait_io
 local argerr, check_ctx, tname = check.argerr, check.ctx, check.tname
 local with_cancel, background = context.with_cancel, context.background
